@@ -1,0 +1,76 @@
+"""The public plugin API: every hook a plugin may implement.
+
+A plugin is any module or object registered under the ``sae_lens_ext``
+entry-point group. It implements some of these hooks, decorated with
+:data:`hookimpl`::
+
+    from sae_lens_ext import hookimpl
+
+    @hookimpl
+    def register_loss_terms(register):
+        register(LossTerm(name="my_term", fn=my_term))
+
+Plugin modules are imported when ``sae_lens`` is imported and when the
+``sae-lens`` command starts, so keep them light: import torch and sae_lens
+inside hook bodies or in submodules the hooks import.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from sae_lens_ext.architectures import Architecture
+    from sae_lens_ext.loss_terms import LossTerm
+    from sae_lens_ext.resampling import ResampleRequest, ResampleResult
+
+PROJECT = "sae_lens_ext"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_architectures(register: Callable[[Architecture], None]) -> None:
+    """Register SAE architectures with SAE-Lens.
+
+    Call ``register(Architecture(...))`` once per architecture. Each one is
+    added to ``sae_lens.registry`` (inference class and, if given, training
+    class, each with its config class) as soon as ``sae_lens`` is imported, so
+    SAE-Lens's loaders, runners and SAE-Bench find it unchanged.
+    """
+
+
+@hookspec
+def register_loss_terms(register: Callable[[LossTerm], None]) -> None:
+    """Register named loss terms.
+
+    A training SAE built on :class:`sae_lens_ext.training.LossTermTrainingSAE`
+    adds every term enabled in its config's ``loss_terms`` field (for example
+    ``"decoder_orthogonality=0.01@500"``: coefficient 0.01, warmed up over 500
+    steps through SAE-Lens's ``TrainCoefficientConfig``) to its loss.
+    """
+
+
+@hookspec(firstresult=True)
+def resample_dead_latents(request: ResampleRequest) -> ResampleResult | None:
+    """Choose new parameters for dead latents; the first non-``None`` result wins.
+
+    ``request`` carries the SAE, the indices of dead latents and the current
+    batch. Return a :class:`~sae_lens_ext.resampling.ResampleResult` giving, for
+    some of the SAE's latent-indexed parameters, the new values of the dead
+    latents' rows. The core writes them after the optimizer step and resets the
+    optimizer moments of exactly those rows. Return ``None`` to let the next
+    plugin decide (mark a fallback with ``@hookimpl(trylast=True)``).
+    """
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add commands to the ``sae-lens`` command-line tool (``cli.command()``)."""
+
+

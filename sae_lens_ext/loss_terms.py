@@ -1,0 +1,99 @@
+"""Loss terms: named, coefficient-weighted penalties that plugins add to a training SAE."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from sae_lens.saes.sae import TrainStepInput
+
+
+@dataclass
+class LossContext:
+    """Everything a loss term may look at during one training step."""
+
+    sae: Any  # a LossTermTrainingSAE
+    step_input: TrainStepInput
+    feature_acts: torch.Tensor
+    hidden_pre: torch.Tensor
+    sae_out: torch.Tensor
+    options: Mapping[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def option(self, key: str, default: Any) -> Any:
+        """A term setting: the SAE config field ``key`` if it has one, else
+        ``loss_term_options`` (``"key=value,..."``), else ``default``."""
+        if hasattr(self.sae.cfg, key):
+            return getattr(self.sae.cfg, key)
+        if key in self.options:
+            return type(default)(self.options[key]) if default is not None else self.options[key]
+        return default
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """A named penalty. ``fn(ctx)`` returns the *unweighted* scalar; the SAE
+    multiplies it by the term's (possibly warming-up) coefficient and logs it as
+    ``<name>_loss``."""
+
+    name: str
+    fn: Callable[[LossContext], torch.Tensor]
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
+            raise ValueError(f"loss term name {self.name!r}: use lower_snake_case")
+
+
+@dataclass(frozen=True)
+class LossTermSpec:
+    """One enabled term: name, coefficient and warm-up steps."""
+
+    name: str
+    coefficient: float
+    warm_up_steps: int = 0
+
+
+_SPEC = re.compile(r"^\s*([a-z][a-z0-9_]*)\s*(?:=\s*([^@\s]+))?\s*(?:@\s*(\S+))?\s*$")
+
+
+def parse_loss_terms(spec: str, field_name: str = "loss_terms") -> list[LossTermSpec]:
+    """Parse ``"name=coef@warmup, other=coef"`` (coefficient defaults to 1, warm-up to 0)."""
+    out: list[LossTermSpec] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        m = _SPEC.match(part)
+        if m is None:
+            raise ValueError(
+                f"{field_name}: cannot parse {part!r}; write name=coefficient@warm_up_steps"
+            )
+        name, coef_s, warm_s = m.groups()
+        try:
+            coef = float(coef_s) if coef_s is not None else 1.0
+            warm = int(warm_s) if warm_s is not None else 0
+        except ValueError:
+            raise ValueError(
+                f"{field_name}: bad number in {part!r}; write name=coefficient@warm_up_steps"
+            ) from None
+        if not coef >= 0:
+            raise ValueError(f"{field_name}: coefficient of {name!r} must be >= 0, got {coef}")
+        if warm < 0:
+            raise ValueError(f"{field_name}: warm-up of {name!r} must be >= 0, got {warm}")
+        if any(s.name == name for s in out):
+            raise ValueError(f"{field_name}: {name!r} is given twice")
+        out.append(LossTermSpec(name, coef, warm))
+    return out
+
+
+def parse_options(spec: str, field_name: str = "loss_term_options") -> dict[str, str]:
+    """Parse ``"key=value,key2=value2"``."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{field_name}: cannot parse {part!r}; write key=value")
+        out[key.strip()] = value.strip()
+    return out
