@@ -8,7 +8,6 @@ normal finders locate it, wraps the loader's ``exec_module`` and, once
 SAE-Lens's registries. Set ``SAE_LENS_EXT_AUTOLOAD=0`` to switch it off.
 """
 
-
 import sys
 
 TARGET = "sae_lens"

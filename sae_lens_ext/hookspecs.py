@@ -17,7 +17,8 @@ inside hook bodies or in submodules the hooks import.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pluggy
 
@@ -72,5 +73,3 @@ def resample_dead_latents(request: ResampleRequest) -> ResampleResult | None:
 @hookspec
 def register_commands(cli: click.Group) -> None:
     """Add commands to the ``sae-lens`` command-line tool (``cli.command()``)."""
-
-

@@ -183,17 +183,28 @@ def register_with_sae_lens() -> None:
     for name, arch in architectures().items():
         owner = _owner_of("architectures", name)
         try:
-            _register_once(SAE_CLASS_REGISTRY, register_sae_class, name, arch.sae_class,
-                           arch.sae_config_class)
+            _register_once(
+                SAE_CLASS_REGISTRY, register_sae_class, name, arch.sae_class, arch.sae_config_class
+            )
             if arch.training_class is not None:
-                _register_once(SAE_TRAINING_CLASS_REGISTRY, register_sae_training_class, name,
-                               arch.training_class, arch.training_config_class)
+                _register_once(
+                    SAE_TRAINING_CLASS_REGISTRY,
+                    register_sae_training_class,
+                    name,
+                    arch.training_class,
+                    arch.training_config_class,
+                )
         except Exception as exc:
             _warn(owner, f"registering architecture {name!r} failed", exc)
 
 
-def _register_once(registry: dict[str, Any], register: Callable[..., None], name: str,
-                   cls: type[Any], cfg_cls: type[Any] | None) -> None:
+def _register_once(
+    registry: dict[str, Any],
+    register: Callable[..., None],
+    name: str,
+    cls: type[Any],
+    cfg_cls: type[Any] | None,
+) -> None:
     existing = registry.get(name)
     if existing is None:
         register(name, cls, cfg_cls)

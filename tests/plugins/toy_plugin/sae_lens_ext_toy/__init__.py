@@ -8,10 +8,23 @@ RESAMPLER = "toy_unit_rows"
 @hookimpl
 def register_architectures(register):
     from sae_lens_ext.architectures import Architecture
-    from sae_lens_ext_toy.sae import ToyReluSAE, ToyReluSAEConfig, ToyReluTrainingSAE, ToyReluTrainingSAEConfig
+    from sae_lens_ext_toy.sae import (
+        ToyReluSAE,
+        ToyReluSAEConfig,
+        ToyReluTrainingSAE,
+        ToyReluTrainingSAEConfig,
+    )
 
-    register(Architecture("toy_relu", ToyReluSAE, ToyReluSAEConfig, ToyReluTrainingSAE,
-                          ToyReluTrainingSAEConfig, description="test-only ReLU SAE"))
+    register(
+        Architecture(
+            "toy_relu",
+            ToyReluSAE,
+            ToyReluSAEConfig,
+            ToyReluTrainingSAE,
+            ToyReluTrainingSAEConfig,
+            description="test-only ReLU SAE",
+        )
+    )
 
 
 @hookimpl

@@ -24,10 +24,14 @@ class ToyReluSAE(SAE[ToyReluSAEConfig]):
         self.b_enc = nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.hook_sae_acts_post(torch.relu(self.hook_sae_acts_pre(self.process_sae_in(x) @ self.W_enc + self.b_enc)))
+        return self.hook_sae_acts_post(
+            torch.relu(self.hook_sae_acts_pre(self.process_sae_in(x) @ self.W_enc + self.b_enc))
+        )
 
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
-        return self.run_time_activation_norm_fn_out(self.hook_sae_recons(feature_acts @ self.W_dec + self.b_dec))
+        return self.run_time_activation_norm_fn_out(
+            self.hook_sae_recons(feature_acts @ self.W_dec + self.b_dec)
+        )
 
 
 @dataclass(kw_only=True)

@@ -1,0 +1,150 @@
+"""Third-party plugins, pip-installed as their own distributions, seen by unchanged upstream code.
+
+Every test runs in a fresh interpreter that never imports sae_lens_ext itself:
+registration comes from the start-up hook and the entry points alone.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers import lm_runner_args, run_module, run_python
+
+pytestmark = pytest.mark.e2e
+
+
+def test_registry_and_disk_round_trip(plugin_site, tmp_path):
+    out = run_python(
+        f"""
+import sys, torch
+from sae_lens import SAE
+from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
+assert 'toy_relu' in SAE_CLASS_REGISTRY and 'toy_relu' in SAE_TRAINING_CLASS_REGISTRY
+from sae_lens_ext_toy.sae import ToyReluTrainingSAE, ToyReluTrainingSAEConfig
+torch.manual_seed(0)
+sae = ToyReluTrainingSAE(ToyReluTrainingSAEConfig(d_in=8, d_sae=32))
+sae.save_inference_model({str(tmp_path)!r})
+loaded = SAE.load_from_disk({str(tmp_path)!r})
+x = torch.randn(16, 8)
+assert type(loaded).__name__ == 'ToyReluSAE', type(loaded)
+assert torch.equal(loaded.encode(x), sae.encode(x))
+assert torch.equal(loaded.decode(sae.encode(x)), sae.decode(sae.encode(x)))
+print('ok')
+""",
+        env=plugin_site.env("toy"),
+    )
+    assert out.stdout.strip() == "ok"
+
+
+def test_example_loss_term_enters_losses_and_gradient(plugin_site):
+    out = run_python(
+        """
+import torch
+from sae_lens.saes.sae import TrainStepInput
+from sae_lens_ext_toy.sae import ToyReluTrainingSAE, ToyReluTrainingSAEConfig
+
+def grads(loss_terms):
+    torch.manual_seed(0)
+    sae = ToyReluTrainingSAE(ToyReluTrainingSAEConfig(d_in=8, d_sae=32, loss_terms=loss_terms))
+    step = TrainStepInput(sae_in=torch.randn(64, 8), coefficients={'l1': 1.0, 'decoder_orthogonality': 1.0},
+                          dead_neuron_mask=None, n_training_steps=0, is_logging_step=False)
+    out = sae.training_forward_pass(step)
+    out.loss.backward()
+    return out, sae.W_dec.grad.clone()
+
+plain, g0 = grads('')
+ortho, g1 = grads('decoder_orthogonality=1.0@10')
+assert 'decoder_orthogonality_loss' in ortho.losses and 'decoder_orthogonality_loss' not in plain.losses
+assert ortho.losses['decoder_orthogonality_loss'].item() > 0
+assert not torch.allclose(g0, g1)
+print(ortho.losses['decoder_orthogonality_loss'].item())
+""",
+        env=plugin_site.env("toy", "decoder_orthogonality"),
+    )
+    assert float(out.stdout) > 0
+
+
+def test_upstream_lm_runner_trains_plugin_architecture_with_plugin_loss(
+    plugin_site, tiny_lm, tmp_path
+):
+    env = plugin_site.env("toy", "decoder_orthogonality")
+    help_out = run_module(["-m", "sae_lens.llm_sae_training_runner", "--help"], env=env)
+    assert "toy_relu" in help_out.stdout
+    run_module(
+        lm_runner_args(
+            tiny_lm, "toy_relu", tmp_path / "out", "--loss_terms", "decoder_orthogonality=0.1@4"
+        ),
+        env=env,
+    )
+    cfg = json.loads((tmp_path / "out" / "cfg.json").read_text())
+    assert cfg["architecture"] == "toy_relu"
+    details = cfg["metadata"]["training_architecture_details"]
+    assert details["loss_terms"] == "decoder_orthogonality=0.1@4"
+
+
+def test_resampler_plugin_wins_and_optimizer_rows_reset(plugin_site):
+    """Under the unchanged upstream SAETrainer: the toy resampler is used, moments reset."""
+    out = run_python(
+        """
+import torch
+from sae_lens.config import SAETrainerConfig, LoggingConfig
+from sae_lens.training.sae_trainer import SAETrainer
+from sae_lens_ext_toy.sae import ToyReluTrainingSAE, ToyReluTrainingSAEConfig
+
+torch.manual_seed(0)
+sae = ToyReluTrainingSAE(ToyReluTrainingSAEConfig(d_in=8, d_sae=32, resample_dead_every=4))
+with torch.no_grad():
+    sae.b_enc[:5] = -1e4          # latents 0..4 can never fire
+data = iter(lambda: torch.randn(64, 8), None)
+cfg = SAETrainerConfig(
+    n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False, total_training_samples=4 * 64,
+    device='cpu', autocast=False, lr=1e-3, lr_end=1e-3, lr_scheduler_name='constant', lr_warm_up_steps=0,
+    adam_beta1=0.9, adam_beta2=0.999, lr_decay_steps=0, n_restart_cycles=1, train_batch_size_samples=64,
+    dead_feature_window=2, feature_sampling_window=1000, logger=LoggingConfig(log_to_wandb=False),
+)
+trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=data)
+trainer.fit()
+expected = torch.zeros(8); expected[0] = 3.0
+assert sae.n_resampled == 5, sae.n_resampled
+assert torch.equal(sae.W_dec[:5], expected.repeat(5, 1))
+state = trainer.optimizer.state[sae.W_dec]
+assert torch.all(state['exp_avg'][:5] == 0) and torch.all(state['exp_avg_sq'][:5] == 0)
+assert state['exp_avg'][5:].abs().sum() > 0
+assert torch.all(trainer.optimizer.state[sae.b_enc]['exp_avg'][:5] == 0)
+print('ok')
+""",
+        env=plugin_site.env("toy"),
+    )
+    assert out.stdout.strip() == "ok"
+
+
+def test_broken_plugin_warns_and_sae_lens_still_imports(plugin_site):
+    out = run_python(
+        "import warnings; warnings.simplefilter('always')\n"
+        "import sae_lens\n"
+        "from sae_lens.registry import SAE_CLASS_REGISTRY\n"
+        "print('toy_relu' in SAE_CLASS_REGISTRY)\n",
+        env=plugin_site.env("toy", "broken"),
+    )
+    assert out.stdout.strip() == "True"
+    assert "plugin 'broken' skipped" in out.stderr
+    assert "this plugin is broken on purpose" in out.stderr
+
+
+def test_sae_lens_plugins_command_lists_everything(plugin_site):
+    out = run_module(
+        ["-m", "sae_lens_ext.cli", "plugins", "--json"],
+        env=plugin_site.env("toy", "decoder_orthogonality", "broken"),
+    )
+    infos = {i["name"]: i for i in json.loads(out.stdout)}
+    assert infos["toy"]["distribution"] == "sae-lens-ext-toy"
+    assert infos["toy"]["version"] == "0.0.1"
+    assert infos["toy"]["architectures"] == ["toy_relu"]
+    assert infos["toy"]["resampler"] is True
+    assert infos["decoder_orthogonality"]["loss_terms"] == ["decoder_orthogonality"]
+    assert infos["broken"]["error"].startswith("import failed")
+    assert infos["worst_reconstructed_resampler"]["distribution"] == "sae-lens-ext"
+    table = run_module(["-m", "sae_lens_ext.cli", "plugins"], env=plugin_site.env("toy")).stdout
+    assert "toy_relu" in table
