@@ -16,14 +16,21 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 if [ -n "${SAE_LENS_EXT_TORCH:-}" ]; then
     "${PIP[@]}" install -q "$SAE_LENS_EXT_TORCH"
 fi
-"${PIP[@]}" install -q hatchling
-"${PIP[@]}" install -q --no-build-isolation -e ".[dev]"
+# Skip the install when this pyproject.toml and start-up hook are already installed here.
+STAMP="$VENV/.sae-lens-ext-installed"
+WANT="$(cat pyproject.toml sae_lens_ext/_autoload.py sae_lens_ext/sae_lens_ext_autoload.pth | cksum)"
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+    "${PIP[@]}" install -q hatchling
+    "${PIP[@]}" install -q --no-build-isolation -e ".[dev]"
+fi
 
-# sae-bench requires torchvision but never imports it; a torchvision built for
-# another torch breaks `import transformers` ("operator torchvision::nms does
-# not exist"). Drop it when it does not import cleanly.
-if ! "$VENV/bin/python" -c "import torchvision" >/dev/null 2>&1; then
-    echo "setup: removing a torchvision that does not match torch (sae-bench does not use it)"
+# sae-bench requires torchvision but never imports it, and torchvision only
+# hurts here: one built for another torch breaks `import transformers`
+# ("operator torchvision::nms does not exist"), and once anything imports a
+# recent one, `datasets`' torch formatter fails ("cannot import VideoReader").
+if "$VENV/bin/python" -m pip show -q torchvision >/dev/null 2>&1; then
+    echo "setup: removing torchvision (required by sae-bench, never used; breaks datasets/transformers)"
     "${PIP[@]}" uninstall -q -y torchvision
 fi
 "$VENV/bin/python" -c "import sae_lens, torch; print(f'setup: sae-lens {sae_lens.__version__}, torch {torch.__version__}, cuda={torch.cuda.is_available()}')"
+echo "$WANT" > "$STAMP"

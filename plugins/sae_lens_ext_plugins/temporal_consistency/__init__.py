@@ -1,0 +1,68 @@
+"""Temporal-consistency SAE (``temporal_consistency``): plugin entry point.
+
+Registers the architecture and two loss terms:
+
+- ``temporal_consistency``: penalises the change of the latent vector between
+  positions ``t`` and ``t + temporal_stride`` inside windows of
+  ``temporal_window`` consecutive rows (see :mod:`.losses`);
+- ``temporal_contrastive``: the InfoNCE variant of Bhalla et al. 2025 on a
+  slice of the latents.
+
+Both terms can be stacked on any plugin training SAE (e.g. ``freq_ordered``)
+with ``loss_terms="temporal_consistency=0.1"`` and
+``loss_term_options="temporal_window=4"``. This module stays light: torch and
+sae_lens are imported inside the hooks only.
+"""
+
+from sae_lens_ext import hookimpl
+
+ARCHITECTURE = "temporal_consistency"
+
+
+@hookimpl
+def register_architectures(register):
+    from sae_lens_ext.architectures import Architecture
+    from sae_lens_ext_plugins.temporal_consistency.sae import (
+        TemporalConsistencySAE,
+        TemporalConsistencySAEConfig,
+        TemporalConsistencyTrainingSAE,
+        TemporalConsistencyTrainingSAEConfig,
+    )
+
+    register(
+        Architecture(
+            name=ARCHITECTURE,
+            sae_class=TemporalConsistencySAE,
+            sae_config_class=TemporalConsistencySAEConfig,
+            training_class=TemporalConsistencyTrainingSAE,
+            training_config_class=TemporalConsistencyTrainingSAEConfig,
+            description="per-token ReLU/GELU SAE trained with a temporal consistency loss "
+            "over windows of consecutive positions",
+        )
+    )
+
+
+@hookimpl
+def register_loss_terms(register):
+    from sae_lens_ext.loss_terms import LossTerm
+    from sae_lens_ext_plugins.temporal_consistency.losses import (
+        temporal_consistency_loss,
+        temporal_contrastive_loss,
+    )
+
+    register(
+        LossTerm(
+            name="temporal_consistency",
+            fn=temporal_consistency_loss,
+            description="mean ||f_t - f_t+s||^2 / (||f_t||^2 + ||f_t+s||^2) inside windows "
+            "of temporal_window consecutive rows",
+        )
+    )
+    register(
+        LossTerm(
+            name="temporal_contrastive",
+            fn=temporal_contrastive_loss,
+            description="InfoNCE between a latent slice at t and t-1 of the same window "
+            "against other windows (Bhalla et al. 2025)",
+        )
+    )

@@ -1,0 +1,168 @@
+"""Ablation over window size x loss coefficient: one call, one table (list of dict rows).
+
+On sequence activations (synthetic or a tensor) every grid point trains in lockstep
+on the same window-shuffled batches (:func:`~.train.train_together`), next to an
+upstream ``standard`` baseline. On language-model data, :func:`run_lm_ablation`
+trains the whole grid with upstream's ``MultiSAETrainingRunner``: one pass over the
+model's activations for all grid points (``activations_mixing_fraction=0``, context
+size and batch size multiples of every window).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sae_lens_ext_plugins.temporal_consistency.metrics import evaluate_on_sequences
+
+
+def grid_name(window: int, coefficient: float) -> str:
+    return f"w{window}_c{coefficient:g}"
+
+
+def _grid_configs(
+    windows: Sequence[int], coefficients: Sequence[float], base: dict[str, Any]
+) -> dict[str, Any]:
+    from sae_lens_ext_plugins.temporal_consistency.sae import TemporalConsistencyTrainingSAEConfig
+
+    if not windows or not coefficients:
+        raise ValueError("run_ablation: give at least one window and one coefficient")
+    return {
+        grid_name(w, c): TemporalConsistencyTrainingSAEConfig(
+            **{**base, "temporal_window": int(w), "temporal_coefficient": float(c)}
+        )
+        for w in windows
+        for c in coefficients
+    }
+
+
+def run_ablation(
+    windows: Sequence[int],
+    coefficients: Sequence[float],
+    sequences: Any,
+    *,
+    eval_sequences: Any | None = None,
+    sae_config: dict[str, Any] | None = None,
+    training_steps: int = 500,
+    batch_size: int = 1024,
+    lr: float = 3e-4,
+    seed: int = 0,
+    baseline: bool = True,
+    max_lag: int = 1,
+) -> list[dict[str, Any]]:
+    """Train a ``temporal_consistency`` SAE per (window, coefficient) on the same data.
+
+    Args:
+        windows, coefficients: the grid (``temporal_window`` x ``temporal_coefficient``).
+        sequences: training sequences, ``(n_seq, seq_len, d_in)`` or ``SyntheticSequences``.
+        eval_sequences: held-out sequences for the metrics (default: ``sequences``); with
+            ground truth the table has ``mcc`` and ``autocorr_error``.
+        sae_config: other training-config fields (``d_sae``, ``l1_coefficient``...;
+            ``d_in`` defaults to the data's).
+        baseline: also train upstream ``standard`` with the same ``l1_coefficient``.
+
+    Returns:
+        One dict per SAE: ``name, window, coefficient``, the metrics of
+        :func:`~.metrics.evaluate_on_sequences`, ``n_steps``, ``step_ms`` and
+        ``step_time_ratio`` (to ``standard`` when trained).
+    """
+    from sae_lens.saes.standard_sae import StandardTrainingSAEConfig
+
+    from sae_lens_ext_plugins.temporal_consistency.train import train_together
+
+    acts = getattr(sequences, "activations", sequences)
+    base = {"d_in": int(acts.shape[-1]), "d_sae": 4 * int(acts.shape[-1]), **(sae_config or {})}
+    cfgs: dict[str, Any] = {}
+    if baseline:
+        cfgs["standard"] = StandardTrainingSAEConfig(
+            d_in=base["d_in"], d_sae=base["d_sae"], l1_coefficient=base.get("l1_coefficient", 1.0)
+        )
+    cfgs.update(_grid_configs(windows, coefficients, base))
+    results = train_together(
+        cfgs, sequences, training_steps=training_steps, batch_size=batch_size, lr=lr, seed=seed
+    )
+    eval_on = eval_sequences if eval_sequences is not None else sequences
+    reference = results["standard"].median_step_seconds if baseline else math.nan
+    rows = []
+    for name, result in results.items():
+        cfg = cfgs[name]
+        rows.append(
+            {
+                "name": name,
+                "window": getattr(cfg, "temporal_window", None),
+                "coefficient": getattr(cfg, "temporal_coefficient", None),
+                **evaluate_on_sequences(result.sae, eval_on, max_lag=max_lag),
+                "n_steps": result.n_steps,
+                "step_ms": 1e3 * result.median_step_seconds,
+                "step_time_ratio": result.median_step_seconds / reference,
+            }
+        )
+    return rows
+
+
+def run_lm_ablation(
+    windows: Sequence[int],
+    coefficients: Sequence[float],
+    *,
+    runner_config: dict[str, Any],
+    sae_config: dict[str, Any] | None = None,
+    n_eval_sequences: int = 32,
+    max_lag: int = 1,
+) -> list[dict[str, Any]]:
+    """The grid on language-model activations, in one pass through upstream's
+    ``MultiSAETrainingRunner``.
+
+    Args:
+        runner_config: ``MultiSAETrainingRunnerConfig`` fields (``model_name``,
+            ``hook_names``, ``dataset_path``, ``context_size``, ``training_tokens``,
+            ``train_batch_size_tokens``...). ``activations_mixing_fraction`` is forced to 0 and
+            ``exclude_special_tokens`` to False; the context size and batch size must be
+            multiples of ``lcm(windows)``.
+        sae_config: training-config fields (``d_in`` and ``d_sae`` required).
+        n_eval_sequences: held-out sequences read after training for the metrics.
+    """
+    import torch
+    from sae_lens.config import LoggingConfig
+    from sae_lens.multi_sae_training_runner import (
+        MultiSAETrainingRunner,
+        MultiSAETrainingRunnerConfig,
+    )
+
+    cfgs = _grid_configs(windows, coefficients, dict(sae_config or {}))
+    lcm = math.lcm(*[int(w) for w in windows])
+    rc = dict(runner_config)
+    for key in ("context_size", "train_batch_size_tokens"):
+        value = rc.get(key, {"context_size": 128, "train_batch_size_tokens": 4096}[key])
+        if value % lcm:
+            raise ValueError(
+                f"{key}={value} is not a multiple of lcm(windows)={lcm}; set {key} to a multiple of {lcm}"
+            )
+    rc.update(activations_mixing_fraction=0.0, exclude_special_tokens=False)
+    rc.setdefault("logger", LoggingConfig(log_to_wandb=False))
+    rc.setdefault("checkpoint_path", None)
+    if rc.get("output_path") is not None:
+        rc["output_path"] = str(Path(rc["output_path"]))
+    runner = MultiSAETrainingRunner(MultiSAETrainingRunnerConfig(saes=cfgs, **rc))
+    saes = runner.run()
+    store = runner.activations_store
+    hook = next(iter(runner.cfg.hook_names_per_sae.values()))
+    seqs: list[torch.Tensor] = []
+    with torch.no_grad():
+        while sum(s.shape[0] for s in seqs) < n_eval_sequences:
+            tokens = store.get_batch_tokens()
+            seqs.append(store.get_multi_hook_activations(tokens)[hook].float().cpu())
+    eval_acts = torch.cat(seqs)[:n_eval_sequences]
+    rows = []
+    for name, sae in saes.items():
+        rows.append(
+            {
+                "name": name,
+                "window": cfgs[name].temporal_window,
+                "coefficient": cfgs[name].temporal_coefficient,
+                **evaluate_on_sequences(sae, eval_acts, max_lag=max_lag),
+                "n_steps": getattr(sae, "n_trained_steps", None),
+            }
+        )
+    return rows

@@ -1,0 +1,346 @@
+"""Sequence data that honours the batch-layout contract, and synthetic sequences with ground truth.
+
+- :class:`SyntheticSequences`: sequences whose features persist over positions
+  (each feature a sticky on/off Markov chain with its own persistence), built on
+  upstream's :class:`~sae_lens.synthetic.FeatureDictionary`, so ground-truth
+  feature activations and autocorrelations are known.
+- :class:`WindowShuffledBatches`: an upstream ``DataProvider`` (iterator of
+  ``(batch_size, d_in)`` tensors) made of whole windows of consecutive positions,
+  shuffled by window, so batches are decorrelated and windows intact.
+- :class:`WindowShuffledLMBatches`: the same over language-model activations read
+  from an upstream ``ActivationsStore`` one batch of sequences at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+def _check_finite(acts: torch.Tensor, what: str) -> None:
+    bad = ~torch.isfinite(acts)
+    if bad.any():
+        seq, pos = (int(i) for i in bad.nonzero()[0][:2])
+        raise ValueError(
+            f"{what} contain NaN/inf (first at sequence {seq}, position {pos}); "
+            "check the model, hook and dtype"
+        )
+
+
+class WindowShuffledBatches(Iterator[torch.Tensor]):
+    """Batches of whole windows of consecutive positions, shuffled by window.
+
+    Args:
+        activations: ``(n_seq, seq_len, d_in)``.
+        window: positions per window (``temporal_window`` of the SAE).
+        batch_size: rows per batch; a multiple of ``window``.
+        seed: seed of the shuffle (each epoch reshuffles; the window grid gets a random
+            offset in ``[0, seq_len % window]`` per epoch so that every position is used).
+
+    Each ``(batch_size, d_in)`` batch is ``batch_size / window`` windows; rows
+    ``[k*w, (k+1)*w)`` are positions ``o..o+w-1`` of one sequence. Iterates forever
+    (epochs chain); ``windows_per_epoch`` tells how many windows one epoch holds.
+    """
+
+    def __init__(
+        self,
+        activations: torch.Tensor,
+        window: int,
+        batch_size: int,
+        seed: int = 0,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if activations.dim() != 3:
+            raise ValueError(
+                f"activations must be (n_seq, seq_len, d_in), got shape {tuple(activations.shape)}"
+            )
+        n_seq, seq_len, _ = activations.shape
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        if window > seq_len:
+            raise ValueError(
+                f"window={window} is larger than the sequence length {seq_len}; lower the window "
+                "(temporal_window) or use longer sequences (context_size / seq_len)"
+            )
+        if batch_size <= 0 or batch_size % window:
+            raise ValueError(
+                f"batch_size={batch_size} is not a positive multiple of window={window}; set "
+                f"batch_size (train_batch_size_tokens) to a multiple of {window}"
+            )
+        _check_finite(activations, "activations")
+        self.activations = activations if device is None else activations.to(device)
+        self.window = window
+        self.batch_size = batch_size
+        self.windows_per_batch = batch_size // window
+        self.windows_per_sequence = seq_len // window
+        self.windows_per_epoch = n_seq * self.windows_per_sequence
+        if self.windows_per_batch > self.windows_per_epoch:
+            raise ValueError(
+                f"batch_size={batch_size} needs {self.windows_per_batch} windows but the data "
+                f"hold only {self.windows_per_epoch}; lower batch_size or add sequences"
+            )
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch = 0
+        self._windows = self._new_epoch()
+        self._cursor = 0
+
+    def _new_epoch(self) -> torch.Tensor:
+        _, seq_len, d_in = self.activations.shape
+        slack = seq_len - self.windows_per_sequence * self.window
+        offset = int(torch.randint(0, slack + 1, (1,), generator=self.generator)) if slack else 0
+        span = self.activations[:, offset : offset + self.windows_per_sequence * self.window]
+        windows = span.reshape(self.windows_per_epoch, self.window, d_in)
+        order = torch.randperm(self.windows_per_epoch, generator=self.generator)
+        self.epoch += 1
+        return windows[order.to(windows.device)]
+
+    def __iter__(self) -> WindowShuffledBatches:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        k = self.windows_per_batch
+        if self._cursor + k > self._windows.shape[0]:
+            rest = self._windows[self._cursor :]
+            self._windows = torch.cat([rest, self._new_epoch()])
+            self._cursor = 0
+        batch = self._windows[self._cursor : self._cursor + k]
+        self._cursor += k
+        return batch.reshape(self.batch_size, -1)
+
+
+class WindowShuffledLMBatches(Iterator[torch.Tensor]):
+    """Window-shuffled batches of language-model activations (the project's LM data path).
+
+    Reads ``(store_batch_size_prompts, context_size, d_in)`` activations from an upstream
+    ``ActivationsStore`` (``get_batch_tokens`` + ``get_activations``, no special-token
+    filtering), keeps ``n_batches_in_buffer`` of them, and serves batches of whole windows
+    shuffled across the buffer; half of the buffer is refreshed each time it runs low.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        window: int,
+        batch_size: int,
+        n_batches_in_buffer: int = 8,
+        seed: int = 0,
+    ) -> None:
+        context = int(store.training_context_size)
+        if window > context:
+            raise ValueError(
+                f"temporal_window={window} is larger than the context size {context}; lower "
+                "temporal_window or raise context_size"
+            )
+        if context % window:
+            raise ValueError(
+                f"context size {context} is not a multiple of temporal_window={window}; set "
+                f"context_size to a multiple of {window}"
+            )
+        if batch_size % window:
+            raise ValueError(
+                f"batch_size={batch_size} is not a multiple of temporal_window={window}; set "
+                f"train_batch_size_tokens to a multiple of {window}"
+            )
+        self.store, self.window, self.batch_size = store, window, batch_size
+        self.n_batches_in_buffer = max(2, n_batches_in_buffer)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.n_read = 0
+        self._buffer = self._shuffled([self._read() for _ in range(self.n_batches_in_buffer)])
+        self.capacity = self._buffer.shape[0]  # windows in a full buffer
+        if batch_size // window > self.capacity // 2:
+            raise ValueError(
+                f"batch_size={batch_size} needs more than half the buffer of {self.capacity} "
+                "windows; raise n_batches_in_buffer"
+            )
+
+    @torch.no_grad()
+    def _read(self) -> torch.Tensor:
+        acts = self.store.get_activations(self.store.get_batch_tokens())
+        acts = acts.reshape(acts.shape[0], acts.shape[1], -1).to(self.store.device)
+        _check_finite(acts, f"activations of LM batch {self.n_read}")
+        self.n_read += 1
+        return acts.reshape(-1, self.window, acts.shape[-1])  # (n_windows, w, d_in)
+
+    def _shuffled(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        buffer = torch.cat(parts)
+        order = torch.randperm(buffer.shape[0], generator=self.generator)
+        return buffer[order.to(buffer.device)]
+
+    def __iter__(self) -> WindowShuffledLMBatches:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        k = self.batch_size // self.window
+        if self._buffer.shape[0] - k < self.capacity // 2:
+            fresh = [self._read() for _ in range(self.n_batches_in_buffer // 2)]
+            self._buffer = self._shuffled([self._buffer, *fresh])
+        batch, self._buffer = self._buffer[:k], self._buffer[k:]
+        return batch.reshape(self.batch_size, -1)
+
+
+@torch.no_grad()
+def lm_sequence_activations(store: Any, n_sequences: int) -> torch.Tensor:
+    """``(n_sequences, context_size, d_in)`` activations read from an ``ActivationsStore``."""
+    out: list[torch.Tensor] = []
+    n = 0
+    while n < n_sequences:
+        acts = store.get_activations(store.get_batch_tokens())
+        acts = acts.reshape(acts.shape[0], acts.shape[1], -1)
+        out.append(acts)
+        n += acts.shape[0]
+    return torch.cat(out)[:n_sequences]
+
+
+@dataclass
+class SyntheticSequenceConfig:
+    """Synthetic sequences whose features persist over positions.
+
+    Args:
+        num_features: ground-truth features.
+        d_in: hidden dimension (``num_features > d_in`` puts features in superposition).
+        seq_len, n_sequences: shape of the data.
+        firing_probability: stationary probability that a feature is on, either one value or
+            a ``(low, high)`` range spread log-uniformly over features.
+        persistence: ``(low, high)`` range of each feature's probability of staying on
+            (spread linearly over features, then shuffled); higher = longer runs.
+        magnitude_mean, magnitude_std: magnitude drawn when a feature turns on (held for the
+            run), folded to be > 0.
+        magnitude_jitter: relative per-position jitter of the held magnitude.
+        noise_std: isotropic Gaussian noise added to the hidden activations.
+        orthogonalize: orthogonalise the dictionary as far as ``d_in`` allows (upstream
+            initializer; costs a short optimisation).
+        seed: seed of everything.
+    """
+
+    num_features: int = 64
+    d_in: int = 32
+    seq_len: int = 64
+    n_sequences: int = 256
+    firing_probability: float | tuple[float, float] = (0.02, 0.12)
+    persistence: tuple[float, float] = (0.5, 0.95)
+    magnitude_mean: float = 1.0
+    magnitude_std: float = 0.25
+    magnitude_jitter: float = 0.1
+    noise_std: float = 0.05
+    orthogonalize: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("num_features", "d_in", "seq_len", "n_sequences"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"SyntheticSequenceConfig.{name} must be > 0")
+        lo, hi = self.persistence
+        if not 0 <= lo <= hi < 1:
+            raise ValueError(
+                f"persistence must satisfy 0 <= low <= high < 1, got {self.persistence}"
+            )
+        p_lo, p_hi = self._firing_range()
+        if not 0 < p_lo <= p_hi < 1:
+            raise ValueError(f"firing_probability must be in (0, 1), got {self.firing_probability}")
+
+    def _firing_range(self) -> tuple[float, float]:
+        p = self.firing_probability
+        return (float(p), float(p)) if isinstance(p, (int, float)) else (float(p[0]), float(p[1]))
+
+
+class SyntheticSequences:
+    """Sequences ``(n_seq, seq_len, d_in)`` from sticky Markov features and a ``FeatureDictionary``.
+
+    Feature ``i`` is on/off by a two-state Markov chain started from its stationary law:
+    ``P(on -> on) = rho_i`` (its persistence) and ``P(off -> on) = a_i`` chosen so that it is
+    on a fraction ``p_i`` of positions. While on it has a magnitude drawn at switch-on and
+    held (with small jitter). ``activations = feature_acts @ feature_vectors + noise``.
+
+    Attributes:
+        feature_dict: the upstream ``FeatureDictionary`` (ground-truth directions).
+        feature_acts: ``(n_seq, seq_len, num_features)`` true activations.
+        activations: ``(n_seq, seq_len, d_in)`` hidden activations (float32).
+        persistence, firing_probability: per-feature chain parameters.
+
+    Pass ``feature_dict`` (and a different ``seed``) to draw held-out sequences with the same
+    features.
+    """
+
+    def __init__(self, cfg: SyntheticSequenceConfig, feature_dict: Any | None = None) -> None:
+        from sae_lens.synthetic import FeatureDictionary
+        from sae_lens.synthetic.feature_dictionary import orthogonal_initializer
+
+        self.cfg = cfg
+        g = torch.Generator().manual_seed(cfg.seed)
+        if feature_dict is None:
+            feature_dict = FeatureDictionary(
+                cfg.num_features,
+                cfg.d_in,
+                initializer=orthogonal_initializer(num_steps=100) if cfg.orthogonalize else None,
+                seed=cfg.seed,
+            )
+        elif feature_dict.feature_vectors.shape != (cfg.num_features, cfg.d_in):
+            raise ValueError("feature_dict does not match num_features x d_in")
+        self.feature_dict = feature_dict.requires_grad_(False)
+        n = cfg.num_features
+        lo, hi = cfg.persistence
+        rho = torch.linspace(lo, hi, n)[torch.randperm(n, generator=g)]
+        p_lo, p_hi = cfg._firing_range()
+        p = torch.exp(torch.empty(n).uniform_(math.log(p_lo), math.log(p_hi), generator=g))
+        # stationary law p = a / (a + 1 - rho)  =>  a = p (1 - rho) / (1 - p)
+        a = (p * (1 - rho) / (1 - p)).clamp(max=1.0)
+        self.persistence, self.switch_on, self.firing_probability = rho, a, a / (a + 1 - rho)
+        self.feature_acts = self._sample(cfg.n_sequences, cfg.seq_len, g)
+        with torch.no_grad():
+            x = self.feature_dict(self.feature_acts.reshape(-1, n)).reshape(
+                cfg.n_sequences, cfg.seq_len, cfg.d_in
+            )
+        if cfg.noise_std > 0:
+            x = x + cfg.noise_std * torch.randn(x.shape, generator=g)
+        self.activations = x.float().contiguous()
+
+    def _sample(self, n_seq: int, seq_len: int, g: torch.Generator) -> torch.Tensor:
+        cfg, n = self.cfg, self.cfg.num_features
+
+        def magnitudes() -> torch.Tensor:
+            m = cfg.magnitude_mean + cfg.magnitude_std * torch.randn(n_seq, n, generator=g)
+            return m.abs().clamp_min(1e-3)
+
+        on = torch.rand(n_seq, n, generator=g) < self.firing_probability
+        mag = magnitudes()
+        out = torch.empty(n_seq, seq_len, n)
+        for t in range(seq_len):
+            if t:
+                u = torch.rand(n_seq, n, generator=g)
+                switched_on = ~on & (u < self.switch_on)
+                on = torch.where(on, u < self.persistence, switched_on)
+                mag = torch.where(switched_on, magnitudes(), mag)
+            jitter = 1 + cfg.magnitude_jitter * torch.randn(n_seq, n, generator=g)
+            out[:, t] = on * (mag * jitter).clamp_min(0)
+        return out
+
+    @property
+    def feature_vectors(self) -> torch.Tensor:
+        """``(num_features, d_in)`` ground-truth directions."""
+        return self.feature_dict.feature_vectors.detach()
+
+    def true_autocorrelation(self, max_lag: int = 1) -> torch.Tensor:
+        """``(num_features, max_lag)`` lag-k autocorrelation of the true activations, with the
+        same estimator as :func:`~.metrics.lag_autocorrelation` uses on SAE latents."""
+        from sae_lens_ext_plugins.temporal_consistency.metrics import autocorrelation
+
+        return autocorrelation(self.feature_acts, max_lag)
+
+    @property
+    def true_lag1_autocorrelation(self) -> torch.Tensor:
+        """``(num_features,)`` empirical lag-1 autocorrelation of the true activations."""
+        return self.true_autocorrelation(1)[:, 0]
+
+    def binary_autocorrelation(self, max_lag: int = 1) -> torch.Tensor:
+        """``(num_features, max_lag)`` analytic lag-k autocorrelation of the on/off chains,
+        ``(rho - a)^k`` (the magnitudes lower the activations' value somewhat)."""
+        lam = self.persistence - self.switch_on
+        return torch.stack([lam**k for k in range(1, max_lag + 1)], dim=-1)
+
+    def batches(self, window: int, batch_size: int, seed: int = 0) -> WindowShuffledBatches:
+        """A :class:`WindowShuffledBatches` over these sequences."""
+        return WindowShuffledBatches(self.activations, window, batch_size, seed)

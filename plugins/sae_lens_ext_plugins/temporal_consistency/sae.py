@@ -1,0 +1,256 @@
+"""The ``temporal_consistency`` SAE: config, inference class, training class.
+
+At inference it is a per-token SAE, ``f = act(W_enc^T (x - b_dec) + b_enc)``,
+``x_hat = W_dec^T f + b_dec`` with ``act`` = ReLU (default) or GELU. The temporal
+loss only shapes training; it needs batches laid out as whole windows of
+consecutive positions (see :mod:`.losses`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from sae_lens.saes.sae import TrainCoefficientConfig, TrainStepInput, TrainStepOutput
+from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+from torch import nn
+
+from sae_lens_ext.loss_terms import LossTermSpec
+from sae_lens_ext.training import (
+    LossTermTrainingSAE,
+    LossTermTrainingSAEConfig,
+    check_non_negative,
+)
+
+ARCHITECTURE = "temporal_consistency"
+ACTIVATION_FNS = ("relu", "gelu")
+
+
+def make_activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """ReLU or exact (erf) GELU."""
+    if name == "relu":
+        return nn.ReLU()
+    if name == "gelu":
+        return nn.GELU()
+    raise ValueError(f"activation_fn must be one of {ACTIVATION_FNS}, got {name!r}")
+
+
+def _check_activation_fn(cfg: Any) -> None:
+    if cfg.activation_fn not in ACTIVATION_FNS:
+        raise ValueError(
+            f"{type(cfg).__name__}.activation_fn must be one of {ACTIVATION_FNS}, "
+            f"got {cfg.activation_fn!r}"
+        )
+
+
+def _fold_guard(sae: Any) -> None:
+    if sae.cfg.activation_fn != "relu":
+        raise NotImplementedError(
+            "fold_W_dec_norm needs a positively homogeneous activation (ReLU): "
+            f"{sae.cfg.activation_fn}(c*x) != c*{sae.cfg.activation_fn}(x), so folding the decoder "
+            "norms would change the outputs"
+        )
+
+
+@dataclass
+class TemporalConsistencySAEConfig(StandardSAEConfig):
+    """Inference config: upstream's standard SAE plus ``activation_fn``.
+
+    Args:
+        activation_fn: ``"relu"`` (sparse) or ``"gelu"`` (not sparse: GELU is
+            non-zero almost everywhere, so L0 counted as ``|f| > 0`` is ~``d_sae``).
+    """
+
+    activation_fn: Literal["relu", "gelu"] = "relu"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_activation_fn(self)
+
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+
+class TemporalConsistencySAE(StandardSAE):
+    """Per-token SAE; identical maths to training (``encode_with_hidden_pre``)."""
+
+    cfg: TemporalConsistencySAEConfig  # type: ignore[assignment]
+
+    def get_activation_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return make_activation_fn(self.cfg.activation_fn)
+
+    def fold_W_dec_norm(self) -> None:
+        _fold_guard(self)
+        super().fold_W_dec_norm()
+
+
+@dataclass(kw_only=True)
+class TemporalConsistencyTrainingSAEConfig(LossTermTrainingSAEConfig):
+    """Training config.
+
+    Args:
+        activation_fn: ``"relu"`` or ``"gelu"`` (see the inference config).
+        l1_coefficient, lp_norm, l1_warm_up_steps: sparsity penalty, as upstream ``standard``
+            (``||f * ||W_dec||_row||_p``, mean over rows).
+        temporal_window: ``w``, rows per window; a batch of ``N`` rows is ``N / w`` windows of
+            ``w`` consecutive positions of one sequence.
+        temporal_stride: ``s``, compare positions ``t`` and ``t + s`` inside a window (``1 <= s < w``).
+        temporal_coefficient: weight of the ``temporal_consistency`` loss (0 switches it off).
+        temporal_loss_form: ``"tv"`` (default): decoder-norm-weighted total variation
+            ``sum_i ||W_dec[i]|| |f_t[i] - f_t+s[i]|``; ``"normalized"``:
+            ``||f_t - f_t+s||^2 / (||f_t||^2 + ||f_t+s||^2)`` (see :mod:`.losses`).
+        temporal_warm_up_steps: linear warm-up of that weight from 0.
+        temporal_contrastive_coefficient: weight of the ``temporal_contrastive`` InfoNCE term
+            (Bhalla et al. 2025); 0 (default) switches it off.
+        temporal_contrastive_fraction: share of latents (the first ones) it acts on.
+        temporal_contrastive_temperature: its softmax temperature.
+        max_silent_steps: raise if no latent fires on a whole batch for this many consecutive
+            steps (0: never check). A saved SAE that never fired, or trained 0 steps, also raises.
+    """
+
+    activation_fn: Literal["relu", "gelu"] = "relu"
+    l1_coefficient: float = 1.0
+    lp_norm: float = 1.0
+    l1_warm_up_steps: int = 0
+    temporal_window: int = 4
+    temporal_stride: int = 1
+    temporal_coefficient: float = 0.1
+    temporal_loss_form: Literal["tv", "normalized"] = "tv"
+    temporal_warm_up_steps: int = 0
+    temporal_contrastive_coefficient: float = 0.0
+    temporal_contrastive_fraction: float = 0.2
+    temporal_contrastive_temperature: float = 0.1
+    max_silent_steps: int = 200
+
+    def __post_init__(self) -> None:
+        _check_activation_fn(self)
+        if self.temporal_loss_form not in ("tv", "normalized"):
+            raise ValueError(
+                f"temporal_loss_form must be 'tv' or 'normalized', got {self.temporal_loss_form!r}"
+            )
+        if self.temporal_window < 2:
+            raise ValueError(f"temporal_window must be >= 2, got {self.temporal_window}")
+        if not 1 <= self.temporal_stride < self.temporal_window:
+            raise ValueError(
+                f"temporal_stride must be in [1, temporal_window - 1] = "
+                f"[1, {self.temporal_window - 1}], got {self.temporal_stride}"
+            )
+        check_non_negative(
+            self,
+            "l1_coefficient",
+            "l1_warm_up_steps",
+            "temporal_coefficient",
+            "temporal_warm_up_steps",
+            "temporal_contrastive_coefficient",
+            "max_silent_steps",
+        )
+        if not 0 < self.temporal_contrastive_fraction <= 1:
+            raise ValueError(
+                "temporal_contrastive_fraction must be in (0, 1], got "
+                f"{self.temporal_contrastive_fraction}"
+            )
+        if not self.temporal_contrastive_temperature > 0:
+            raise ValueError(
+                "temporal_contrastive_temperature must be > 0, got "
+                f"{self.temporal_contrastive_temperature}"
+            )
+        super().__post_init__()
+
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+    def builtin_loss_terms(self) -> list[LossTermSpec]:
+        return [
+            LossTermSpec(
+                "temporal_consistency", self.temporal_coefficient, self.temporal_warm_up_steps
+            ),
+            LossTermSpec(
+                "temporal_contrastive",
+                self.temporal_contrastive_coefficient,
+                self.temporal_warm_up_steps,
+            ),
+        ]
+
+
+class TemporalConsistencyTrainingSAE(LossTermTrainingSAE[TemporalConsistencyTrainingSAEConfig]):
+    """Training class: L1 penalty + enabled temporal loss terms; guards against silent runs."""
+
+    b_enc: nn.Parameter
+
+    def __init__(self, cfg: TemporalConsistencyTrainingSAEConfig, use_error_term: bool = False):
+        super().__init__(cfg, use_error_term)
+        self.n_trained_steps = 0
+        self.n_silent_steps = 0  # consecutive steps on which no latent fired
+        self._loaded = False
+
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        self.b_enc = nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device))
+
+    def get_activation_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return make_activation_fn(self.cfg.activation_fn)
+
+    def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden_pre = self.hook_sae_acts_pre(self.process_sae_in(x) @ self.W_enc + self.b_enc)
+        return self.hook_sae_acts_post(self.activation_fn(hidden_pre)), hidden_pre
+
+    def base_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        return {"l1": TrainCoefficientConfig(self.cfg.l1_coefficient, self.cfg.l1_warm_up_steps)}
+
+    def base_aux_loss(
+        self,
+        step_input: TrainStepInput,
+        feature_acts: torch.Tensor,
+        hidden_pre: torch.Tensor,
+        sae_out: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        weighted = feature_acts * self.W_dec.norm(dim=1)
+        sparsity = weighted.norm(p=self.cfg.lp_norm, dim=-1)
+        return {"l1_loss": (step_input.coefficients["l1"] * sparsity).mean()}
+
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        output = super().training_forward_pass(step_input)
+        self.n_trained_steps += 1
+        if self.cfg.activation_fn == "relu":  # GELU is never exactly 0: it always "fires"
+            fired = bool(output.hidden_pre.detach().amax() > 0)
+            self.n_silent_steps = 0 if fired else self.n_silent_steps + 1
+        limit = self.cfg.max_silent_steps
+        if limit and self.n_silent_steps >= limit:
+            raise RuntimeError(
+                f"training step {step_input.n_training_steps}: no latent has fired for "
+                f"{self.n_silent_steps} steps (L0 = 0, the SAE reconstructs only b_dec); lower "
+                "l1_coefficient or lr (or raise max_silent_steps)"
+            )
+        return output
+
+    def fold_W_dec_norm(self) -> None:
+        _fold_guard(self)
+        super().fold_W_dec_norm()
+
+    def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
+        self._loaded = True
+        super().process_state_dict_for_loading(state_dict)
+
+    def check_trained(self) -> None:
+        """Raise if this SAE trained 0 steps or never fired (unless its weights were loaded)."""
+        if self._loaded:
+            return
+        if self.n_trained_steps == 0:
+            raise RuntimeError(
+                "temporal_consistency: refusing to save an SAE that trained 0 steps; raise "
+                "training_tokens (or training_steps) to at least one batch"
+            )
+        if self.cfg.activation_fn == "relu" and self.n_silent_steps == self.n_trained_steps:
+            raise RuntimeError(
+                f"temporal_consistency: no latent fired in any of the {self.n_trained_steps} "
+                "training steps (L0 = 0); lower l1_coefficient or lr"
+            )
+
+    def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
+        self.check_trained()
+        return super().save_inference_model(path)

@@ -1,0 +1,414 @@
+"""Unit tests of the temporal_consistency architecture, its loss terms, data and metrics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import sae_lens  # noqa: F401  (registers plugin architectures)
+import torch
+from sae_lens.registry import get_sae_training_class
+from sae_lens.saes.sae import SAE, TrainStepInput
+from sae_lens_ext_plugins.temporal_consistency.data import (
+    SyntheticSequenceConfig,
+    SyntheticSequences,
+    WindowShuffledBatches,
+    WindowShuffledLMBatches,
+)
+from sae_lens_ext_plugins.temporal_consistency.losses import (
+    BatchLayoutError,
+    contrastive_penalty,
+    normalized_penalty,
+    variation_penalty,
+)
+from sae_lens_ext_plugins.temporal_consistency.metrics import (
+    autocorrelation,
+    cluster_latents,
+    feature_correlation,
+    lag_autocorrelation,
+    redundant_pairs,
+)
+from sae_lens_ext_plugins.temporal_consistency.sae import (
+    TemporalConsistencySAE,
+    TemporalConsistencySAEConfig,
+    TemporalConsistencyTrainingSAE,
+    TemporalConsistencyTrainingSAEConfig,
+)
+from sae_lens_ext_plugins.temporal_consistency.train import train_on_sequences
+
+TC = TemporalConsistencyTrainingSAEConfig
+
+
+def step(sae, x, n=0):
+    coefficients = {
+        k: (v.value if hasattr(v, "value") else v) for k, v in sae.get_coefficients().items()
+    }
+    return sae.training_forward_pass(
+        TrainStepInput(
+            sae_in=x,
+            coefficients=coefficients,
+            dead_neuron_mask=None,
+            n_training_steps=n,
+            is_logging_step=False,
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def small_data() -> SyntheticSequences:
+    return SyntheticSequences(
+        SyntheticSequenceConfig(
+            num_features=16, d_in=8, seq_len=16, n_sequences=32, orthogonalize=False, seed=0
+        )
+    )
+
+
+# --- config -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"temporal_window": 1}, "temporal_window"),
+        ({"temporal_window": 4, "temporal_stride": 4}, "temporal_stride"),
+        ({"temporal_coefficient": -1.0}, "temporal_coefficient"),
+        ({"activation_fn": "tanh"}, "activation_fn"),
+        ({"temporal_loss_form": "l2"}, "temporal_loss_form"),
+        ({"temporal_contrastive_temperature": 0.0}, "temporal_contrastive_temperature"),
+    ],
+)
+def test_bad_config_names_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        TC(d_in=8, d_sae=16, **kwargs)
+
+
+def test_registered_with_upstream_and_distinct_from_upstream_temporal():
+    from sae_lens.registry import get_sae_class
+
+    assert get_sae_class("temporal_consistency")[0] is TemporalConsistencySAE
+    assert get_sae_training_class("temporal_consistency")[0] is TemporalConsistencyTrainingSAE
+    assert get_sae_class("temporal")[0] is not TemporalConsistencySAE
+
+
+# --- loss maths -------------------------------------------------------------------------
+
+
+def test_penalties_zero_for_constant_windows_and_match_definitions():
+    torch.manual_seed(0)
+    per_window = torch.rand(6, 1, 5)
+    const = per_window.expand(6, 4, 5).reshape(24, 5)
+    norms = torch.rand(5) + 0.5
+    assert variation_penalty(const, 4, 1, norms).item() == pytest.approx(0.0, abs=1e-7)
+    assert normalized_penalty(const, 4, 1).item() == pytest.approx(0.0, abs=1e-6)
+
+    f = torch.rand(24, 5)
+    w = f.reshape(6, 4, 5)
+    tv = ((w[:, 2:] - w[:, :-2]).abs() * norms).sum(-1).mean()
+    assert variation_penalty(f, 4, 2, norms).item() == pytest.approx(tv.item(), rel=1e-5)
+    a, b = w[:, :-1], w[:, 1:]
+    ref = ((a - b).pow(2).sum(-1) / (a.pow(2).sum(-1) + b.pow(2).sum(-1) + 1e-6)).mean()
+    assert normalized_penalty(f, 4, 1).item() == pytest.approx(ref.item(), rel=1e-4)
+    assert normalized_penalty(3 * f, 4, 1).item() == pytest.approx(ref.item(), rel=1e-4)
+
+
+def test_contrastive_prefers_consistent_windows():
+    torch.manual_seed(0)
+    per_window = torch.rand(16, 1, 10)
+    consistent = per_window.expand(16, 4, 10).reshape(64, 10)
+    random = torch.rand(64, 10)
+    assert contrastive_penalty(consistent, 4, 1.0, 0.1) < contrastive_penalty(random, 4, 1.0, 0.1)
+
+
+# --- training step checks -------------------------------------------------------------------
+
+
+def test_batch_not_multiple_of_window_fails_at_first_step():
+    sae = TemporalConsistencyTrainingSAE(TC(d_in=8, d_sae=16, temporal_window=4))
+    with pytest.raises(
+        BatchLayoutError, match=r"training step 0: .*temporal_window=4.*train_batch_size_tokens"
+    ):
+        step(sae, torch.randn(30, 8))
+
+
+def test_temporal_term_stacks_on_freq_ordered_through_options():
+    try:
+        cls, cfg_cls = get_sae_training_class("freq_ordered")
+    except (KeyError, ValueError):
+        pytest.skip("freq_ordered plugin not installed")
+    cfg = cfg_cls(
+        d_in=8,
+        d_sae=16,
+        loss_terms="temporal_consistency=0.5",
+        loss_term_options="temporal_window=4,temporal_loss_form=normalized",
+    )
+    sae = cls(cfg)
+    out = step(sae, torch.randn(32, 8))
+    assert "temporal_consistency_loss" in out.losses
+    assert out.losses["temporal_consistency_loss"].item() > 0
+    with pytest.raises(BatchLayoutError, match="temporal_window=4"):
+        step(cls(cfg), torch.randn(30, 8))
+
+
+def test_nan_activations_name_the_step():
+    sae = TemporalConsistencyTrainingSAE(TC(d_in=8, d_sae=16))
+    x = torch.randn(32, 8)
+    x[3, 2] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"training step 7: .*NaN/inf"):
+        step(sae, x, n=7)
+
+
+def test_silent_sae_is_an_error():
+    sae = TemporalConsistencyTrainingSAE(TC(d_in=8, d_sae=16, max_silent_steps=3))
+    with torch.no_grad():
+        sae.b_enc.fill_(-1e3)
+    step(sae, torch.randn(32, 8), 0)
+    step(sae, torch.randn(32, 8), 1)
+    with pytest.raises(
+        RuntimeError, match=r"training step 2: no latent has fired for 3 steps.*l1_coefficient"
+    ):
+        step(sae, torch.randn(32, 8), 2)
+
+
+def test_saving_an_untrained_or_never_firing_sae_fails(tmp_path):
+    sae = TemporalConsistencyTrainingSAE(TC(d_in=8, d_sae=16))
+    with pytest.raises(RuntimeError, match=r"trained 0 steps.*training_tokens"):
+        sae.save_inference_model(tmp_path / "a")
+    with torch.no_grad():
+        sae.b_enc.fill_(-1e3)
+    step(sae, torch.randn(32, 8))
+    with pytest.raises(RuntimeError, match="no latent fired"):
+        sae.save_inference_model(tmp_path / "b")
+
+
+def test_zero_training_steps_is_an_error(small_data):
+    with pytest.raises(ValueError, match="0 steps is an error"):
+        train_on_sequences(TC(d_in=8, d_sae=16), small_data, training_steps=0, batch_size=32)
+
+
+# --- inference = training, save/load, folding -----------------------------------------------
+
+
+@pytest.mark.parametrize("activation_fn", ["relu", "gelu"])
+def test_saved_inference_sae_matches_training_sae(tmp_path, activation_fn):
+    torch.manual_seed(0)
+    sae = TemporalConsistencyTrainingSAE(TC(d_in=8, d_sae=16, activation_fn=activation_fn))
+    with torch.no_grad():
+        sae.b_enc.normal_()
+        sae.b_dec.normal_()
+    step(sae, torch.randn(32, 8))
+    sae.save_inference_model(tmp_path)
+    loaded = SAE.load_from_disk(tmp_path)
+    assert isinstance(loaded, TemporalConsistencySAE)
+    assert loaded.cfg.activation_fn == activation_fn
+    x = torch.randn(20, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(x), sae.encode(x))
+        assert torch.equal(loaded(x), sae(x))
+
+
+def test_fold_w_dec_norm_relu_preserves_outputs_gelu_refuses():
+    torch.manual_seed(0)
+    cfg = TemporalConsistencySAEConfig(d_in=8, d_sae=16)
+    sae = TemporalConsistencySAE(cfg)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(16, 1) * 3)
+        sae.b_enc.normal_()
+    x = torch.randn(10, 8)
+    before = sae(x).detach()
+    sae.fold_W_dec_norm()
+    assert torch.allclose(sae(x), before, atol=1e-5)
+    gelu = TemporalConsistencySAE(
+        TemporalConsistencySAEConfig(d_in=8, d_sae=16, activation_fn="gelu")
+    )
+    with pytest.raises(NotImplementedError, match="homogeneous"):
+        gelu.fold_W_dec_norm()
+
+
+def test_gelu_is_not_sparse_and_l0_says_so(small_data):
+    from sae_lens_ext_plugins.temporal_consistency.metrics import evaluate_on_sequences
+
+    result = train_on_sequences(
+        TC(d_in=8, d_sae=16, activation_fn="gelu"), small_data, training_steps=3, batch_size=64
+    )
+    assert evaluate_on_sequences(result.sae, small_data)["l0"] > 15  # ~all 16 latents non-zero
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def test_window_shuffled_batches_hold_whole_shuffled_windows():
+    n_seq, seq_len = 10, 12
+    seq_id = torch.arange(n_seq).float()[:, None].expand(n_seq, seq_len)
+    pos = torch.arange(seq_len).float()[None, :].expand(n_seq, seq_len)
+    acts = torch.stack([seq_id, pos], -1)
+    batches = WindowShuffledBatches(acts, window=4, batch_size=8, seed=0)
+    seen = set()
+    starts = []
+    for _ in range(batches.windows_per_epoch // 2):  # exactly one epoch
+        b = next(batches).reshape(-1, 4, 2)
+        assert b.shape == (2, 4, 2)
+        assert (b[:, :, 0] == b[:, :1, 0]).all()  # one sequence per window
+        assert (b[:, 1:, 1] - b[:, :-1, 1] == 1).all()  # consecutive positions
+        assert (b[:, 0, 1] % 4 == 0).all()  # aligned windows (12 % 4 == 0: no offset)
+        seen.update((int(w[0, 0]), int(w[0, 1])) for w in b)
+        starts.append(int(b[0, 0, 0]))
+    assert len(seen) == batches.windows_per_epoch  # every window once per epoch
+    assert starts != sorted(starts)  # shuffled
+
+
+@pytest.mark.parametrize(
+    ("window", "batch", "match"),
+    [(20, 40, "larger than the sequence length"), (4, 30, "multiple of window=4")],
+)
+def test_window_shuffled_batches_bad_settings(window, batch, match):
+    with pytest.raises(ValueError, match=match):
+        WindowShuffledBatches(torch.randn(4, 16, 3), window=window, batch_size=batch)
+
+
+def test_window_shuffled_batches_reject_nan():
+    acts = torch.randn(4, 16, 3)
+    acts[2, 5, 1] = float("inf")
+    with pytest.raises(ValueError, match="sequence 2, position 5"):
+        WindowShuffledBatches(acts, window=4, batch_size=8)
+
+
+def test_synthetic_sequences_match_their_markov_chains():
+    data = SyntheticSequences(
+        SyntheticSequenceConfig(
+            num_features=8,
+            d_in=16,
+            seq_len=200,
+            n_sequences=200,
+            firing_probability=0.2,
+            persistence=(0.3, 0.9),
+            magnitude_std=0.0,
+            magnitude_jitter=0.0,
+            noise_std=0.0,
+            orthogonalize=False,
+            seed=1,
+        )
+    )
+    assert data.activations.shape == (200, 200, 16)
+    rate = (data.feature_acts > 0).float().mean(dim=(0, 1))
+    assert torch.allclose(rate, torch.full((8,), 0.2), atol=0.03)
+    # constant magnitudes: value autocorrelation = on/off chain autocorrelation (rho - a)^k
+    assert torch.allclose(data.true_autocorrelation(2), data.binary_autocorrelation(2), atol=0.04)
+    recon = data.feature_acts @ data.feature_vectors
+    assert torch.allclose(recon, data.activations, atol=1e-5)
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+def _identity_sae(d: int) -> TemporalConsistencySAE:
+    sae = TemporalConsistencySAE(TemporalConsistencySAEConfig(d_in=d, d_sae=d))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(d))
+        sae.W_dec.copy_(torch.eye(d))
+        sae.b_dec.zero_()
+        sae.b_enc.zero_()
+    return sae
+
+
+def test_metrics_on_known_sequences():
+    seq_len = 64
+    t = torch.arange(seq_len)
+    blocks = ((t // 8) % 2).float()  # runs of 8
+    alternating = (t % 2).float()
+    x = torch.stack([blocks, alternating, blocks, torch.zeros(seq_len)], -1)[None].repeat(3, 1, 1)
+    sae = _identity_sae(4)
+    acf = lag_autocorrelation(sae, x, max_lag=2)
+    assert acf.shape == (4, 2)
+    assert acf[0, 0].item() == pytest.approx(autocorrelation(blocks[None, :, None], 1)[0, 0].item())
+    assert acf[0, 0] > 0.7
+    assert acf[1, 0].item() == pytest.approx(-1.0, abs=0.05)
+    assert acf[1, 1].item() == pytest.approx(1.0, abs=0.05)
+    assert acf[3].abs().sum() == 0  # dead latent: 0, not NaN
+    corr = feature_correlation(sae, x)
+    assert corr[0, 2].item() == pytest.approx(1.0, abs=1e-5)
+    pairs = redundant_pairs(sae, x, threshold=0.9)
+    assert [(i, j) for i, j, _ in pairs] == [(0, 2)]
+    clusters = cluster_latents(sae, x, n_clusters=2)
+    assert clusters.labels[3] == -1
+    assert sum(s["size"] for s in clusters.summaries) == 3
+    assert {"size", "firing_rate", "lag1_autocorrelation", "latents"} <= set(clusters.summaries[0])
+
+
+def test_ablation_and_plots(tmp_path, small_data):
+    from sae_lens_ext_plugins.temporal_consistency.ablation import run_ablation
+    from sae_lens_ext_plugins.temporal_consistency.plots import (
+        plot_metrics_comparison,
+        plot_training_curves,
+    )
+
+    rows = run_ablation(
+        [2, 4],
+        [0.0, 0.1],
+        small_data,
+        sae_config={"d_sae": 16},
+        training_steps=4,
+        batch_size=32,
+        lr=1e-3,
+    )
+    assert [r["name"] for r in rows] == ["standard", "w2_c0", "w2_c0.1", "w4_c0", "w4_c0.1"]
+    for r in rows:
+        assert r["n_steps"] == 4
+        assert {
+            "mcc",
+            "explained_variance",
+            "l0",
+            "autocorr_error",
+            "redundant_pairs",
+            "step_time_ratio",
+        } <= set(r)
+        assert all(not (isinstance(v, float) and math.isnan(v)) for v in r.values())
+    result = train_on_sequences(
+        TC(d_in=8, d_sae=16), small_data, training_steps=5, batch_size=32, log_every=2
+    )
+    assert [h["step"] for h in result.history] == [0, 2, 4]
+    a = plot_metrics_comparison(rows, tmp_path / "metrics_comparison.png")
+    b = plot_training_curves({"tc": result.history}, tmp_path / "training_curves.png")
+    assert a.stat().st_size > 1000 and b.stat().st_size > 1000
+
+
+class _FakeStore:
+    """The ActivationsStore surface WindowShuffledLMBatches reads: positions encoded in acts."""
+
+    training_context_size = 8
+    store_batch_size_prompts = 2
+    device = torch.device("cpu")
+
+    def __init__(self):
+        self.n = 0
+
+    def get_batch_tokens(self):
+        self.n += 1
+        return torch.arange(self.n * 10, self.n * 10 + 2)  # 2 "prompts", ids unique per call
+
+    def get_activations(self, tokens):
+        pos = torch.arange(8).float()[None, :].expand(2, 8)
+        seq = tokens.float()[:, None].expand(2, 8)
+        return torch.stack([seq, pos], -1)[:, :, None, :]  # (batch, ctx, 1, d) like upstream
+
+
+def test_window_shuffled_lm_batches_keep_windows_and_refill():
+    batches = WindowShuffledLMBatches(_FakeStore(), window=4, batch_size=8, n_batches_in_buffer=4)
+    for _ in range(10):
+        b = next(batches).reshape(-1, 4, 2)
+        assert (b[:, :, 0] == b[:, :1, 0]).all()
+        assert (b[:, 1:, 1] - b[:, :-1, 1] == 1).all()
+    assert batches.n_read > 4  # refilled from the store
+    with pytest.raises(ValueError, match="context size 8 is not a multiple of temporal_window=3"):
+        WindowShuffledLMBatches(_FakeStore(), window=3, batch_size=9)
+
+
+def test_window_grid_offset_uses_every_position_when_seq_len_not_multiple():
+    seq_len = 10  # 10 % 4 = 2: the grid starts at offset 0, 1 or 2 per epoch
+    pos = torch.arange(seq_len).float()[None, :, None].expand(3, seq_len, 1)
+    batches = WindowShuffledBatches(pos, window=4, batch_size=4, seed=0)
+    starts = set()
+    for _ in range(60):
+        b = next(batches)
+        assert (b[1:, 0] - b[:-1, 0] == 1).all()
+        starts.add(int(b[0, 0]))
+    assert {s % 4 for s in starts} == {0, 1, 2}
