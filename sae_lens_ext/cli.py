@@ -19,10 +19,9 @@ class _LazyPluginGroup(click.Group):
         if self._plugins_added:
             return
         self._plugins_added = True
-        from sae_lens_ext.plugins import _call_each, load_plugins
+        from sae_lens_ext.plugins import add_plugin_commands
 
-        load_plugins()
-        _call_each("register_commands", cli=self)
+        add_plugin_commands(self)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._add_plugin_commands()
@@ -35,11 +34,59 @@ class _LazyPluginGroup(click.Group):
             command = super().get_command(ctx, cmd_name)
         return command
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[no-untyped-def,override]
+        """Run the command; print errors as one line (no traceback unless ``--debug``)."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        from sae_lens_ext.commands._errors import FAILURE, INTERRUPTED, USAGE, debug, one_line
+
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            click.echo(f"Error: {one_line(exc.format_message())}{where}", err=True)
+            sys.exit(USAGE)
+        except click.ClickException as exc:
+            if debug():
+                raise
+            click.echo(f"Error: {one_line(exc.format_message())}", err=True)
+            sys.exit(exc.exit_code)
+        except (click.Abort, KeyboardInterrupt):
+            click.echo("Aborted.", err=True)
+            sys.exit(INTERRUPTED)
+        except Exception as exc:
+            if debug():
+                raise
+            click.echo(
+                f"Error: {type(exc).__name__}: {one_line(exc)} (add --debug for the traceback)",
+                err=True,
+            )
+            sys.exit(FAILURE)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _debug_callback(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    from sae_lens_ext.commands._errors import set_debug
+
+    set_debug(value)
+
 
 @click.group(cls=_LazyPluginGroup)
 @click.version_option(__version__, prog_name="sae-lens-ext")
+@click.option(
+    "--debug",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_debug_callback,
+    help="Show full tracebacks instead of one-line errors.",
+)
 def cli() -> None:
-    """Train, evaluate and share sparse autoencoders with SAE-Lens and its plugins."""
+    """Train, evaluate and share sparse autoencoders with SAE-Lens and its plugins.
+
+    Start with `sae-lens demo` (trains on ground-truth synthetic data, offline, in
+    about a minute), or `sae-lens train --help` for real models.
+    """
 
 
 @cli.command(name="plugins")
@@ -75,5 +122,9 @@ def plugins_command(as_json: bool) -> None:
     Console().print(table)
 
 
-def main() -> None:  # pragma: no cover - console entry point alias
-    sys.exit(cli())
+from sae_lens_ext.commands import add_commands  # noqa: E402  (click only: stays cheap)
+
+add_commands(cli)
+
+if __name__ == "__main__":  # python -m sae_lens_ext.cli
+    cli()

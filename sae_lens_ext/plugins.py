@@ -118,14 +118,17 @@ def register_plugin(plugin: object, name: str) -> None:
     _architectures = _loss_terms = None
 
 
-def _call_each(hook_name: str, **kwargs: Any) -> None:
-    """Call one hook's implementations one plugin at a time, isolating failures."""
-    hook = getattr(pm.hook, hook_name)
-    for impl in reversed(hook.get_hookimpls()):
+def add_plugin_commands(group: Any) -> None:
+    """Let each plugin add commands to the click ``group``, one plugin at a time."""
+    load_plugins()
+    for impl in reversed(pm.hook.register_commands.get_hookimpls()):
+        before = set(group.commands)
         try:
-            impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
+            impl.function(cli=group)
         except Exception as exc:
-            _warn(impl.plugin_name, f"{hook_name} failed", exc)
+            _warn(impl.plugin_name, "register_commands failed", exc)
+        info = _infos.setdefault(impl.plugin_name, PluginInfo(name=impl.plugin_name))
+        info.commands.extend(sorted(set(group.commands) - before))
 
 
 def _collect(hook_name: str, key: Callable[[Any], str], kind: str) -> dict[str, Any]:

@@ -1,0 +1,136 @@
+"""CUDA check and step-time comparison on a GPU (run on a machine with one).
+
+For each architecture: trains through SAE-Lens's unchanged SAETrainer on random
+GPU batches (bf16 autocast on and off), with dead-latent resampling forced to
+happen, then checks a save -> load round trip on CUDA. Prints one JSON line per
+configuration with the median step time and peak memory as ratios to upstream
+`standard` measured in the same process.
+
+    python benchmarks/gpu_check.py --d-in 768 --d-sae 24576 --batch 4096 --steps 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+import torch
+
+CONFIGS = {
+    "standard": ("standard", {"l1_coefficient": 1.0}),
+    "freq_ordered": ("freq_ordered", {"resample_dead_every": 20}),
+    "freq_ordered+all": (
+        "freq_ordered",
+        {"resample_dead_every": 20, "layer_norm": True, "skip_projection": True},
+    ),
+    "temporal_consistency": ("temporal_consistency", {"resample_dead_every": 20}),
+    "temporal_contrastive": (
+        "temporal_consistency",
+        {"temporal_coefficient": 0.0, "temporal_contrastive_coefficient": 0.1},
+    ),
+}
+
+
+def trainer_config(steps: int, batch: int, autocast: bool):
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+
+    return SAETrainerConfig(
+        n_checkpoints=0,
+        checkpoint_path=None,
+        save_final_checkpoint=False,
+        total_training_samples=steps * batch,
+        device="cuda",
+        autocast=autocast,
+        lr=3e-4,
+        lr_end=3e-4,
+        lr_scheduler_name="constant",
+        lr_warm_up_steps=0,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        lr_decay_steps=0,
+        n_restart_cycles=1,
+        train_batch_size_samples=batch,
+        dead_feature_window=5,
+        feature_sampling_window=1000,
+        logger=LoggingConfig(log_to_wandb=False),
+    )
+
+
+def run(name: str, args: argparse.Namespace, autocast: bool) -> dict:
+    from sae_lens import SAE
+    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    import gc
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    base_mem = torch.cuda.memory_allocated()
+    arch, kwargs = CONFIGS[name]
+    sae_cls, cfg_cls = SAE_TRAINING_CLASS_REGISTRY[arch]
+    torch.manual_seed(0)
+    sae = sae_cls(cfg_cls(d_in=args.d_in, d_sae=args.d_sae, device="cuda", **kwargs))
+    with torch.no_grad():
+        if hasattr(sae, "b_enc"):
+            sae.b_enc[: args.d_sae // 50] = -1e3  # dead on purpose: resampling must happen
+    data = torch.randn(8, args.batch, args.d_in, device="cuda")
+    counter = iter(range(10**9))
+    provider = iter(lambda: data[next(counter) % 8], None)
+    trainer = SAETrainer(
+        cfg=trainer_config(args.steps, args.batch, autocast), sae=sae, data_provider=provider
+    )
+    times: list[float] = []
+    original_step = trainer.step
+
+    def timed_step(batch):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = original_step(batch)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+        return out
+
+    trainer.step = timed_step  # type: ignore[method-assign]
+    torch.cuda.reset_peak_memory_stats()
+    trainer.fit()
+    peak = torch.cuda.max_memory_allocated() - base_mem  # this run's own peak
+    x = data[0][:256]
+    with tempfile.TemporaryDirectory() as d:
+        sae.save_inference_model(d)
+        loaded = SAE.load_from_disk(d, device="cuda")
+        with torch.no_grad():
+            a, b = sae.encode(x), loaded.encode(x)
+            same = bool(torch.equal(a, b)) and bool(torch.equal(sae.decode(a), loaded.decode(b)))
+    return {
+        "config": name,
+        "autocast_bf16": autocast,
+        "median_step_ms": statistics.median(times[5:]) * 1e3,
+        "peak_mem_mib": peak / 2**20,
+        "resampled": int(getattr(sae, "n_resampled", -1)),
+        "save_load_identical": same,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--d-in", type=int, default=768)
+    parser.add_argument("--d-sae", type=int, default=24576)
+    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--steps", type=int, default=60)
+    args = parser.parse_args()
+    print(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__}))
+    for autocast in (False, True):
+        base = None
+        for name in CONFIGS:
+            row = run(name, args, autocast)
+            base = base or row
+            row["step_time_ratio"] = row["median_step_ms"] / base["median_step_ms"]
+            row["peak_mem_ratio"] = row["peak_mem_mib"] / base["peak_mem_mib"]
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Ordering metrics that work on any SAE-Lens SAE: measured firing frequencies,
+Spearman(index, frequency) and prefix explained variance."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+
+
+def _batches(sae: Any, activations: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """Row batches of ``activations`` flattened to ``(N, d_in)``; for windowed attention
+    SAEs the batch size is a whole number of windows."""
+    x = activations.reshape(-1, activations.shape[-1])
+    cfg = getattr(sae, "cfg", None)
+    window = getattr(cfg, "attention_window", 0) if getattr(cfg, "attention", False) else 0
+    if window:
+        batch_size = max(window, batch_size - batch_size % window)
+    for start in range(0, x.shape[0], batch_size):
+        yield x[start : start + batch_size]
+
+
+@torch.no_grad()
+def measure_frequencies(
+    sae: Any, activations: torch.Tensor, batch_size: int = 4096
+) -> torch.Tensor:
+    """Fraction of rows of ``activations`` on which each latent is non-zero, shape ``[d_sae]``."""
+    was_training = sae.training
+    sae.eval()
+    counts, n = None, 0
+    try:
+        for batch in _batches(sae, activations, batch_size):
+            fired = (sae.encode(batch) != 0).reshape(-1, sae.cfg.d_sae)
+            c = fired.sum(0, dtype=torch.float64).cpu()
+            counts = c if counts is None else counts + c
+            n += fired.shape[0]
+    finally:
+        sae.train(was_training)
+    if counts is None:
+        raise ValueError("measure_frequencies: activations is empty")
+    return (counts / n).float()
+
+
+def ordering_spearman(frequencies: torch.Tensor | Sequence[float]) -> float:
+    """Spearman rank correlation between latent index and frequency (ties get average
+    ranks). -1: frequency strictly decreasing in index. NaN if all frequencies are equal."""
+    f = torch.as_tensor(frequencies, dtype=torch.float64).flatten()
+    if f.numel() < 2:
+        return math.nan
+    rank_f = _average_ranks(f)
+    rank_i = torch.arange(f.numel(), dtype=torch.float64, device=f.device)
+    rank_f, rank_i = rank_f - rank_f.mean(), rank_i - rank_i.mean()
+    denom = rank_f.norm() * rank_i.norm()
+    return float((rank_f @ rank_i) / denom) if denom > 0 else math.nan
+
+
+def _average_ranks(values: torch.Tensor) -> torch.Tensor:
+    order = torch.argsort(values, stable=True)
+    sorted_v = values[order]
+    ranks = torch.empty_like(values)
+    i, n = 0, values.numel()
+    # ties: one pass over runs of equal values
+    boundaries = [*torch.nonzero(sorted_v[1:] != sorted_v[:-1]).flatten().tolist(), n - 1]
+    for end in boundaries:
+        ranks[order[i : end + 1]] = (i + end) / 2.0
+        i = end + 1
+    return ranks
+
+
+@torch.no_grad()
+def prefix_explained_variance(
+    sae: Any,
+    activations: torch.Tensor,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    batch_size: int = 4096,
+) -> dict[float, float]:
+    """Explained variance ``1 - E||x - x_hat_k||^2 / Var(x)`` when only the first
+    ``k = round(fraction * d_sae)`` latents are kept (the others zeroed before decoding).
+
+    Var(x) is the total variance around the mean, as in SAE-Lens's
+    ``ExplainedVarianceCalculator``; fraction 1.0 is the SAE's ordinary EV.
+    """
+    d_sae = sae.cfg.d_sae
+    ks = {f: max(0, min(d_sae, round(f * d_sae))) for f in fractions}
+    for f in fractions:
+        if not 0.0 <= f <= 1.0:
+            raise ValueError(f"fractions: each must be in [0, 1], got {f}")
+    was_training = sae.training
+    sae.eval()
+    sq_err = dict.fromkeys(fractions, 0.0)
+    sum_x, sum_sq, n = None, 0.0, 0
+    try:
+        for batch in _batches(sae, activations, batch_size):
+            x = batch.double()
+            acts = sae.encode(batch)
+            for f, k in ks.items():
+                kept = acts.clone()
+                kept[..., k:] = 0
+                x_hat = sae.decode(kept).double().reshape(x.shape)
+                sq_err[f] += (x - x_hat).pow(2).sum().item()
+            s = x.sum(0)
+            sum_x = s if sum_x is None else sum_x + s
+            sum_sq += x.pow(2).sum().item()
+            n += x.shape[0]
+    finally:
+        sae.train(was_training)
+    if sum_x is None:
+        raise ValueError("prefix_explained_variance: activations is empty")
+    total_var = sum_sq / n - (sum_x / n).pow(2).sum().item()
+    return {f: 1.0 - (sq_err[f] / n) / total_var for f in fractions}

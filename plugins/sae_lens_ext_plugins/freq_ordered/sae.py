@@ -1,0 +1,476 @@
+"""The frequency-ordered SAE (``freq_ordered``): config, inference class and training class.
+
+A ReLU SAE whose latents are kept in order of firing frequency (latent 0 fires
+most often) by the ``frequency_ordering`` loss term, with the options of the
+research log "Frequency-Based Feature Ordering in Sparse Autoencoders":
+an adaptive L1 penalty, dead-latent resampling, LayerNorm on the encoder
+pre-activations, a scaled skip projection inside the encoder and causal
+self-attention within windows of consecutive positions.
+
+Encoder (``u = process_sae_in(x)``, i.e. ``x - b_dec``)::
+
+    a      = u + attention(u)                  # attention=True only
+    h      = a @ W_enc + b_enc
+           + skip_scale * (u @ W_skip)         # skip_projection=True only
+    h      = LayerNorm_affine(h)               # layer_norm=True only
+    acts   = ReLU(h)
+    x_hat  = acts @ W_dec + b_dec
+
+Every path from the input to the output goes through ``acts``: nothing
+bypasses the sparse code. The inference class and the training class share
+this encoder (:class:`FreqOrderedEncoderMixin`), so a saved SAE encodes
+exactly what it encoded in training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from sae_lens.saes.sae import (
+    SAE,
+    SAEConfig,
+    TrainCoefficientConfig,
+    TrainStepInput,
+    TrainStepOutput,
+)
+from torch import nn
+
+from sae_lens_ext.loss_terms import LossTermSpec
+from sae_lens_ext.resampling import _PENDING, ResampleResult
+from sae_lens_ext.training import (
+    LossTermTrainingSAE,
+    LossTermTrainingSAEConfig,
+    check_non_negative,
+)
+
+ARCHITECTURE = "freq_ordered"
+ORDERING_TERM = "frequency_ordering"
+ADAPTIVE_L1_TERM = "adaptive_l1"
+LN_EPS = 1e-5
+DEAD_FREQUENCY = 1e-8  # with sorting on, "dead" also needs latent_frequency <= this
+
+
+@dataclass(kw_only=True)
+class FreqOrderedArchitectureFields:
+    """Fields that change what the SAE computes (saved with the inference SAE).
+
+    Args:
+        layer_norm: LayerNorm (with per-latent gain and bias) on the encoder
+            pre-activations, before the ReLU (log run 7). Default off.
+        skip_projection: add ``skip_scale * (x - b_dec) @ W_skip`` to the
+            pre-activations (log run 8). It lives inside the encoder, so it only
+            reaches the output through the sparse code. Default off.
+        skip_scale: scale of the skip projection (log: 0.1).
+        attention: causal self-attention over the positions of one window, its
+            output added to the encoder input (log run 9). Needs
+            ``attention_window >= 2``. Default off.
+        attention_window: number of consecutive positions of one sequence that
+            make up a window. A 2-D batch ``(N, d_in)`` is read as ``N /
+            attention_window`` windows of consecutive positions (the window layout:
+            train from an unshuffled activation stream); a ``(..., seq, d_in)``
+            input is cut into blocks of this many positions along ``seq``. Each
+            position attends to itself and the earlier positions of its window,
+            never to another window. 0: no sequence axis (attention must be off).
+        attention_dim: width of the query/key projections (0: ``d_in``).
+    """
+
+    layer_norm: bool = False
+    skip_projection: bool = False
+    skip_scale: float = 0.1
+    attention: bool = False
+    attention_window: int = 0
+    attention_dim: int = 0
+
+    def validate_architecture_fields(self) -> None:
+        name = type(self).__name__
+        check_non_negative(self, "skip_scale", "attention_window", "attention_dim")
+        if self.attention and self.attention_window < 2:
+            raise ValueError(
+                f"{name}.attention_window must be >= 2 when attention=True (got "
+                f"{self.attention_window}): attention needs a sequence axis, i.e. windows of "
+                "consecutive positions; without one, switch attention off"
+            )
+
+
+@dataclass
+class FreqOrderedSAEConfig(SAEConfig, FreqOrderedArchitectureFields):
+    """Inference config of the frequency-ordered SAE."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.validate_architecture_fields()
+
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+
+class FreqOrderedEncoderMixin:
+    """Parameters, encoder, decoder and weight folding shared by both classes."""
+
+    cfg: Any
+    dtype: torch.dtype
+    device: torch.device
+    W_enc: nn.Parameter
+    W_dec: nn.Parameter
+    b_dec: nn.Parameter
+    b_enc: nn.Parameter
+    latent_frequency: torch.Tensor
+
+    def init_freq_ordered_parameters(self) -> None:
+        """Create ``b_enc``, the optional parameters and the frequency buffer."""
+        cfg, kw = self.cfg, {"dtype": self.dtype, "device": self.device}
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
+        if cfg.layer_norm:
+            self.ln_weight = nn.Parameter(torch.ones(cfg.d_sae, **kw))
+            self.ln_bias = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
+        if cfg.skip_projection:
+            # zero init: training starts from the plain SAE
+            self.W_skip = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_sae, **kw))
+        if cfg.attention:
+            d_att = cfg.attention_dim or cfg.d_in
+            self.W_q = nn.Parameter(torch.empty(cfg.d_in, d_att, **kw))
+            self.W_k = nn.Parameter(torch.empty(cfg.d_in, d_att, **kw))
+            if self.device.type != "meta":
+                nn.init.normal_(self.W_q, std=cfg.d_in**-0.5)
+                nn.init.normal_(self.W_k, std=cfg.d_in**-0.5)
+            # zero value projection: attention starts as a no-op
+            self.W_v = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_in, **kw))
+        # EMA of each latent's firing rate (fraction of inputs where it is > 0),
+        # persistent so that it is saved, restored on resume and readable after training
+        self.register_buffer(
+            "latent_frequency",
+            torch.zeros(cfg.d_sae, dtype=torch.float32, device=self.device),
+            persistent=True,
+        )
+        self.register_buffer(
+            "frequency_updates",
+            torch.zeros((), dtype=torch.float32, device=self.device),
+            persistent=True,
+        )
+
+    # --- encoder ---------------------------------------------------------------------
+    def attend(self, u: torch.Tensor) -> torch.Tensor:
+        """Causal self-attention within windows of ``attention_window`` positions."""
+        w, d = self.cfg.attention_window, u.shape[-1]
+        if u.ndim == 2:
+            if u.shape[0] % w:
+                raise ValueError(
+                    f"attention_window={w}: a 2-D batch must hold whole windows of consecutive "
+                    f"positions, but it has {u.shape[0]} rows (not a multiple of {w})"
+                )
+            blocks, pad, lead = u.reshape(-1, w, d), 0, None
+        else:
+            lead, seq = u.shape[:-2], u.shape[-2]
+            pad = (-seq) % w
+            padded = F.pad(u, (0, 0, 0, pad)) if pad else u
+            blocks = padded.reshape(-1, w, d)
+        q, k, v = blocks @ self.W_q, blocks @ self.W_k, blocks @ self.W_v
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if lead is None:
+            return out.reshape(u.shape)
+        out = out.reshape(*lead, -1, d)
+        return out[..., : out.shape[-2] - pad, :] if pad else out
+
+    def pre_activations(self, sae_in: torch.Tensor) -> torch.Tensor:
+        """Pre-activations (what the ReLU sees) of the processed input ``x - b_dec``."""
+        cfg = self.cfg
+        enc_in = sae_in + self.attend(sae_in) if cfg.attention else sae_in
+        hidden = enc_in @ self.W_enc + self.b_enc
+        if cfg.skip_projection:
+            hidden = hidden + cfg.skip_scale * (sae_in @ self.W_skip)
+        if cfg.layer_norm:
+            hidden = F.layer_norm(hidden, (cfg.d_sae,), self.ln_weight, self.ln_bias, LN_EPS)
+        return hidden
+
+    def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.shape[-1] != self.cfg.d_in and not self.hook_z_reshaping_mode:  # type: ignore[attr-defined]
+            raise ValueError(
+                f"d_in: the SAE expects inputs of width d_in={self.cfg.d_in}, got {x.shape[-1]}"
+            )
+        sae_in = self.process_sae_in(x)  # type: ignore[attr-defined]
+        hidden_pre = self.hook_sae_acts_pre(self.pre_activations(sae_in))  # type: ignore[attr-defined]
+        feature_acts = self.hook_sae_acts_post(self.activation_fn(hidden_pre))  # type: ignore[attr-defined]
+        return feature_acts, hidden_pre
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode_with_hidden_pre(x)[0]
+
+    def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
+        sae_out = self.hook_sae_recons(feature_acts @ self.W_dec + self.b_dec)  # type: ignore[attr-defined]
+        sae_out = self.run_time_activation_norm_fn_out(sae_out)  # type: ignore[attr-defined]
+        return self.reshape_fn_out(sae_out, self.d_head)  # type: ignore[attr-defined]
+
+    # --- weight folding ------------------------------------------------------------------
+    @torch.no_grad()
+    def fold_and_get_W_dec_norm(self) -> torch.Tensor:
+        """Give every decoder row unit norm, scaling the latent by the old norm.
+
+        ReLU commutes with a positive per-latent scale, so the scale moves to the
+        last linear map before the ReLU: the LayerNorm gain and bias when
+        ``layer_norm`` is on (the LayerNorm statistics are then untouched), else
+        ``W_enc``, ``b_enc`` and ``W_skip``. Outputs are unchanged.
+        """
+        norms = self.W_dec.norm(dim=-1).clamp(min=1e-8)
+        self.W_dec.data.div_(norms.unsqueeze(1))
+        if self.cfg.layer_norm:
+            self.ln_weight.data.mul_(norms)
+            self.ln_bias.data.mul_(norms)
+        else:
+            self.W_enc.data.mul_(norms)
+            self.b_enc.data.mul_(norms)
+            if self.cfg.skip_projection:
+                self.W_skip.data.mul_(norms)
+        return norms
+
+    def fold_W_dec_norm(self) -> None:
+        self.fold_and_get_W_dec_norm()
+
+    @torch.no_grad()
+    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
+        """Fold the trainer's input scale ``s`` (the SAE saw ``s * x``) into the weights."""
+        super().fold_activation_norm_scaling_factor(scaling_factor)  # type: ignore[misc]
+        if self.cfg.skip_projection:
+            self.W_skip.data.mul_(scaling_factor)
+        if self.cfg.attention:  # attention sees (s x - b_dec) / s: restore its logits
+            self.W_q.data.mul_(scaling_factor)
+            self.W_k.data.mul_(scaling_factor)
+
+    def fold_activation_whitening(self, *args: Any, **kwargs: Any) -> None:
+        if self.cfg.attention or self.cfg.skip_projection:
+            raise NotImplementedError(
+                "freq_ordered: covariance_whitening cannot be folded with attention or "
+                "skip_projection on; use normalize_activations='none' or "
+                "'expected_average_only_in'"
+            )
+        super().fold_activation_whitening(*args, **kwargs)  # type: ignore[misc]
+
+    def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
+        """Refuse weights of another shape with a message naming the setting."""
+        for name, value in state_dict.items():
+            own = self._parameters.get(name, self._buffers.get(name))  # type: ignore[attr-defined]
+            if own is not None and tuple(own.shape) != tuple(value.shape):
+                raise ValueError(
+                    f"{name}: checkpoint has shape {tuple(value.shape)} but this config "
+                    f"(d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}, attention_dim="
+                    f"{self.cfg.attention_dim}) gives {tuple(own.shape)}; fix d_in / d_sae"
+                )
+        missing = sorted(set(self._parameters) - set(state_dict))  # type: ignore[attr-defined]
+        if missing:
+            raise ValueError(
+                f"checkpoint lacks {missing}: its layer_norm / skip_projection / attention "
+                "settings differ from this config's"
+            )
+        # checkpoints written before the frequency buffer existed still load
+        state_dict.setdefault("latent_frequency", torch.zeros(self.cfg.d_sae))
+        state_dict.setdefault("frequency_updates", torch.zeros(()))
+
+
+class FreqOrderedSAE(FreqOrderedEncoderMixin, SAE[FreqOrderedSAEConfig]):
+    """Inference class of ``freq_ordered`` (what is saved, loaded and uploaded)."""
+
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        self.init_freq_ordered_parameters()
+
+
+@dataclass(kw_only=True)
+class FreqOrderedTrainingSAEConfig(LossTermTrainingSAEConfig, FreqOrderedArchitectureFields):
+    """Training config of ``freq_ordered``. Defaults are the benchmarked recommendation
+    (docs/benchmarks-freq-ordered.md).
+
+    Args:
+        ordering_coefficient: weight of the ``frequency_ordering`` loss (log run 2: 0.3).
+        ordering_warm_up_steps: the ordering coefficient ramps linearly from 0 over
+            this many steps (log run 3: 0 -> 0.5 over 1000 steps; default 0: the
+            loss does most good while latents are still choosing their features).
+        frequency_decay: decay of the EMA firing-rate buffer ``latent_frequency``
+            (time constant ``1 / (1 - decay)`` steps).
+        frequency_temperature: temperature of the soft firing rate
+            ``mean(sigmoid(hidden_pre / T))`` that carries the ordering gradient.
+        ordering_rows: the soft rate is computed on this many evenly strided rows of
+            the batch (0: all rows); it only carries a gradient estimate.
+        l1_coefficient: weight of the L1 penalty on ``acts * ||W_dec row||``
+            (the base of the adaptive L1; log run 5 used 0.04 on its own data scale).
+        l1_warm_up_steps: linear warm-up of the L1 coefficient.
+        adaptive_l1: scale the L1 penalty by the batch's mean cosine similarity
+            between input and reconstruction (log run 5), as the ``adaptive_l1``
+            loss term; off: a plain L1 (``l1_loss``).
+        sort_latents_every: every this many steps, permute the latents (parameters,
+            Adam moments and the frequency buffer) so that ``latent_frequency`` is
+            non-increasing in the index (0: never). Exact: the function the SAE
+            computes does not change. Not in the log; see the docs for why it is on.
+        resample_dead_every: inherited; resample dead latents every this many
+            steps through the ``resample_dead_latents`` hook (log run 4). With
+            sorting on, a latent counts as dead only if SAE-Lens's trainer says so
+            *and* its ``latent_frequency`` is 0 (the trainer's counters are indexed by
+            position and do not follow a permutation).
+
+    Gradient clipping (log run 6, max norm 1.0) is not a field: SAE-Lens's
+    trainer already clips every SAE's gradient norm at 1.0.
+    """
+
+    ordering_coefficient: float = 0.3
+    ordering_warm_up_steps: int = 0
+    frequency_decay: float = 0.99
+    frequency_temperature: float = 0.1
+    ordering_rows: int = 128
+    l1_coefficient: float = 1.0
+    l1_warm_up_steps: int = 0
+    adaptive_l1: bool = False
+    sort_latents_every: int = 25
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        check_non_negative(
+            self,
+            "ordering_coefficient",
+            "ordering_warm_up_steps",
+            "l1_coefficient",
+            "l1_warm_up_steps",
+            "sort_latents_every",
+            "ordering_rows",
+        )
+        if not 0.0 <= self.frequency_decay < 1.0:
+            raise ValueError(
+                f"{name}.frequency_decay must be in [0, 1), got {self.frequency_decay}"
+            )
+        if not self.frequency_temperature > 0:
+            raise ValueError(
+                f"{name}.frequency_temperature must be > 0, got {self.frequency_temperature}"
+            )
+        self.validate_architecture_fields()
+        super().__post_init__()
+
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+    def builtin_loss_terms(self) -> list[LossTermSpec]:
+        specs = [
+            LossTermSpec(ORDERING_TERM, self.ordering_coefficient, self.ordering_warm_up_steps)
+        ]
+        if self.adaptive_l1:
+            specs.append(LossTermSpec(ADAPTIVE_L1_TERM, self.l1_coefficient, self.l1_warm_up_steps))
+        return specs
+
+
+class FreqOrderedTrainingSAE(
+    FreqOrderedEncoderMixin, LossTermTrainingSAE[FreqOrderedTrainingSAEConfig]
+):
+    """Training class of ``freq_ordered``: plain L1 (unless adaptive) + plugin loss terms."""
+
+    def __init__(self, cfg: FreqOrderedTrainingSAEConfig, use_error_term: bool = False):
+        super().__init__(cfg, use_error_term)
+        self._pending_sort = False
+        self.n_sorts = 0
+
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        self.init_freq_ordered_parameters()
+
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        every = self.cfg.sort_latents_every
+        if self._pending_sort:  # no optimizer step hook ran since it was scheduled
+            self.sort_latents(None)
+        mask = step_input.dead_neuron_mask
+        if every and mask is not None:
+            alive = self.latent_frequency.to(mask.device) > DEAD_FREQUENCY
+            step_input = replace(step_input, dead_neuron_mask=mask & ~alive)
+        output = super().training_forward_pass(step_input)
+        if every and (step_input.n_training_steps + 1) % every == 0:
+            self._pending_sort = True
+            _PENDING.add(self)  # applied after the optimizer step, like a resample
+        return output
+
+    @torch.no_grad()
+    def sort_latents(self, optimizer: Any | None) -> torch.Tensor:
+        """Permute latents so that ``latent_frequency`` is non-increasing; permute the
+        optimizer's per-latent state along with them. Returns the permutation."""
+        from sae_lens_ext_plugins.freq_ordered.reorder import apply_permutation
+
+        self._pending_sort = False
+        perm = torch.argsort(-self.latent_frequency.float(), stable=True)
+        apply_permutation(self, perm)
+        if optimizer is not None:
+            for name, axis in self.latent_parameters().items():
+                param = self.get_parameter(name)
+                for value in optimizer.state.get(param, {}).values():
+                    if hasattr(value, "shape") and value.shape == param.shape:
+                        value.copy_(value.index_select(axis, perm.to(value.device)))
+        self.n_sorts += 1
+        return perm
+
+    def base_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        if self.cfg.adaptive_l1:  # the adaptive_l1 loss term carries the L1 coefficient
+            return {}
+        return {"l1": TrainCoefficientConfig(self.cfg.l1_coefficient, self.cfg.l1_warm_up_steps)}
+
+    def base_aux_loss(
+        self,
+        step_input: TrainStepInput,
+        feature_acts: torch.Tensor,
+        hidden_pre: torch.Tensor,
+        sae_out: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        self.update_frequency(feature_acts)
+        if self.cfg.adaptive_l1:
+            return {}
+        from sae_lens_ext_plugins.freq_ordered.losses import weighted_l1
+
+        return {"l1_loss": step_input.coefficients["l1"] * weighted_l1(self, feature_acts)}
+
+    @torch.no_grad()
+    def update_frequency(self, feature_acts: torch.Tensor) -> None:
+        """Fold this batch's firing rates into the buffer: a running mean over the first
+        ``1 / (1 - frequency_decay)`` steps, an EMA with that decay afterwards."""
+        acts = feature_acts.detach().reshape(-1, self.cfg.d_sae)
+        # ReLU outputs are >= 0, so sign() is the firing indicator (cheaper than a compare)
+        fired = torch.sign(acts).sum(0, dtype=torch.float32) / max(acts.shape[0], 1)
+        t = float(self.frequency_updates)
+        decay = min(self.cfg.frequency_decay, t / (t + 1.0))
+        new = decay * self.latent_frequency.float() + (1 - decay) * fired
+        self.latent_frequency.copy_(new.to(self.latent_frequency.dtype))
+        self.frequency_updates.add_(1)
+
+    def frequency_lever(self) -> torch.Tensor:
+        """The per-latent bias added last before the ReLU: the ordering loss's gradient
+        goes to it (LayerNorm bias with ``layer_norm``, else ``b_enc``)."""
+        return self.ln_bias if self.cfg.layer_norm else self.b_enc
+
+    def latent_parameters(self) -> dict[str, int]:
+        params = super().latent_parameters()
+        if self.cfg.layer_norm:
+            params.update(ln_weight=0, ln_bias=0)
+        if self.cfg.skip_projection:
+            params["W_skip"] = 1
+        return params
+
+    @torch.no_grad()
+    def apply_pending_resample(self, optimizer: Any | None) -> None:
+        """Also restart the resampled latents' skip columns, LayerNorm gain/bias and
+        frequency estimate, so that the resampler's encoder row is what they compute."""
+        pending = self._pending_resample
+        if pending is not None:
+            dead, result = pending
+            self._pending_resample = (dead, self._complete_result(dead, result))
+            self.latent_frequency[dead.to(self.latent_frequency.device)] = 0
+        super().apply_pending_resample(optimizer)
+        if self._pending_sort:
+            self.sort_latents(optimizer)
+        _PENDING.discard(self)
+
+    def _complete_result(self, dead: torch.Tensor, result: ResampleResult) -> ResampleResult:
+        values, n = dict(result.values), dead.numel()
+        if self.cfg.skip_projection:
+            values.setdefault("W_skip", torch.zeros(self.cfg.d_in, n))
+        if self.cfg.layer_norm:
+            alive = torch.ones(self.cfg.d_sae, dtype=torch.bool, device=self.ln_weight.device)
+            alive[dead.to(alive.device)] = False
+            gain = self.ln_weight[alive].mean() if alive.any() else torch.tensor(1.0)
+            values.setdefault("ln_weight", gain.expand(n).clone())
+            values.setdefault("ln_bias", torch.zeros(n))
+        return ResampleResult(values=values, resampler=result.resampler, info=result.info)

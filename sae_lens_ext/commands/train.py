@@ -1,0 +1,104 @@
+"""``sae-lens train``: upstream's language-model training runner, with every upstream flag.
+
+The command is a thin click shell: its own options are parsed by click, every
+other argument is handed unchanged to the ``simple_parsing`` parser that
+``python -m sae_lens.llm_sae_training_runner`` builds from
+``LanguageModelSAERunnerConfig`` and the SAE config chosen by ``--architecture``.
+So each upstream option exists under its upstream name, for every registered
+architecture (plugins included), and ``--help`` stays fast (no torch import).
+"""
+
+from __future__ import annotations
+
+import click
+
+from sae_lens_ext.commands._errors import debug_option
+
+HELP = """Train an SAE on a language model's activations (upstream SAE-Lens runner).
+
+\b
+Every option of upstream's LanguageModelSAERunnerConfig and of the chosen
+architecture's training config is accepted under its upstream name, exactly as
+`python -m sae_lens.llm_sae_training_runner` takes it, e.g.:
+  sae-lens train --architecture freq_ordered \\
+    --model_class_name AutoModelForCausalLM --model_name ./my-model \\
+    --hook_name transformer.h.0 --d_in 64 --d_sae 512 \\
+    --dataset_path ./my-text --streaming False --is_dataset_tokenized False \\
+    --context_size 32 --training_tokens 200000 --output_path runs/fo
+List them all (slow: imports SAE-Lens) with
+  sae-lens train --architecture ARCH --help-options
+
+\b
+Differences from the upstream module: wandb is off unless --log_to_wandb True;
+checkpoints go to <output_path>/checkpoints (or exactly --checkpoint_path);
+losses are written to <output_path>/training_log.jsonl; Ctrl-C saves a
+checkpoint that --resume continues from; an output folder holding a trained
+SAE is refused unless --overwrite.
+"""
+
+
+@click.command(
+    name="train",
+    help=HELP,
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+        "max_content_width": 100,
+    },
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="YAML (or JSON) file of upstream option names and values; flags given "
+    "on the command line win. Nested `sae:`/`logger:` sections are allowed.",
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue from the last checkpoint of this output folder."
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an output folder that already holds a trained SAE or checkpoints.",
+)
+@click.option(
+    "--log-every",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Write losses to training_log.jsonl every this many steps.",
+)
+@click.option(
+    "--progress",
+    type=click.Choice(["auto", "bar", "plain", "none"]),
+    default="auto",
+    show_default=True,
+    help="Progress display: a rich bar on a terminal, plain lines otherwise (auto).",
+)
+@click.option(
+    "--help-options",
+    is_flag=True,
+    help="List every upstream option for --architecture (slow) and exit.",
+)
+@debug_option
+@click.argument("upstream_args", nargs=-1, type=click.UNPROCESSED)
+def train_command(
+    config_file: str | None,
+    resume: bool,
+    overwrite: bool,
+    log_every: int,
+    progress: str,
+    help_options: bool,
+    upstream_args: tuple[str, ...],
+) -> int:
+    from sae_lens_ext.commands import _train_impl
+
+    return _train_impl.train(
+        config_file=config_file,
+        args=list(upstream_args),
+        resume=resume,
+        overwrite=overwrite,
+        log_every=log_every,
+        progress=progress,
+        help_options=help_options,
+    )
