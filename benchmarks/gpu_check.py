@@ -60,11 +60,11 @@ def trainer_config(steps: int, batch: int, autocast: bool):
 
 
 def run(name: str, args: argparse.Namespace, autocast: bool) -> dict:
+    import gc
+
     from sae_lens import SAE
     from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
     from sae_lens.training.sae_trainer import SAETrainer
-
-    import gc
 
     gc.collect()
     torch.cuda.empty_cache()
