@@ -86,3 +86,64 @@ def test_plugin_selection_by_environment():
         env={"SAE_LENS_EXT_LOAD_PLUGINS": "temporal_consistency"},
     )
     assert out.stdout.split() == ["False", "True"]
+
+
+def test_regular_wheel_install_registers_plugins(tmp_path):
+    """A regular (non-editable) install: the wheel's .pth and hook file, read by ``site``."""
+    import subprocess
+    import sys
+
+    from tests.helpers import subprocess_env
+
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            str(tmp_path / "dist"),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+        env=subprocess_env(),
+    )
+    wheel = next((tmp_path / "dist").glob("sae_lens_ext-*.whl"))
+    site_dir = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            "--target",
+            str(site_dir),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        env=subprocess_env(),
+    )
+    assert (site_dir / "sae_lens_ext_autoload.pth").read_text() == render()
+    out = run_python(
+        f"""
+import os, site, sys
+os.environ['SAE_LENS_EXT_AUTOLOAD'] = '1'  # off for the editable install's hook at start-up
+site.addsitedir({str(site_dir)!r})  # reads .pth files as at start-up, with sitedir set
+assert 'sae_lens_ext_autoload' in sys.modules
+assert sys.modules['sae_lens_ext_autoload'].__file__.startswith({str(site_dir)!r})
+import sae_lens
+from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+print('freq_ordered' in SAE_TRAINING_CLASS_REGISTRY)
+""",
+        env={"SAE_LENS_EXT_AUTOLOAD": "0"},
+    )
+    assert out.stdout.strip() == "True"
