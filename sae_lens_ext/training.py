@@ -32,6 +32,11 @@ from sae_lens_ext.resampling import (
 )
 
 
+def decoder_weighted_sparsity(sae: Any, feature_acts: torch.Tensor, p: float = 1.0) -> torch.Tensor:
+    """SAE-Lens's standard sparsity penalty: batch mean of ``|| a * ||W_dec[i]|| ||_p``."""
+    return (feature_acts * sae.W_dec.norm(dim=1)).norm(p=p, dim=-1).mean()
+
+
 def check_non_negative(cfg: Any, *names: str) -> None:
     """Raise a ValueError naming the first field of ``cfg`` that is negative."""
     for name in names:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from sae_lens_ext.commands._errors import debug_option
+from sae_lens_ext.commands._options import run_options
 
 HELP = """Train an SAE on ground-truth synthetic data, offline, and report how well it recovers it.
 
@@ -74,21 +75,7 @@ training_log.jsonl and plots/ to --output. Needs no network.
     show_default=True,
     help="Periodic checkpoints (Ctrl-C always saves one).",
 )
-@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --output.")
-@click.option("--overwrite", is_flag=True, help="Replace an --output folder holding a trained SAE.")
-@click.option(
-    "--log-every",
-    type=click.IntRange(min=1),
-    default=20,
-    show_default=True,
-    help="Write losses to training_log.jsonl every this many steps.",
-)
-@click.option(
-    "--progress",
-    type=click.Choice(["auto", "bar", "plain", "none"]),
-    default="auto",
-    show_default=True,
-)
+@run_options(log_every=20)
 @click.option("--device", default="cpu", show_default=True)
 @click.option(
     "--threads",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import click
 
 from sae_lens_ext.commands._errors import debug_option
+from sae_lens_ext.commands._options import run_options
 
 HELP = """Train an SAE on a language model's activations (upstream SAE-Lens runner).
 
@@ -53,28 +54,7 @@ SAE is refused unless --overwrite.
     help="YAML (or JSON) file of upstream option names and values; flags given "
     "on the command line win. Nested `sae:`/`logger:` sections are allowed.",
 )
-@click.option(
-    "--resume", is_flag=True, help="Continue from the last checkpoint of this output folder."
-)
-@click.option(
-    "--overwrite",
-    is_flag=True,
-    help="Replace an output folder that already holds a trained SAE or checkpoints.",
-)
-@click.option(
-    "--log-every",
-    type=click.IntRange(min=1),
-    default=50,
-    show_default=True,
-    help="Write losses to training_log.jsonl every this many steps.",
-)
-@click.option(
-    "--progress",
-    type=click.Choice(["auto", "bar", "plain", "none"]),
-    default="auto",
-    show_default=True,
-    help="Progress display: a rich bar on a terminal, plain lines otherwise (auto).",
-)
+@run_options(log_every=50)
 @click.option(
     "--help-options",
     is_flag=True,

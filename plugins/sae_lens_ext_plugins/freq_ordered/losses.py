@@ -6,17 +6,11 @@ Both are registered as plugin loss terms, so any architecture built on
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
 from sae_lens_ext.loss_terms import LossContext
-
-
-def weighted_l1(sae: Any, feature_acts: torch.Tensor) -> torch.Tensor:
-    """SAE-Lens's standard sparsity penalty: ``sum_i |a_i| * ||W_dec[i]||``, batch mean."""
-    return (feature_acts * sae.W_dec.norm(dim=1)).norm(p=1, dim=-1).mean()
+from sae_lens_ext.training import decoder_weighted_sparsity
 
 
 def rearrangement_gap(p: torch.Tensor) -> torch.Tensor:
@@ -124,4 +118,4 @@ def adaptive_l1_loss(ctx: LossContext) -> torch.Tensor:
     x_hat = ctx.sae_out.detach().float().reshape(x.shape) - b_dec
     quality = F.cosine_similarity(x_hat, x, dim=-1).mean().clamp(0.0, 1.0)
     ctx.metrics["adaptive_l1_scale"] = quality
-    return quality * weighted_l1(sae, ctx.feature_acts)
+    return quality * decoder_weighted_sparsity(sae, ctx.feature_acts)

@@ -44,6 +44,7 @@ from sae_lens_ext.training import (
     LossTermTrainingSAE,
     LossTermTrainingSAEConfig,
     check_non_negative,
+    decoder_weighted_sparsity,
 )
 
 ARCHITECTURE = "freq_ordered"
@@ -419,9 +420,8 @@ class FreqOrderedTrainingSAE(
         self.update_frequency(feature_acts)
         if self.cfg.adaptive_l1:
             return {}
-        from sae_lens_ext_plugins.freq_ordered.losses import weighted_l1
-
-        return {"l1_loss": step_input.coefficients["l1"] * weighted_l1(self, feature_acts)}
+        l1 = decoder_weighted_sparsity(self, feature_acts)
+        return {"l1_loss": step_input.coefficients["l1"] * l1}
 
     @torch.no_grad()
     def update_frequency(self, feature_acts: torch.Tensor) -> None:

@@ -23,6 +23,7 @@ from sae_lens_ext.training import (
     LossTermTrainingSAE,
     LossTermTrainingSAEConfig,
     check_non_negative,
+    decoder_weighted_sparsity,
 )
 
 ARCHITECTURE = "temporal_consistency"
@@ -209,9 +210,8 @@ class TemporalConsistencyTrainingSAE(LossTermTrainingSAE[TemporalConsistencyTrai
         hidden_pre: torch.Tensor,
         sae_out: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        weighted = feature_acts * self.W_dec.norm(dim=1)
-        sparsity = weighted.norm(p=self.cfg.lp_norm, dim=-1)
-        return {"l1_loss": (step_input.coefficients["l1"] * sparsity).mean()}
+        sparsity = decoder_weighted_sparsity(self, feature_acts, p=self.cfg.lp_norm)
+        return {"l1_loss": step_input.coefficients["l1"] * sparsity}
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         output = super().training_forward_pass(step_input)

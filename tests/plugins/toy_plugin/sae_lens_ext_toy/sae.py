@@ -6,7 +6,11 @@ import torch
 from sae_lens.saes.sae import SAE, SAEConfig
 from torch import nn
 
-from sae_lens_ext.training import LossTermTrainingSAE, LossTermTrainingSAEConfig
+from sae_lens_ext.training import (
+    LossTermTrainingSAE,
+    LossTermTrainingSAEConfig,
+    decoder_weighted_sparsity,
+)
 
 
 @dataclass
@@ -58,5 +62,5 @@ class ToyReluTrainingSAE(LossTermTrainingSAE[ToyReluTrainingSAEConfig]):
         return {"l1": self.cfg.l1_coefficient}
 
     def base_aux_loss(self, step_input, feature_acts, hidden_pre, sae_out):
-        l1 = (feature_acts * self.W_dec.norm(dim=1)).sum(-1).mean()
+        l1 = decoder_weighted_sparsity(self, feature_acts)
         return {"l1_loss": step_input.coefficients["l1"] * l1}
