@@ -117,6 +117,42 @@ def check_batch_layout(ctx: LossContext, window: int) -> None:
     setattr(sae, _CHECKED_ATTR, True)
 
 
+class _VariationPenalty(torch.autograd.Function):
+    """Total variation with a hand-written backward that saves nothing new.
+
+    Autograd would keep the ``(N, d_sae)`` difference and its ``abs`` alive until the
+    backward pass (about 1.4x the peak memory of upstream's standard SAE step on an
+    H100 at d_sae 24k). Here the forward keeps only its inputs (``feature_acts`` is
+    alive anyway: the ReLU saved it) and the backward recomputes the difference.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, f: torch.Tensor, norms: torch.Tensor, window: int, stride: int):
+        ctx.save_for_backward(f, norms)
+        ctx.window, ctx.stride = window, stride
+        w = f.reshape(-1, window, f.shape[-1])
+        change = (w[:, stride:] - w[:, :-stride]).abs_()
+        return (change @ norms.to(change.dtype)).mean()
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor):
+        f, norms = ctx.saved_tensors
+        window, stride = ctx.window, ctx.stride
+        w = f.reshape(-1, window, f.shape[-1])
+        diff = w[:, stride:] - w[:, :-stride]
+        count = diff.shape[0] * diff.shape[1]
+        grad_f = grad_n = None
+        if ctx.needs_input_grad[1]:
+            grad_n = (diff.abs().sum((0, 1)) * (grad_out / count)).to(norms.dtype)
+        if ctx.needs_input_grad[0]:
+            g = diff.sign_().mul_(norms.to(diff.dtype) * (grad_out / count))
+            grad_w = torch.zeros_like(w)
+            grad_w[:, stride:] += g
+            grad_w[:, :-stride] -= g
+            grad_f = grad_w.reshape(f.shape)
+        return grad_f, grad_n, None, None
+
+
 def variation_penalty(
     feature_acts: torch.Tensor, window: int, stride: int, decoder_norms: torch.Tensor
 ) -> torch.Tensor:
@@ -126,10 +162,9 @@ def variation_penalty(
     An L1 penalty on *changes*: a latent that flickers on for one position pays about
     twice its L1, one that stays on pays only for its changes. Weighted by decoder norms
     like upstream's L1, so shrinking ``f`` while growing ``W_dec`` does not lower it.
+    (Subgradient 0 where two consecutive activations are equal.)
     """
-    f = feature_acts.reshape(-1, window, feature_acts.shape[-1])
-    change = (f[:, stride:] - f[:, :-stride]).abs()
-    return (change @ decoder_norms.to(change.dtype)).mean()
+    return _VariationPenalty.apply(feature_acts, decoder_norms, window, stride)
 
 
 def normalized_penalty(feature_acts: torch.Tensor, window: int, stride: int) -> torch.Tensor:
