@@ -43,6 +43,8 @@ class LossTerm:
     name: str
     fn: Callable[[LossContext], torch.Tensor]
     description: str = ""
+    options: tuple[str, ...] = ()
+    """Settings ``fn`` reads with ``ctx.option``; other ``loss_term_options`` keys are refused."""
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):

@@ -69,12 +69,29 @@ class LossTermTrainingSAEConfig(TrainingSAEConfig, ABC):
                 f"{type(self).__name__}: d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}"
             )
         check_non_negative(self, "resample_dead_every")
-        self.enabled_loss_terms()  # validate now, not at the first step
-        parse_options(self.loss_term_options)
+        self.check_loss_term_options(self.enabled_loss_terms())  # now, not at the first step
 
     def builtin_loss_terms(self) -> list[LossTermSpec]:
         """Terms the architecture turns on from its own fields (override)."""
         return []
+
+    def check_loss_term_options(self, specs: list[LossTermSpec]) -> None:
+        """Refuse ``loss_term_options`` keys that no enabled term reads, or that a config
+        field of the same name would silently override."""
+        from sae_lens_ext.plugins import loss_terms
+
+        known = loss_terms()
+        readable = {opt for spec in specs for opt in known[spec.name].options}
+        for key in parse_options(self.loss_term_options):
+            if hasattr(self, key):
+                raise ValueError(
+                    f"loss_term_options: {key!r} is a field of {type(self).__name__}; set it directly"
+                )
+            if key not in readable:
+                raise ValueError(
+                    f"loss_term_options: no enabled loss term reads {key!r}; they read: "
+                    f"{', '.join(sorted(readable)) or 'nothing'}"
+                )
 
     def enabled_loss_terms(self) -> list[LossTermSpec]:
         from sae_lens_ext.plugins import loss_terms

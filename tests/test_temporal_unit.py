@@ -430,3 +430,19 @@ def test_variation_penalty_backward_matches_autograd():
     assert torch.autograd.gradcheck(
         lambda a, b: variation_penalty(a, 4, 1, b), (f.detach().requires_grad_(), norms)
     )
+
+
+def test_loss_term_options_are_checked_against_the_enabled_terms():
+    _, cfg_cls = get_sae_training_class("freq_ordered")
+    with pytest.raises(ValueError, match="no enabled loss term reads 'temporal_windw'"):
+        cfg_cls(
+            d_in=8,
+            d_sae=16,
+            loss_terms="temporal_consistency=0.5",
+            loss_term_options="temporal_windw=4",
+        )
+    with pytest.raises(ValueError, match="no enabled loss term reads 'temporal_window'"):
+        cfg_cls(d_in=8, d_sae=16, loss_term_options="temporal_window=4")  # term not enabled
+    _, tc_cfg_cls = get_sae_training_class("temporal_consistency")
+    with pytest.raises(ValueError, match=r"'temporal_window' is a field .*; set it directly"):
+        tc_cfg_cls(d_in=8, d_sae=16, loss_term_options="temporal_window=8")

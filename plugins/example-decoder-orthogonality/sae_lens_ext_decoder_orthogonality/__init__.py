@@ -34,5 +34,6 @@ def register_loss_terms(register):
             name="decoder_orthogonality",
             fn=decoder_orthogonality,
             description="mean squared cosine similarity between decoder rows",
+            options=("decoder_orthogonality_sample",),
         )
     )

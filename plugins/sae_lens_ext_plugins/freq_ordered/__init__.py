@@ -41,6 +41,7 @@ def register_loss_terms(register):
             "frequency_ordering",
             frequency_ordering_loss,
             "rearrangement gap: lower-indexed latents should fire more often",
+            options=("frequency_temperature", "ordering_rows"),
         )
     )
     register(

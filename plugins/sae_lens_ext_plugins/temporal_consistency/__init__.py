@@ -54,8 +54,10 @@ def register_loss_terms(register):
         LossTerm(
             name="temporal_consistency",
             fn=temporal_consistency_loss,
-            description="mean ||f_t - f_t+s||^2 / (||f_t||^2 + ||f_t+s||^2) inside windows "
-            "of temporal_window consecutive rows",
+            description="decoder-weighted total variation of each latent between positions "
+            "t and t+stride inside windows of temporal_window consecutive rows "
+            "(temporal_loss_form=normalized: normalised squared change)",
+            options=("temporal_window", "temporal_stride", "temporal_loss_form"),
         )
     )
     register(
@@ -64,5 +66,11 @@ def register_loss_terms(register):
             fn=temporal_contrastive_loss,
             description="InfoNCE between a latent slice at t and t-1 of the same window "
             "against other windows (Bhalla et al. 2025)",
+            options=(
+                "temporal_window",
+                "temporal_stride",
+                "temporal_contrastive_fraction",
+                "temporal_contrastive_temperature",
+            ),
         )
     )
