@@ -41,12 +41,7 @@ def plot_metrics_comparison(rows: Sequence[Mapping[str, Any]], path: str | Path)
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], names, rotation=20)
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_training_curves(
@@ -74,9 +69,14 @@ def plot_training_curves(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[1].set_xlabel("training step")
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close ``fig``; return its path."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _plt().close(fig)
     return path
