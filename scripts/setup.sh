@@ -20,8 +20,10 @@ fi
 STAMP="$VENV/.sae-lens-ext-installed"
 WANT="$(cat pyproject.toml sae_lens_ext/_autoload.py sae_lens_ext/sae_lens_ext_autoload.pth | cksum)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
-    "${PIP[@]}" install -q hatchling
-    "${PIP[@]}" install -q --no-build-isolation -e ".[dev]"
+    # Default build isolation: every sdist in the tree (transformers-stream-generator,
+    # pulled in by transformer-lens) builds with the build tools it declares, never with
+    # whatever this venv or pip's cache happens to hold.
+    "${PIP[@]}" install -q -e ".[dev]"
 fi
 
 # sae-bench requires torchvision but never imports it, and torchvision only
