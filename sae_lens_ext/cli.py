@@ -38,7 +38,7 @@ class _LazyPluginGroup(click.Group):
         """Run the command; print errors as one line (no traceback unless ``--debug``)."""
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
-        from sae_lens_ext.commands._errors import FAILURE, INTERRUPTED, USAGE, debug, one_line
+        from sae_lens_ext.errors import FAILURE, INTERRUPTED, USAGE, debug, one_line
 
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
@@ -66,7 +66,7 @@ class _LazyPluginGroup(click.Group):
 
 
 def _debug_callback(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-    from sae_lens_ext.commands._errors import set_debug
+    from sae_lens_ext.errors import set_debug
 
     set_debug(value)
 

@@ -18,16 +18,20 @@ inside hook bodies or in submodules the hooks import.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import click
 
     from sae_lens_ext.architectures import Architecture
     from sae_lens_ext.loss_terms import LossTerm
+    from sae_lens_ext.metrics import EvalData, Metric
     from sae_lens_ext.resampling import ResampleRequest, ResampleResult
+    from sae_lens_ext.synthetic import DemoSetup
 
 PROJECT = "sae_lens_ext"
 
@@ -73,3 +77,29 @@ def resample_dead_latents(request: ResampleRequest) -> ResampleResult | None:
 @hookspec
 def register_commands(cli: click.Group) -> None:
     """Add commands to the ``sae-lens`` command-line tool (``cli.command()``)."""
+
+
+@hookspec(firstresult=True)
+def demo_setup(architecture: str) -> DemoSetup | None:
+    """How ``sae-lens demo --architecture architecture`` trains it: config defaults and,
+    optionally, its own synthetic data. Return ``None`` for architectures you do not
+    know; with no answer the demo uses SAE-Lens's ``SyntheticModel`` and upstream defaults.
+    """
+
+
+@hookspec(firstresult=True)
+def default_demo_architecture() -> str | None:
+    """The architecture ``sae-lens demo`` trains when ``--architecture`` is not given."""
+
+
+@hookspec
+def evaluation_metrics(sae: Any, data: EvalData) -> list[Metric] | None:
+    """Metrics this plugin adds to ``demo`` and ``evaluate`` for ``sae`` (any SAE-Lens SAE)
+    on ``data``; return ``None`` when they do not apply (e.g. sequence metrics on rows).
+    Each :class:`~sae_lens_ext.metrics.Metric` becomes a ``metrics.json`` key and a table row.
+    """
+
+
+@hookspec
+def run_figures(sae: Any, data: EvalData, folder: Path) -> list[Path] | None:
+    """Write this plugin's figures of ``sae`` on ``data`` into ``folder``; return their paths."""

@@ -26,12 +26,41 @@ class LossContext:
 
     def option(self, key: str, default: Any) -> Any:
         """A term setting: the SAE config field ``key`` if it has one, else
-        ``loss_term_options`` (``"key=value,..."``), else ``default``."""
-        if hasattr(self.sae.cfg, key):
-            return getattr(self.sae.cfg, key)
-        if key in self.options:
-            return type(default)(self.options[key]) if default is not None else self.options[key]
-        return default
+        ``loss_term_options`` (``"key=value,..."``, converted to ``default``'s type),
+        else ``default``."""
+        return resolve_option(self.sae.cfg, self.options, key, default)
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def convert_option(key: str, raw: str, default: Any) -> Any:
+    """``raw`` (a ``loss_term_options`` value) as ``default``'s type; a bad value raises
+    a ValueError naming the key."""
+    if default is None or isinstance(default, str):
+        return raw
+    if isinstance(default, bool):
+        if raw.strip().lower() in _TRUE:
+            return True
+        if raw.strip().lower() in _FALSE:
+            return False
+        raise ValueError(f"loss_term_options: {key}={raw!r} is not a boolean (true/false)")
+    try:
+        return type(default)(raw)
+    except ValueError:
+        raise ValueError(
+            f"loss_term_options: {key}={raw!r} is not a valid {type(default).__name__}"
+        ) from None
+
+
+def resolve_option(cfg: Any, options: Mapping[str, str], key: str, default: Any) -> Any:
+    """The config field ``key`` if ``cfg`` has one, else ``options[key]`` converted to
+    ``default``'s type, else ``default`` (what :meth:`LossContext.option` returns)."""
+    if hasattr(cfg, key):
+        return getattr(cfg, key)
+    if key in options:
+        return convert_option(key, options[key], default)
+    return default
 
 
 @dataclass(frozen=True)
@@ -45,6 +74,9 @@ class LossTerm:
     description: str = ""
     options: tuple[str, ...] = ()
     """Settings ``fn`` reads with ``ctx.option``; other ``loss_term_options`` keys are refused."""
+    batch_window: Callable[[Callable[[str, Any], Any]], int] | None = None
+    """If the term needs consecutive positions together in a batch: given the option
+    lookup ``option(key, default)``, the number of positions (see :mod:`sae_lens_ext.windows`)."""
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):

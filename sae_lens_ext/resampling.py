@@ -1,5 +1,14 @@
-"""Dead-latent resampling: the request a resampler gets, what it returns, and how the core
-applies it (after the optimizer step, resetting exactly the resampled rows' moments)."""
+"""Dead-latent resampling types, and the optimizer-hook fallback for upstream's own runners.
+
+After-step work (a resample chosen during the step, an architecture's periodic
+permutation) needs the optimizer: the rows it rewrites must get fresh optimizer
+moments. ``sae-lens train``/``demo`` call ``sae.after_optimizer_step(optimizer)``
+explicitly after each step. SAE-Lens's own runners (``SAETrainer.fit``) know nothing of
+it, so a plugin SAE that has such work pending asks for it through
+:func:`request_after_step`, and a process-wide torch optimizer step post-hook runs it
+for the optimizer that holds that SAE's parameters. An SAE driven by a loop that calls
+``after_optimizer_step`` itself sets ``post_step_by_caller`` and is left alone here.
+"""
 
 from __future__ import annotations
 
@@ -33,35 +42,37 @@ class ResampleResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-_PENDING: weakref.WeakSet[Any] = weakref.WeakSet()
+_waiting: weakref.WeakSet[Any] = weakref.WeakSet()
 _hook_handle: Any = None
 
 
-def install_optimizer_hook() -> None:
-    """Register (once) a global optimizer step post-hook that applies pending resamples."""
+def request_after_step(sae: Any) -> None:
+    """Ask for ``sae.after_optimizer_step(optimizer)`` after the next optimizer step of an
+    optimizer holding its parameters (no-op when the caller drives it explicitly)."""
     global _hook_handle
+    if getattr(sae, "post_step_by_caller", False):
+        return
     if _hook_handle is None:
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
         _hook_handle = register_optimizer_step_post_hook(_after_optimizer_step)
+    _waiting.add(sae)
 
 
 def _after_optimizer_step(optimizer: Any, args: Any, kwargs: Any) -> None:
-    if not _PENDING:
+    if not _waiting:
         return
-    param_ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    for sae in list(_PENDING):
-        if id(sae.W_dec) in param_ids:
-            sae.apply_pending_resample(optimizer)
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for sae in list(_waiting):
+        if all(id(p) in held for p in sae.parameters()):
+            _waiting.discard(sae)
+            sae.after_optimizer_step(optimizer)
 
 
-def reset_optimizer_rows(optimizer: Any, param: torch.Tensor, dim: int, rows: torch.Tensor) -> int:
-    """Zero every parameter-shaped state tensor (Adam's ``exp_avg``, ``exp_avg_sq``...)
-    of ``param`` along ``dim`` at ``rows``; return how many state tensors were reset."""
-    state = optimizer.state.get(param, {})
-    n = 0
-    for value in state.values():
-        if hasattr(value, "shape") and value.shape == param.shape:
-            value.index_fill_(dim, rows.to(value.device), 0)
-            n += 1
-    return n
+def is_waiting(sae: Any) -> bool:
+    """Whether ``sae`` still waits for the fallback hook (no optimizer step ran since)."""
+    return sae in _waiting
+
+
+def cancel_after_step(sae: Any) -> None:
+    _waiting.discard(sae)

@@ -3,7 +3,9 @@
 Subclasses write the architecture (encoder, decoder, their own always-on
 penalties through :meth:`base_aux_loss`) in SAE-Lens's usual form; this class
 adds the plugin loss terms, dead-latent resampling through the
-``resample_dead_latents`` hook, and a clear error when a step goes non-finite.
+``resample_dead_latents`` hook, after-step work with the optimizer in hand
+(:meth:`LossTermTrainingSAE.after_optimizer_step`) and, under SAE-Lens's own
+runners, the core's training guards (non-finite loss, an SAE that stops firing).
 """
 
 from __future__ import annotations
@@ -22,14 +24,25 @@ from sae_lens.saes.sae import (
     TrainStepOutput,
 )
 
-from sae_lens_ext.loss_terms import LossContext, LossTermSpec, parse_loss_terms, parse_options
+from sae_lens_ext.guards import TrainingGuard
+from sae_lens_ext.loss_terms import (
+    LossContext,
+    LossTermSpec,
+    parse_loss_terms,
+    parse_options,
+    resolve_option,
+)
+from sae_lens_ext.optim import reset_optimizer_rows
 from sae_lens_ext.resampling import (
-    _PENDING,
     ResampleRequest,
     ResampleResult,
-    install_optimizer_hook,
-    reset_optimizer_rows,
+    cancel_after_step,
+    is_waiting,
+    request_after_step,
 )
+
+#: Under SAE-Lens's own runners, the guards are checked every this many steps.
+GUARD_CHECK_EVERY = 100
 
 
 def decoder_weighted_sparsity(sae: Any, feature_acts: torch.Tensor, p: float = 1.0) -> torch.Tensor:
@@ -56,11 +69,14 @@ class LossTermTrainingSAEConfig(TrainingSAEConfig, ABC):
         resample_dead_every: resample dead latents every this many steps
             (0: never). Dead means SAE-Lens's trainer saw no firing for
             ``dead_feature_window`` steps.
+        max_silent_steps: stop with an error if no latent fires on a whole batch for
+            this many consecutive steps (0: never).
     """
 
     loss_terms: str = ""
     loss_term_options: str = ""
     resample_dead_every: int = 0
+    max_silent_steps: int = 200
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -68,12 +84,31 @@ class LossTermTrainingSAEConfig(TrainingSAEConfig, ABC):
             raise ValueError(
                 f"{type(self).__name__}: d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}"
             )
-        check_non_negative(self, "resample_dead_every")
-        self.check_loss_term_options(self.enabled_loss_terms())  # now, not at the first step
+        check_non_negative(self, "resample_dead_every", "max_silent_steps")
+        specs = self.enabled_loss_terms()
+        self.check_loss_term_options(specs)  # now, not at the first step
+        self.batch_window()  # a bad window setting fails now too
 
     def builtin_loss_terms(self) -> list[LossTermSpec]:
         """Terms the architecture turns on from its own fields (override)."""
         return []
+
+    def architecture_window(self) -> int:
+        """Consecutive positions the architecture itself needs together (override)."""
+        return 1
+
+    def batch_window(self) -> int:
+        """Consecutive positions a training batch must keep together: the most any part
+        needs (the architecture, or an enabled loss term; see :mod:`sae_lens_ext.windows`)."""
+        from sae_lens_ext.plugins import loss_terms
+
+        known, options = loss_terms(), parse_options(self.loss_term_options)
+        window = self.architecture_window()
+        for spec in self.enabled_loss_terms():
+            term_window = known[spec.name].batch_window
+            if term_window is not None:
+                window = max(window, term_window(lambda k, d: resolve_option(self, options, k, d)))
+        return window
 
     def check_loss_term_options(self, specs: list[LossTermSpec]) -> None:
         """Refuse ``loss_term_options`` keys that no enabled term reads, or that a config
@@ -129,7 +164,10 @@ class LossTermTrainingSAE(TrainingSAE[T_CFG]):
         self._pending_resample: tuple[torch.Tensor, ResampleResult] | None = None
         self._step_metrics: dict[str, Any] = {}
         self.n_resampled = 0
-        install_optimizer_hook()
+        #: Set by a training loop that calls :meth:`after_optimizer_step` (and runs the
+        #: core's guards) itself; SAE-Lens's own runners leave it False.
+        self.post_step_by_caller = False
+        self.guard = TrainingGuard(cfg.max_silent_steps)
 
     # --- what subclasses override -------------------------------------------------
     def base_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
@@ -186,29 +224,46 @@ class LossTermTrainingSAE(TrainingSAE[T_CFG]):
         return losses
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        if self._pending_resample is not None:  # no optimizer step ran since it was chosen
-            warnings.warn(
-                "resampled latents applied without an optimizer step hook: optimizer "
-                "moments were not reset",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            self.apply_pending_resample(None)
+        if is_waiting(self):  # after-step work was asked for, but no optimizer step ran
+            self.skip_after_step_work()
         self._step_metrics = {}
         output = super().training_forward_pass(step_input)
         output.metrics.update(self._step_metrics)
-        if not torch.isfinite(output.loss):
-            bad_input = not bool(torch.isfinite(step_input.sae_in).all())
-            raise FloatingPointError(
-                f"training step {step_input.n_training_steps}: loss is {output.loss.item()}"
-                + (
-                    " because the input activations contain NaN/inf; check the model, hook and dtype"
-                    if bad_input
-                    else "; lower lr or the loss coefficients"
-                )
-            )
+        if not self.post_step_by_caller:  # SAE-Lens's own runners: the core's guards
+            step = step_input.n_training_steps
+            self.guard.observe(step, output.loss, step_input.sae_in, output.feature_acts)
+            if (step + 1) % GUARD_CHECK_EVERY == 0:
+                self.guard.check()
         self._maybe_schedule_resample(step_input, output)
         return output
+
+    def save_inference_model(self, path: str | Any) -> Any:
+        if self.guard.steps:  # trained here: refuse to save an SAE that never fired
+            self.guard.check_finished(self.guard.steps)
+        return super().save_inference_model(path)
+
+    # --- after the optimizer step ----------------------------------------------------------
+    def after_optimizer_step(self, optimizer: Any) -> torch.Tensor | None:
+        """Work that needs the optimizer, run right after its step: write a pending
+        resample and reset those rows' moments. Subclasses extend it; one that permutes
+        latents returns the permutation (new latent ``j`` is old latent ``perm[j]``) so that
+        the caller permutes the per-latent state it owns (the trainer's firing counters)."""
+        self.apply_pending_resample(optimizer)
+        return None
+
+    def skip_after_step_work(self) -> None:
+        """Pending after-step work found no optimizer step to follow (the SAE was stepped
+        outside an optimizer that holds it): drop it, with a warning, rather than rewrite
+        rows whose optimizer moments would then be wrong."""
+        cancel_after_step(self)
+        if self._pending_resample is not None:
+            self._pending_resample = None
+            warnings.warn(
+                f"{type(self).__name__}: a resample was dropped because no optimizer step "
+                "followed it; call after_optimizer_step(optimizer) after each step",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     # --- resampling ---------------------------------------------------------------------
     @torch.no_grad()
@@ -234,7 +289,7 @@ class LossTermTrainingSAE(TrainingSAE[T_CFG]):
             return
         self._check_result(dead, result)
         self._pending_resample = (dead, result)
-        _PENDING.add(self)
+        request_after_step(self)
 
     def _check_result(self, dead: torch.Tensor, result: ResampleResult) -> None:
         latent_params = self.latent_parameters()
@@ -254,18 +309,16 @@ class LossTermTrainingSAE(TrainingSAE[T_CFG]):
                 )
 
     @torch.no_grad()
-    def apply_pending_resample(self, optimizer: Any | None) -> None:
-        """Write the chosen rows and reset their optimizer moments (called by the core)."""
+    def apply_pending_resample(self, optimizer: Any) -> None:
+        """Write the chosen rows and reset their optimizer moments."""
         if self._pending_resample is None:
             return
         dead, result = self._pending_resample
         self._pending_resample = None
-        _PENDING.discard(self)
         for name, dim in self.latent_parameters().items():
             param = self.get_parameter(name)
             rows = dead.to(param.device)
             if name in result.values:
                 param.data.index_copy_(dim, rows, result.values[name].to(param.device, param.dtype))
-            if optimizer is not None:
-                reset_optimizer_rows(optimizer, param, dim, rows)
+            reset_optimizer_rows(optimizer, param, dim, rows)
         self.n_resampled += dead.numel()

@@ -79,7 +79,7 @@ def test_train_help_explains_upstream_flags() -> None:
 
 
 def test_config_file_flattens_sections_and_cli_flags_win(tmp_path: Path) -> None:
-    from sae_lens_ext.commands._train_impl import config_file_args, flag_values
+    from sae_lens_ext.run.lm_config import config_file_options, flag_values, options_to_args
 
     cfg = tmp_path / "run.yaml"
     cfg.write_text(
@@ -87,7 +87,7 @@ def test_config_file_flattens_sections_and_cli_flags_win(tmp_path: Path) -> None
         "model_kwargs: {a: 1}\nsae:\n  architecture: freq_ordered\n  d_in: 64\n"
         "logger:\n  log_to_wandb: true\n"
     )
-    args = config_file_args(str(cfg))
+    args = options_to_args(config_file_options(str(cfg)))
     assert args == [
         "--model_name", "./m", "--streaming", "False", "--seqpos_slice", "1", "None",
         "--model_kwargs", '{"a": 1}', "--architecture", "freq_ordered", "--d_in", "64",
@@ -97,7 +97,7 @@ def test_config_file_flattens_sections_and_cli_flags_win(tmp_path: Path) -> None
 
 
 def test_network_errors_are_recognised_through_the_cause_chain() -> None:
-    from sae_lens_ext.commands._train_impl import is_network_error, looks_local
+    from sae_lens_ext.run.lm_config import is_network_error, looks_local
 
     class LocalEntryNotFoundError(Exception):
         pass
@@ -219,13 +219,15 @@ def test_user_errors_give_one_line_naming_the_fix(tiny_lm: TinyLM, tmp_path: Pat
         "Hub cannot be reached (offline); use a local path instead: --dataset_path"
     )
     assert error_line("cuda").startswith("Error: --device cuda: CUDA is not available here")
-    assert error_line("window").startswith(  # window SAEs get whole windows of positions
-        "Error: context size 32 is not a multiple of temporal_window=5"
+    assert error_line("window") == (  # window SAEs get whole windows of positions
+        "Error: context_size=32 (after seqpos_slice): the SAE trains on windows of 5 "
+        "consecutive positions, so windows would straddle two sequences; set context_size "
+        "to a multiple of 5"
     )
     rc, _, listing = results["help_options"]  # the slow, full listing of upstream options
     assert rc == 0 and "--ordering_coefficient" in listing and "--training_tokens" in listing
     assert results["debug"][0] == "raised CliError"  # --debug: the exception propagates
-    assert not out.exists() or not any(out.iterdir())  # a refused run writes nothing
+    assert not out.exists()  # a refused run writes nothing, not even an empty folder
 
 
 def test_sae_lens_script_reports_one_line_without_traceback(tmp_path: Path) -> None:

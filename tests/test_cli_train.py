@@ -59,7 +59,7 @@ def test_demo_writes_sae_metrics_plots_and_prints_results(
     for name in ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors", "metrics.json",
                  "training_log.jsonl", "plots/training_curves.png",
                  "plots/feature_frequencies.png", "plots/frequency_ordering.png",
-                 "synthetic_model/synthetic_model.safetensors"):  # fmt: skip
+                 "demo_data/synthetic_model/synthetic_model.safetensors"):  # fmt: skip
         assert (out / name).is_file(), name
     assert not list(out.glob(".tmp-*"))
     metrics = json.loads((out / "metrics.json").read_text())
@@ -103,7 +103,7 @@ def test_ctrl_c_then_resume_is_bit_identical(
     run = tmp_path / "run"
     assert not (run / "cfg.json").exists()  # no final SAE yet
     (checkpoint,) = (run / "checkpoints").iterdir()
-    assert (checkpoint / "rng_state.pt").is_file()
+    assert (checkpoint / "loop_state.pt").is_file()
 
     resumed = sae_lens(*DEMO, "-o", "run", "--progress", "none", "--resume", cwd=tmp_path)
     assert f"Resuming from run/checkpoints/{checkpoint.name}" in resumed.stderr

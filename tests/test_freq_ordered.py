@@ -292,7 +292,7 @@ def test_sorting_is_exact_and_permutes_adam_state():
     torch.testing.assert_close(opt.state[sae.W_dec]["exp_avg"], moments["W_dec"][perm])
     torch.testing.assert_close(opt.state[sae.W_enc]["exp_avg"], moments["W_enc"][:, perm])
     _optimizer_step(sae, opt, x, 1)  # (1 + 1) % 2 == 0: sorted after this optimizer step
-    assert sae.n_sorts == 2 and not sae._pending_sort
+    assert sae.n_sorts == 2 and not sae._sort_due
 
 
 @pytest.mark.parametrize("option", ["plain", "all"])

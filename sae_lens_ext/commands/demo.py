@@ -4,30 +4,30 @@ from __future__ import annotations
 
 import click
 
-from sae_lens_ext.commands._errors import debug_option
 from sae_lens_ext.commands._options import run_options
+from sae_lens_ext.errors import debug_option
 
 HELP = """Train an SAE on ground-truth synthetic data, offline, and report how well it recovers it.
 
 \b
-freq_ordered (default): activations from SAE-Lens's SyntheticModel (Zipfian
-  firing probabilities); reports ground-truth MCC, explained variance, L0,
-  dead latents and ordering quality (Spearman of latent index vs frequency).
-temporal_consistency: synthetic sequences whose features persist over
-  positions; trained on whole windows; also reports consistency metrics.
-Any other registered training architecture runs on the freq_ordered data.
+Any registered training architecture (see `sae-lens plugins`). Its plugin may
+choose the data (e.g. sequences whose features persist over positions), the
+config defaults, and extra metrics and figures; without them the SAE trains
+on SAE-Lens's SyntheticModel (Zipfian firing probabilities) and reports
+ground-truth MCC, explained variance, L0, dead latents, shrinkage and more.
 
 Writes the SAE (cfg.json, sae_weights.safetensors), metrics.json,
-training_log.jsonl and plots/ to --output. Needs no network.
+training_log.jsonl, plots/ and the data's ground truth (demo_data/) to
+--output, so `sae-lens evaluate` can draw fresh data later. Needs no network.
 """
 
 
 @click.command(name="demo", help=HELP, context_settings={"max_content_width": 100})
 @click.option(
     "--architecture",
-    default="freq_ordered",
-    show_default=True,
-    help="Any registered training architecture (see `sae-lens plugins`).",
+    default=None,
+    help="Any registered training architecture (see `sae-lens plugins`); default: the "
+    "one a plugin names as the demo default.",
 )
 @click.option(
     "-o",
@@ -41,7 +41,7 @@ training_log.jsonl and plots/ to --output. Needs no network.
     "--samples",
     type=click.IntRange(min=1),
     default=None,
-    help="Training samples (default: 1,000,000; 800,000 tokens for temporal_consistency).",
+    help="Training samples (default: the architecture's demo setting, else 1,000,000).",
 )
 @click.option("--d-in", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option(
@@ -67,7 +67,13 @@ training_log.jsonl and plots/ to --output. Needs no network.
     metavar="FIELD=VALUE",
     help="Set a field of the SAE training config, e.g. --set l1_coefficient=2 (repeatable).",
 )
-@click.option("--eval-samples", type=click.IntRange(min=1), default=50_000, show_default=True)
+@click.option(
+    "--eval-samples",
+    type=click.IntRange(min=1),
+    default=100_000,
+    show_default=True,
+    help="Fresh samples the metrics are computed on (dead latents: on the first 100,000).",
+)
 @click.option(
     "--n-checkpoints",
     type=click.IntRange(min=0),
@@ -87,6 +93,6 @@ training_log.jsonl and plots/ to --output. Needs no network.
 )
 @debug_option
 def demo_command(**options: object) -> int:
-    from sae_lens_ext.commands import _demo_impl
+    from sae_lens_ext.run.demo import DemoOptions, demo
 
-    return _demo_impl.demo(**options)  # type: ignore[arg-type]
+    return demo(DemoOptions(**options))  # type: ignore[arg-type]

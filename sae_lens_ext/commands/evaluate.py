@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sae_lens_ext.commands._errors import debug_option
+from sae_lens_ext.errors import debug_option
 
 
 @click.command(name="evaluate", context_settings={"max_content_width": 100})
@@ -20,18 +20,19 @@ from sae_lens_ext.commands._errors import debug_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @debug_option
 def evaluate_command(path: str, samples: int, seed: int, as_json: bool) -> int:
-    """Evaluate the trained SAE in PATH on fresh data.
+    """Evaluate the trained SAE in PATH on fresh data; also writes PATH/evaluation.json.
 
     \b
-    A `sae-lens demo` folder (holds synthetic_model/): ground-truth MCC, explained
-      variance, L0, dead latents and, where the freq_ordered plugin is installed,
-      ordering quality.
+    A `sae-lens demo` folder (holds demo_data/): fresh samples of the same ground
+      truth; generic metrics (MCC, explained variance, L0, dead latents...) and every
+      installed plugin's metrics.
     A `sae-lens train` folder (holds runner_cfg.json): SAE-Lens's run_evals on the
-      model and dataset it was trained on (reconstruction, CE loss, sparsity).
+      model and dataset it was trained on (reconstruction, CE loss, sparsity), and the
+      plugins' metrics on whole sequences of the same activations.
     """
-    from sae_lens_ext.commands import _evaluate_impl
+    from sae_lens_ext.run.evaluate import evaluate
 
-    return _evaluate_impl.evaluate(path, samples=samples, seed=seed, as_json=as_json)
+    return evaluate(path, samples=samples, seed=seed, as_json=as_json)
 
 
 @click.command(name="plots", context_settings={"max_content_width": 100})
@@ -51,6 +52,6 @@ def plots_command(runs: tuple[str, ...], output: str) -> int:
     Reads training_log.jsonl and metrics.json written by `sae-lens train`/`demo`;
     writes training_curves.png and metrics_comparison.png to --output.
     """
-    from sae_lens_ext.commands import _evaluate_impl
+    from sae_lens_ext.run.evaluate import plots
 
-    return _evaluate_impl.plots(list(runs), output)
+    return plots(list(runs), output)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import click
 
-from sae_lens_ext.commands._errors import debug_option
 from sae_lens_ext.commands._options import run_options
+from sae_lens_ext.errors import debug_option
 
 HELP = """Train an SAE on a language model's activations (upstream SAE-Lens runner).
 
@@ -21,7 +21,7 @@ HELP = """Train an SAE on a language model's activations (upstream SAE-Lens runn
 Every option of upstream's LanguageModelSAERunnerConfig and of the chosen
 architecture's training config is accepted under its upstream name, exactly as
 `python -m sae_lens.llm_sae_training_runner` takes it, e.g.:
-  sae-lens train --architecture freq_ordered \\
+  sae-lens train --architecture standard \\
     --model_class_name AutoModelForCausalLM --model_name ./my-model \\
     --hook_name transformer.h.0 --d_in 64 --d_sae 512 \\
     --dataset_path ./my-text --streaming False --is_dataset_tokenized False \\
@@ -71,9 +71,9 @@ def train_command(
     help_options: bool,
     upstream_args: tuple[str, ...],
 ) -> int:
-    from sae_lens_ext.commands import _train_impl
+    from sae_lens_ext.run.lm import train
 
-    return _train_impl.train(
+    return train(
         config_file=config_file,
         args=list(upstream_args),
         resume=resume,

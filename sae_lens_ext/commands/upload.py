@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sae_lens_ext.commands._errors import debug_option
+from sae_lens_ext.errors import debug_option
 
 
 @click.command(name="upload", context_settings={"max_content_width": 100})
@@ -28,8 +28,6 @@ def upload_command(
     HF_TOKEN). Plugin architectures load back with SAE.from_pretrained wherever
     sae-lens-ext is installed.
     """
-    from sae_lens_ext.commands import _upload_impl
+    from sae_lens_ext.run.upload import upload
 
-    return _upload_impl.upload(
-        path, repo_id=repo_id, sae_id=sae_id, revision=revision, add_readme=not no_readme
-    )
+    return upload(path, repo_id=repo_id, sae_id=sae_id, revision=revision, add_readme=not no_readme)

@@ -51,3 +51,59 @@ def register_loss_terms(register):
             "L1 on acts * decoder norms, scaled by reconstruction cosine similarity",
         )
     )
+
+
+@hookimpl
+def default_demo_architecture():
+    return "freq_ordered"
+
+
+@hookimpl
+def demo_setup(architecture):
+    """The demo trains ``freq_ordered`` with a lower L1 and the ordering loss warmed up over
+    the first quarter of the run (its 1000-step default would outlast the demo)."""
+    if architecture != "freq_ordered":
+        return None
+    from sae_lens_ext.synthetic import DemoSetup
+
+    return DemoSetup(
+        sae_settings={"l1_coefficient": 0.5},
+        per_step_settings={"ordering_warm_up_steps": 0.25},
+    )
+
+
+@hookimpl
+def evaluation_metrics(sae, data):
+    """Ordering quality of any SAE: Spearman(latent index, firing frequency) and the
+    explained variance of its first 10/25/50 % of latents."""
+    from sae_lens_ext.metrics import Metric
+    from sae_lens_ext_plugins.freq_ordered.metrics import (
+        ordering_spearman,
+        prefix_explained_variance,
+    )
+
+    metrics = [
+        Metric(
+            "ordering_spearman",
+            ordering_spearman(data.firing_frequencies(sae)),
+            "ordering quality: Spearman(index, frequency), -1 is perfect",
+        )
+    ]
+    prefix = prefix_explained_variance(sae, data.rows(), fractions=(0.1, 0.25, 0.5))
+    metrics += [
+        Metric(
+            f"prefix_explained_variance_{round(100 * f)}",
+            value,
+            f"explained variance of the first {f:.0%} latents",
+        )
+        for f, value in prefix.items()
+    ]
+    return metrics
+
+
+@hookimpl
+def run_figures(sae, data, folder):
+    """The log's two frequency figures, from frequencies measured on ``data``."""
+    from sae_lens_ext_plugins.freq_ordered.plots import plot_frequencies
+
+    return plot_frequencies(data.firing_frequencies(sae), folder)

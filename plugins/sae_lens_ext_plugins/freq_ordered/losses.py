@@ -89,9 +89,8 @@ def frequency_ordering_loss(ctx: LossContext) -> torch.Tensor:
     ``frequency_lever()`` bias if it has one, else into the whole encoder.
     """
     sae = ctx.sae
-    ema = getattr(sae, "latent_frequency", None)
-    updates = getattr(sae, "frequency_updates", None)
-    hard = ema if ema is not None and updates is not None and bool(updates > 0) else None
+    # an SAE with the buffer updates it before its loss terms run (base_aux_loss)
+    hard = getattr(sae, "latent_frequency", None)
     temperature = float(ctx.option("frequency_temperature", 0.1))
     rows = int(ctx.option("ordering_rows", 0))
     lever = sae.frequency_lever() if hasattr(sae, "frequency_lever") else None

@@ -13,13 +13,12 @@ DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 
 
 def _batches(sae: Any, activations: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
-    """Row batches of ``activations`` flattened to ``(N, d_in)``; for windowed attention
-    SAEs the batch size is a whole number of windows."""
+    """Row batches of ``activations`` flattened to ``(N, d_in)``, a whole number of the
+    SAE's batch windows each (window architectures see consecutive positions)."""
+    from sae_lens_ext.metrics import batch_rows_for
+
     x = activations.reshape(-1, activations.shape[-1])
-    cfg = getattr(sae, "cfg", None)
-    window = getattr(cfg, "attention_window", 0) if getattr(cfg, "attention", False) else 0
-    if window:
-        batch_size = max(window, batch_size - batch_size % window)
+    batch_size = batch_rows_for(sae, batch_size)
     for start in range(0, x.shape[0], batch_size):
         yield x[start : start + batch_size]
 
@@ -81,34 +80,28 @@ def prefix_explained_variance(
     """Explained variance ``1 - E||x - x_hat_k||^2 / Var(x)`` when only the first
     ``k = round(fraction * d_sae)`` latents are kept (the others zeroed before decoding).
 
-    Var(x) is the total variance around the mean, as in SAE-Lens's
-    ``ExplainedVarianceCalculator``; fraction 1.0 is the SAE's ordinary EV.
+    Computed with SAE-Lens's ``ExplainedVarianceCalculator`` (the package's one
+    definition); fraction 1.0 is the SAE's ordinary EV.
     """
+    from sae_lens.evals import ExplainedVarianceCalculator
+
     d_sae = sae.cfg.d_sae
-    ks = {f: max(0, min(d_sae, round(f * d_sae))) for f in fractions}
     for f in fractions:
         if not 0.0 <= f <= 1.0:
             raise ValueError(f"fractions: each must be in [0, 1], got {f}")
+    ks = {f: max(0, min(d_sae, round(f * d_sae))) for f in fractions}
+    calcs = {f: ExplainedVarianceCalculator() for f in fractions}
     was_training = sae.training
     sae.eval()
-    sq_err = dict.fromkeys(fractions, 0.0)
-    sum_x, sum_sq, n = None, 0.0, 0
     try:
         for batch in _batches(sae, activations, batch_size):
-            x = batch.double()
             acts = sae.encode(batch)
             for f, k in ks.items():
                 kept = acts.clone()
                 kept[..., k:] = 0
-                x_hat = sae.decode(kept).double().reshape(x.shape)
-                sq_err[f] += (x - x_hat).pow(2).sum().item()
-            s = x.sum(0)
-            sum_x = s if sum_x is None else sum_x + s
-            sum_sq += x.pow(2).sum().item()
-            n += x.shape[0]
+                calcs[f].add_batch(sae.decode(kept).reshape(batch.shape).float(), batch.float())
     finally:
         sae.train(was_training)
-    if sum_x is None:
+    if not calcs or calcs[fractions[0]].num_samples == 0:
         raise ValueError("prefix_explained_variance: activations is empty")
-    total_var = sum_sq / n - (sum_x / n).pow(2).sum().item()
-    return {f: 1.0 - (sq_err[f] / n) / total_var for f in fractions}
+    return {f: calc.compute() for f, calc in calcs.items()}

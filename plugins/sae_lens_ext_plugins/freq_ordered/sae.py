@@ -24,6 +24,7 @@ exactly what it encoded in training.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -39,7 +40,8 @@ from sae_lens.saes.sae import (
 from torch import nn
 
 from sae_lens_ext.loss_terms import LossTermSpec
-from sae_lens_ext.resampling import _PENDING, ResampleResult
+from sae_lens_ext.optim import permute_optimizer_rows
+from sae_lens_ext.resampling import ResampleResult, request_after_step
 from sae_lens_ext.training import (
     LossTermTrainingSAE,
     LossTermTrainingSAEConfig,
@@ -84,6 +86,14 @@ class FreqOrderedArchitectureFields:
     attention: bool = False
     attention_window: int = 0
     attention_dim: int = 0
+
+    def architecture_window(self) -> int:
+        """Consecutive positions a batch must keep together: the attention window."""
+        return self.attention_window if self.attention else 1
+
+    def batch_window(self) -> int:
+        """See :mod:`sae_lens_ext.windows` (the training config also counts loss terms)."""
+        return self.architecture_window()
 
     def validate_architecture_fields(self) -> None:
         name = type(self).__name__
@@ -350,6 +360,9 @@ class FreqOrderedTrainingSAEConfig(LossTermTrainingSAEConfig, FreqOrderedArchite
     def architecture(cls) -> str:
         return ARCHITECTURE
 
+    def architecture_window(self) -> int:
+        return FreqOrderedArchitectureFields.architecture_window(self)
+
     def builtin_loss_terms(self) -> list[LossTermSpec]:
         specs = [
             LossTermSpec(ORDERING_TERM, self.ordering_coefficient, self.ordering_warm_up_steps)
@@ -366,7 +379,7 @@ class FreqOrderedTrainingSAE(
 
     def __init__(self, cfg: FreqOrderedTrainingSAEConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)
-        self._pending_sort = False
+        self._sort_due = False
         self.n_sorts = 0
 
     def initialize_weights(self) -> None:
@@ -375,33 +388,54 @@ class FreqOrderedTrainingSAE(
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         every = self.cfg.sort_latents_every
-        if self._pending_sort:  # no optimizer step hook ran since it was scheduled
-            self.sort_latents(None)
         mask = step_input.dead_neuron_mask
         if every and mask is not None:
+            # under SAE-Lens's own runners the trainer's firing counters do not follow a
+            # sort: a latent is dead only if the frequency buffer agrees
             alive = self.latent_frequency.to(mask.device) > DEAD_FREQUENCY
             step_input = replace(step_input, dead_neuron_mask=mask & ~alive)
         output = super().training_forward_pass(step_input)
         if every and (step_input.n_training_steps + 1) % every == 0:
-            self._pending_sort = True
-            _PENDING.add(self)  # applied after the optimizer step, like a resample
+            self._sort_due = True
+            request_after_step(self)
         return output
 
+    def after_optimizer_step(self, optimizer: Any) -> torch.Tensor | None:
+        """Write a pending resample (with its skip columns, LayerNorm gain/bias and
+        frequency restarted), then sort the latents if a sort is due; return the sort's
+        permutation."""
+        pending = self._pending_resample
+        if pending is not None:
+            dead, result = pending
+            self._pending_resample = (dead, self._complete_result(dead, result))
+            self.latent_frequency[dead.to(self.latent_frequency.device)] = 0
+        super().after_optimizer_step(optimizer)
+        return self.sort_latents(optimizer) if self._sort_due else None
+
+    def skip_after_step_work(self) -> None:
+        """A sort without the optimizer would leave Adam's moments on the wrong rows:
+        skip it (the next one is due ``sort_latents_every`` steps later)."""
+        if self._sort_due:
+            self._sort_due = False
+            warnings.warn(
+                "freq_ordered: a latent sort was skipped because no optimizer step followed "
+                "it; call after_optimizer_step(optimizer) after each step",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        super().skip_after_step_work()
+
     @torch.no_grad()
-    def sort_latents(self, optimizer: Any | None) -> torch.Tensor:
+    def sort_latents(self, optimizer: Any) -> torch.Tensor:
         """Permute latents so that ``latent_frequency`` is non-increasing; permute the
         optimizer's per-latent state along with them. Returns the permutation."""
         from sae_lens_ext_plugins.freq_ordered.reorder import apply_permutation
 
-        self._pending_sort = False
+        self._sort_due = False
         perm = torch.argsort(-self.latent_frequency.float(), stable=True)
         apply_permutation(self, perm)
-        if optimizer is not None:
-            for name, axis in self.latent_parameters().items():
-                param = self.get_parameter(name)
-                for value in optimizer.state.get(param, {}).values():
-                    if hasattr(value, "shape") and value.shape == param.shape:
-                        value.copy_(value.index_select(axis, perm.to(value.device)))
+        for name, axis in self.latent_parameters().items():
+            permute_optimizer_rows(optimizer, self.get_parameter(name), axis, perm)
         self.n_sorts += 1
         return perm
 
@@ -426,12 +460,13 @@ class FreqOrderedTrainingSAE(
     @torch.no_grad()
     def update_frequency(self, feature_acts: torch.Tensor) -> None:
         """Fold this batch's firing rates into the buffer: a running mean over the first
-        ``1 / (1 - frequency_decay)`` steps, an EMA with that decay afterwards."""
+        ``1 / (1 - frequency_decay)`` steps, an EMA with that decay afterwards (device
+        ops only: no host-device sync)."""
         acts = feature_acts.detach().reshape(-1, self.cfg.d_sae)
         # ReLU outputs are >= 0, so sign() is the firing indicator (cheaper than a compare)
         fired = torch.sign(acts).sum(0, dtype=torch.float32) / max(acts.shape[0], 1)
-        t = float(self.frequency_updates)
-        decay = min(self.cfg.frequency_decay, t / (t + 1.0))
+        t = self.frequency_updates
+        decay = (t / (t + 1.0)).clamp(max=self.cfg.frequency_decay)
         new = decay * self.latent_frequency.float() + (1 - decay) * fired
         self.latent_frequency.copy_(new.to(self.latent_frequency.dtype))
         self.frequency_updates.add_(1)
@@ -448,20 +483,6 @@ class FreqOrderedTrainingSAE(
         if self.cfg.skip_projection:
             params["W_skip"] = 1
         return params
-
-    @torch.no_grad()
-    def apply_pending_resample(self, optimizer: Any | None) -> None:
-        """Also restart the resampled latents' skip columns, LayerNorm gain/bias and
-        frequency estimate, so that the resampler's encoder row is what they compute."""
-        pending = self._pending_resample
-        if pending is not None:
-            dead, result = pending
-            self._pending_resample = (dead, self._complete_result(dead, result))
-            self.latent_frequency[dead.to(self.latent_frequency.device)] = 0
-        super().apply_pending_resample(optimizer)
-        if self._pending_sort:
-            self.sort_latents(optimizer)
-        _PENDING.discard(self)
 
     def _complete_result(self, dead: torch.Tensor, result: ResampleResult) -> ResampleResult:
         values, n = dict(result.values), dead.numel()

@@ -46,6 +46,7 @@ def register_architectures(register):
 def register_loss_terms(register):
     from sae_lens_ext.loss_terms import LossTerm
     from sae_lens_ext_plugins.temporal_consistency.losses import (
+        temporal_batch_window,
         temporal_consistency_loss,
         temporal_contrastive_loss,
     )
@@ -58,6 +59,7 @@ def register_loss_terms(register):
             "t and t+stride inside windows of temporal_window consecutive rows "
             "(temporal_loss_form=normalized: normalised squared change)",
             options=("temporal_window", "temporal_stride", "temporal_loss_form"),
+            batch_window=temporal_batch_window,
         )
     )
     register(
@@ -72,5 +74,34 @@ def register_loss_terms(register):
                 "temporal_contrastive_fraction",
                 "temporal_contrastive_temperature",
             ),
+            batch_window=temporal_batch_window,
         )
     )
+
+
+@hookimpl
+def demo_setup(architecture):
+    """The demo trains ``temporal_consistency`` on synthetic sequences whose features
+    persist over positions (measured settings: docs/temporal-consistency.md)."""
+    if architecture != ARCHITECTURE:
+        return None
+    from sae_lens_ext.synthetic import DemoSetup
+    from sae_lens_ext_plugins.temporal_consistency.demo import SequenceDemoData
+
+    return DemoSetup(
+        sae_settings={"l1_coefficient": 0.8, "temporal_coefficient": 0.1, "temporal_window": 4},
+        samples=800_000,
+        data=SequenceDemoData.create,
+    )
+
+
+@hookimpl
+def evaluation_metrics(sae, data):
+    """Consistency of any SAE on sequences: mean lag-1 autocorrelation of its latents,
+    redundant latent pairs and, with ground truth, the autocorrelation error of the latents
+    matched to the true features."""
+    if not data.is_sequences:
+        return None
+    from sae_lens_ext_plugins.temporal_consistency.metrics import sequence_metrics
+
+    return sequence_metrics(sae, data)

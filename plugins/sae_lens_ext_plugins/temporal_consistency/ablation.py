@@ -130,15 +130,15 @@ def run_lm_ablation(
         MultiSAETrainingRunnerConfig,
     )
 
+    from sae_lens_ext.windows import batch_window, shared_window, validate_window_layout
+
     cfgs = _grid_configs(windows, coefficients, dict(sae_config or {}))
-    lcm = math.lcm(*[int(w) for w in windows])
     rc = dict(runner_config)
-    for key in ("context_size", "train_batch_size_tokens"):
-        value = rc.get(key, {"context_size": 128, "train_batch_size_tokens": 4096}[key])
-        if value % lcm:
-            raise ValueError(
-                f"{key}={value} is not a multiple of lcm(windows)={lcm}; set {key} to a multiple of {lcm}"
-            )
+    validate_window_layout(
+        shared_window([batch_window(cfg) for cfg in cfgs.values()]),
+        batch_size=rc.get("train_batch_size_tokens", 4096),
+        context_size=rc.get("context_size", 128),
+    )
     rc.update(activations_mixing_fraction=0.0, exclude_special_tokens=False)
     rc.setdefault("logger", LoggingConfig(log_to_wandb=False))
     rc.setdefault("checkpoint_path", None)
@@ -162,7 +162,7 @@ def run_lm_ablation(
                 "window": cfgs[name].temporal_window,
                 "coefficient": cfgs[name].temporal_coefficient,
                 **evaluate_on_sequences(sae, eval_acts, max_lag=max_lag),
-                "n_steps": getattr(sae, "n_trained_steps", None),
+                "n_steps": sae.guard.steps,
             }
         )
     return rows

@@ -1,185 +1,23 @@
-"""Sequence data that honours the batch-layout contract, and synthetic sequences with ground truth.
+"""Synthetic sequences with ground truth, and LM sequences for the metrics.
 
 - :class:`SyntheticSequences`: sequences whose features persist over positions
   (each feature a sticky on/off Markov chain with its own persistence), built on
   upstream's :class:`~sae_lens.synthetic.FeatureDictionary`, so ground-truth
   feature activations and autocorrelations are known.
-- :class:`WindowShuffledBatches`: an upstream ``DataProvider`` (iterator of
-  ``(batch_size, d_in)`` tensors) made of whole windows of consecutive positions,
-  shuffled by window, so batches are decorrelated and windows intact.
-- :class:`WindowShuffledLMBatches`: the same over language-model activations read
-  from an upstream ``ActivationsStore`` one batch of sequences at a time.
+- Batches of whole windows of consecutive positions are a core service:
+  :class:`sae_lens_ext.windows.WindowShuffledBatches` (``SyntheticSequences.batches``)
+  and :class:`sae_lens_ext.windows.WindowShuffledLMBatches`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-
-def _check_finite(acts: torch.Tensor, what: str) -> None:
-    bad = ~torch.isfinite(acts)
-    if bad.any():
-        seq, pos = (int(i) for i in bad.nonzero()[0][:2])
-        raise ValueError(
-            f"{what} contain NaN/inf (first at sequence {seq}, position {pos}); "
-            "check the model, hook and dtype"
-        )
-
-
-class WindowShuffledBatches(Iterator[torch.Tensor]):
-    """Batches of whole windows of consecutive positions, shuffled by window.
-
-    Args:
-        activations: ``(n_seq, seq_len, d_in)``.
-        window: positions per window (``temporal_window`` of the SAE).
-        batch_size: rows per batch; a multiple of ``window``.
-        seed: seed of the shuffle (each epoch reshuffles; the window grid gets a random
-            offset in ``[0, seq_len % window]`` per epoch so that every position is used).
-
-    Each ``(batch_size, d_in)`` batch is ``batch_size / window`` windows; rows
-    ``[k*w, (k+1)*w)`` are positions ``o..o+w-1`` of one sequence. Iterates forever
-    (epochs chain); ``windows_per_epoch`` tells how many windows one epoch holds.
-    """
-
-    def __init__(
-        self,
-        activations: torch.Tensor,
-        window: int,
-        batch_size: int,
-        seed: int = 0,
-        device: str | torch.device | None = None,
-    ) -> None:
-        if activations.dim() != 3:
-            raise ValueError(
-                f"activations must be (n_seq, seq_len, d_in), got shape {tuple(activations.shape)}"
-            )
-        n_seq, seq_len, _ = activations.shape
-        if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
-        if window > seq_len:
-            raise ValueError(
-                f"window={window} is larger than the sequence length {seq_len}; lower the window "
-                "(temporal_window) or use longer sequences (context_size / seq_len)"
-            )
-        if batch_size <= 0 or batch_size % window:
-            raise ValueError(
-                f"batch_size={batch_size} is not a positive multiple of window={window}; set "
-                f"batch_size (train_batch_size_tokens) to a multiple of {window}"
-            )
-        _check_finite(activations, "activations")
-        self.activations = activations if device is None else activations.to(device)
-        self.window = window
-        self.batch_size = batch_size
-        self.windows_per_batch = batch_size // window
-        self.windows_per_sequence = seq_len // window
-        self.windows_per_epoch = n_seq * self.windows_per_sequence
-        if self.windows_per_batch > self.windows_per_epoch:
-            raise ValueError(
-                f"batch_size={batch_size} needs {self.windows_per_batch} windows but the data "
-                f"hold only {self.windows_per_epoch}; lower batch_size or add sequences"
-            )
-        self.generator = torch.Generator().manual_seed(seed)
-        self.epoch = 0
-        self._windows = self._new_epoch()
-        self._cursor = 0
-
-    def _new_epoch(self) -> torch.Tensor:
-        _, seq_len, d_in = self.activations.shape
-        slack = seq_len - self.windows_per_sequence * self.window
-        offset = int(torch.randint(0, slack + 1, (1,), generator=self.generator)) if slack else 0
-        span = self.activations[:, offset : offset + self.windows_per_sequence * self.window]
-        windows = span.reshape(self.windows_per_epoch, self.window, d_in)
-        order = torch.randperm(self.windows_per_epoch, generator=self.generator)
-        self.epoch += 1
-        return windows[order.to(windows.device)]
-
-    def __iter__(self) -> WindowShuffledBatches:
-        return self
-
-    def __next__(self) -> torch.Tensor:
-        k = self.windows_per_batch
-        if self._cursor + k > self._windows.shape[0]:
-            rest = self._windows[self._cursor :]
-            self._windows = torch.cat([rest, self._new_epoch()])
-            self._cursor = 0
-        batch = self._windows[self._cursor : self._cursor + k]
-        self._cursor += k
-        return batch.reshape(self.batch_size, -1)
-
-
-class WindowShuffledLMBatches(Iterator[torch.Tensor]):
-    """Window-shuffled batches of language-model activations (the project's LM data path).
-
-    Reads ``(store_batch_size_prompts, context_size, d_in)`` activations from an upstream
-    ``ActivationsStore`` (``get_batch_tokens`` + ``get_activations``, no special-token
-    filtering), keeps ``n_batches_in_buffer`` of them, and serves batches of whole windows
-    shuffled across the buffer; half of the buffer is refreshed each time it runs low.
-    """
-
-    def __init__(
-        self,
-        store: Any,
-        window: int,
-        batch_size: int,
-        n_batches_in_buffer: int = 8,
-        seed: int = 0,
-    ) -> None:
-        context = int(store.training_context_size)
-        if window > context:
-            raise ValueError(
-                f"temporal_window={window} is larger than the context size {context}; lower "
-                "temporal_window or raise context_size"
-            )
-        if context % window:
-            raise ValueError(
-                f"context size {context} is not a multiple of temporal_window={window}; set "
-                f"context_size to a multiple of {window}"
-            )
-        if batch_size % window:
-            raise ValueError(
-                f"batch_size={batch_size} is not a multiple of temporal_window={window}; set "
-                f"train_batch_size_tokens to a multiple of {window}"
-            )
-        self.store, self.window, self.batch_size = store, window, batch_size
-        self.n_batches_in_buffer = max(2, n_batches_in_buffer)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.n_read = 0
-        self._buffer = self._shuffled([self._read() for _ in range(self.n_batches_in_buffer)])
-        self.capacity = self._buffer.shape[0]  # windows in a full buffer
-        if batch_size // window > self.capacity // 2:
-            raise ValueError(
-                f"batch_size={batch_size} needs more than half the buffer of {self.capacity} "
-                "windows; raise n_batches_in_buffer"
-            )
-
-    @torch.no_grad()
-    def _read(self) -> torch.Tensor:
-        acts = self.store.get_activations(self.store.get_batch_tokens())
-        acts = acts.reshape(acts.shape[0], acts.shape[1], -1).to(self.store.device)
-        _check_finite(acts, f"activations of LM batch {self.n_read}")
-        self.n_read += 1
-        return acts.reshape(-1, self.window, acts.shape[-1])  # (n_windows, w, d_in)
-
-    def _shuffled(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        buffer = torch.cat(parts)
-        order = torch.randperm(buffer.shape[0], generator=self.generator)
-        return buffer[order.to(buffer.device)]
-
-    def __iter__(self) -> WindowShuffledLMBatches:
-        return self
-
-    def __next__(self) -> torch.Tensor:
-        k = self.batch_size // self.window
-        if self._buffer.shape[0] - k < self.capacity // 2:
-            fresh = [self._read() for _ in range(self.n_batches_in_buffer // 2)]
-            self._buffer = self._shuffled([self._buffer, *fresh])
-        batch, self._buffer = self._buffer[:k], self._buffer[k:]
-        return batch.reshape(self.batch_size, -1)
+from sae_lens_ext.windows import WindowShuffledBatches
 
 
 @torch.no_grad()

@@ -1,37 +1,31 @@
-"""The temporal loss terms and the batch-layout contract they rely on.
+"""The temporal loss terms and the batch layout they rely on.
 
-Batch layout contract: a training batch of ``N`` rows is ``N / w`` windows
-(``w = temporal_window``); each block of ``w`` consecutive rows holds ``w``
-consecutive positions of one sequence. Rows of different windows may come from
-any sequences in any order. :class:`~.data.WindowShuffledBatches` produces such
-batches; so does upstream's ``ActivationsStore`` when
-``activations_mixing_fraction=0``, ``exclude_special_tokens=False`` and the
-(seqpos-sliced) context size and ``train_batch_size_tokens`` are multiples of
-``w``. :func:`check_batch_layout` enforces this at the first step.
+Batch layout: a training batch of ``N`` rows is ``N / w`` windows (``w = temporal_window``);
+each block of ``w`` consecutive rows holds ``w`` consecutive positions of one sequence.
+The terms declare it through ``LossTerm.batch_window`` (so an SAE that enables them asks
+the core for such batches, :mod:`sae_lens_ext.windows`), and check it at each step with
+the core's :func:`~sae_lens_ext.windows.check_step_layout`.
 """
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from sae_lens_ext.loss_terms import LossContext
+from sae_lens_ext.windows import BatchLayoutError, check_step_layout
 
 EPS = 1e-6
-_CHECKED_ATTR = "_temporal_layout_checked"
+DEFAULT_WINDOW = 4
 
 
-class BatchLayoutError(ValueError):
-    """The training batches cannot hold whole windows of consecutive positions."""
-
-
-def window_settings(ctx: LossContext) -> tuple[int, int]:
-    """``(temporal_window, temporal_stride)`` from the SAE config or ``loss_term_options``."""
-    window = int(ctx.option("temporal_window", 4))
-    stride = int(ctx.option("temporal_stride", 1))
+def window_and_stride(option: Callable[[str, Any], Any]) -> tuple[int, int]:
+    """``(temporal_window, temporal_stride)`` from an option lookup, validated."""
+    window = int(option("temporal_window", DEFAULT_WINDOW))
+    stride = int(option("temporal_stride", 1))
     if window < 2:
         raise BatchLayoutError(f"temporal_window must be >= 2, got {window}")
     if not 1 <= stride < window:
@@ -41,80 +35,20 @@ def window_settings(ctx: LossContext) -> tuple[int, int]:
     return window, stride
 
 
-def _find_activation_store(max_depth: int = 40) -> Any | None:
-    """The upstream ``ActivationsStore`` feeding this step, if an upstream runner or
-    ``SAETrainer`` is on the call stack (best effort; ``None`` when not found)."""
-    from sae_lens.training.activations_store import ActivationsStore
-
-    frame = inspect.currentframe()
-    try:
-        depth = 0
-        while frame is not None and depth < max_depth:
-            owner = frame.f_locals.get("self")
-            for candidate in (
-                owner,
-                getattr(owner, "activations_store", None),
-                getattr(owner, "data_provider", None),
-            ):
-                if isinstance(candidate, ActivationsStore):
-                    return candidate
-            frame = frame.f_back
-            depth += 1
-    finally:
-        del frame
-    return None
+def temporal_batch_window(option: Callable[[str, Any], Any]) -> int:
+    """``LossTerm.batch_window`` of both temporal terms: ``temporal_window`` positions."""
+    return window_and_stride(option)[0]
 
 
-def check_batch_layout(ctx: LossContext, window: int) -> None:
-    """Raise :class:`BatchLayoutError` (one line naming the setting to change) when the
-    batch cannot be ``N / window`` whole windows. Cheap checks run every step; the
-    data-source checks run once per SAE, at its first step."""
-    n = ctx.feature_acts.shape[0]
+def window_settings(ctx: LossContext) -> tuple[int, int]:
+    """``(temporal_window, temporal_stride)`` of this step, after checking the batch layout."""
+    window, stride = window_and_stride(ctx.option)
     if ctx.feature_acts.dim() != 2:
         raise BatchLayoutError(
             f"temporal loss expects (batch, d_sae) latents, got shape {tuple(ctx.feature_acts.shape)}"
         )
-    if n % window:
-        raise BatchLayoutError(
-            f"training step {ctx.step_input.n_training_steps}: batch of {n} rows is not a multiple "
-            f"of temporal_window={window}; set train_batch_size_tokens (or batch_size) to a "
-            f"multiple of {window}"
-        )
-    sae = ctx.sae
-    if getattr(sae, _CHECKED_ATTR, False):
-        return
-    store = _find_activation_store()
-    if store is not None:
-        context = int(store.training_context_size)
-        if store.activations_mixing_fraction != 0:
-            raise BatchLayoutError(
-                f"activations_mixing_fraction={store.activations_mixing_fraction} shuffles tokens "
-                "and breaks windows of consecutive positions; set activations_mixing_fraction=0"
-            )
-        if store.exclude_special_tokens is not None:
-            raise BatchLayoutError(
-                "exclude_special_tokens removes rows and breaks windows of consecutive positions; "
-                "set exclude_special_tokens=False"
-            )
-        if window > context:
-            raise BatchLayoutError(
-                f"temporal_window={window} is larger than the context size {context}; "
-                "lower temporal_window or raise context_size"
-            )
-        if context % window:
-            raise BatchLayoutError(
-                f"context size {context} (after seqpos_slice) is not a multiple of "
-                f"temporal_window={window}, so windows would straddle two sequences; set "
-                f"context_size to a multiple of {window}"
-            )
-    else:
-        context = sae.cfg.metadata.context_size
-        if isinstance(context, int) and context > 0 and window > context:
-            raise BatchLayoutError(
-                f"temporal_window={window} is larger than the context size {context}; "
-                "lower temporal_window or raise context_size"
-            )
-    setattr(sae, _CHECKED_ATTR, True)
+    check_step_layout(ctx.sae, ctx.feature_acts.shape[0], window, ctx.step_input.n_training_steps)
+    return window, stride
 
 
 class _VariationPenalty(torch.autograd.Function):
@@ -191,7 +125,6 @@ def temporal_consistency_loss(ctx: LossContext) -> torch.Tensor:
     """Loss term ``temporal_consistency``: :func:`variation_penalty` (``temporal_loss_form=tv``,
     default) or :func:`normalized_penalty` (``temporal_loss_form=normalized``)."""
     window, stride = window_settings(ctx)
-    check_batch_layout(ctx, window)
     form = str(ctx.option("temporal_loss_form", "tv"))
     if form == "tv":
         loss = variation_penalty(ctx.feature_acts, window, stride, ctx.sae.W_dec.norm(dim=1))
@@ -203,31 +136,31 @@ def temporal_consistency_loss(ctx: LossContext) -> torch.Tensor:
 
 
 def contrastive_penalty(
-    feature_acts: torch.Tensor, window: int, fraction: float, temperature: float
+    feature_acts: torch.Tensor, window: int, fraction: float, temperature: float, stride: int = 1
 ) -> torch.Tensor:
     """InfoNCE of Bhalla et al. 2025 ("Temporal Sparse Autoencoders").
 
     The first ``ceil(fraction * d_sae)`` latents are the "high-level" slice. For each
     adjacent pair (t-1, t) inside a window, the slice at t must pick the slice at t-1 of
     its own window among those of every window in the batch (cosine similarity /
-    temperature, cross-entropy), averaged over the ``window - 1`` offsets.
+    temperature, cross-entropy), averaged over the ``window - 1`` offsets. With
+    ``stride`` s the pairs are (t, t+s), averaged over ``window - s`` offsets.
     """
     d_sae = feature_acts.shape[-1]
     k = max(1, min(d_sae, round(fraction * d_sae)))
     h = feature_acts[:, :k].reshape(-1, window, k).float()
     h = F.normalize(h, dim=-1, eps=1e-8)
-    anchors = h[:, 1:].transpose(0, 1)  # (window-1, n_windows, k)
-    positives = h[:, :-1].transpose(0, 1)
-    logits = anchors @ positives.transpose(1, 2) / temperature  # (window-1, n_w, n_w)
+    anchors = h[:, stride:].transpose(0, 1)  # (window-s, n_windows, k)
+    positives = h[:, :-stride].transpose(0, 1)
+    logits = anchors @ positives.transpose(1, 2) / temperature  # (window-s, n_w, n_w)
     n_windows = logits.shape[-1]
-    target = torch.arange(n_windows, device=logits.device).repeat(window - 1)
+    target = torch.arange(n_windows, device=logits.device).repeat(window - stride)
     return F.cross_entropy(logits.reshape(-1, n_windows), target)
 
 
 def temporal_contrastive_loss(ctx: LossContext) -> torch.Tensor:
     """Loss term ``temporal_contrastive`` (see :func:`contrastive_penalty`)."""
-    window, _ = window_settings(ctx)
-    check_batch_layout(ctx, window)
+    window, stride = window_settings(ctx)
     fraction = float(ctx.option("temporal_contrastive_fraction", 0.2))
     temperature = float(ctx.option("temporal_contrastive_temperature", 0.1))
     if not 0 < fraction <= 1:
@@ -239,4 +172,4 @@ def temporal_contrastive_loss(ctx: LossContext) -> torch.Tensor:
             "temporal_contrastive needs at least 2 windows per batch for negatives; "
             "raise train_batch_size_tokens (or batch_size)"
         )
-    return contrastive_penalty(ctx.feature_acts, window, fraction, temperature)
+    return contrastive_penalty(ctx.feature_acts, window, fraction, temperature, stride)

@@ -250,13 +250,14 @@ def evaluate_on_sequences(
     finally:
         sae.train(was_training)
     err = (recon - flat_x).pow(2).sum(-1)
-    total = (flat_x - flat_x.mean(0)).pow(2).sum(-1)
     flat_f = latents.reshape(-1, latents.shape[-1])
     acf = autocorrelation(latents, max_lag)
     alive = flat_f.std(0) > 0
     corr = correlation_matrix(latents)
+    from sae_lens_ext.metrics import explained_variance
+
     out: dict[str, float] = {
-        "explained_variance": float(1 - err.mean() / total.mean()),
+        "explained_variance": explained_variance(flat_x, recon),
         "mse": float(err.mean()),
         "cossim": float(torch.nn.functional.cosine_similarity(recon, flat_x, dim=-1).mean()),
         "l0": float((flat_f != 0).float().sum(-1).mean()),
@@ -275,3 +276,44 @@ def evaluate_on_sequences(
         out["autocorr_error"] = float((acf[matched] - true_acf).abs().mean())
         out["true_mean_autocorrelation"] = float(true_acf.mean())
     return out
+
+
+@torch.no_grad()
+def sequence_metrics(sae: Any, data: Any, redundancy_threshold: float = 0.9) -> list[Any]:
+    """The ``evaluation_metrics`` rows of this plugin for ``data`` (an ``EvalData`` of
+    sequences): mean lag-1 autocorrelation of alive latents, redundant pairs and, with
+    ground truth, the lag-1 autocorrelation error of the latents matched to true features."""
+    from sae_lens_ext.metrics import Metric
+
+    latents = encode_sequences(sae, data.activations)
+    acf = autocorrelation(latents, 1)
+    alive = latents.reshape(-1, latents.shape[-1]).std(0) > 0
+    metrics = [
+        Metric(
+            "mean_autocorrelation",
+            float(acf[alive].mean()) if alive.any() else 0.0,
+            "latent lag-1 autocorrelation (mean over alive latents)",
+        ),
+        Metric(
+            "redundant_pairs",
+            len(redundant_pairs(correlation_matrix(latents), threshold=redundancy_threshold)),
+            f"redundant latent pairs (activation correlation > {redundancy_threshold})",
+            "{}",
+        ),
+    ]
+    if data.feature_acts is not None and data.feature_vectors is not None:
+        matched = match_latents(sae, data.feature_vectors)
+        true_acf = autocorrelation(data.feature_acts, 1)
+        metrics += [
+            Metric(
+                "true_mean_autocorrelation",
+                float(true_acf.mean()),
+                "true features' lag-1 autocorrelation (mean)",
+            ),
+            Metric(
+                "autocorr_error",
+                float((acf[matched] - true_acf).abs().mean()),
+                "autocorrelation error of matched latents vs ground truth",
+            ),
+        ]
+    return metrics

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from sae_lens.saes.sae import TrainCoefficientConfig, TrainStepInput, TrainStepOutput
+from sae_lens.saes.sae import TrainCoefficientConfig, TrainStepInput
 from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 from torch import nn
 
@@ -109,8 +108,6 @@ class TemporalConsistencyTrainingSAEConfig(LossTermTrainingSAEConfig):
             (Bhalla et al. 2025); 0 (default) switches it off.
         temporal_contrastive_fraction: share of latents (the first ones) it acts on.
         temporal_contrastive_temperature: its softmax temperature.
-        max_silent_steps: raise if no latent fires on a whole batch for this many consecutive
-            steps (0: never check). A saved SAE that never fired, or trained 0 steps, also raises.
     """
 
     activation_fn: Literal["relu", "gelu"] = "relu"
@@ -125,7 +122,6 @@ class TemporalConsistencyTrainingSAEConfig(LossTermTrainingSAEConfig):
     temporal_contrastive_coefficient: float = 0.0
     temporal_contrastive_fraction: float = 0.2
     temporal_contrastive_temperature: float = 0.1
-    max_silent_steps: int = 200
 
     def __post_init__(self) -> None:
         _check_activation_fn(self)
@@ -147,7 +143,6 @@ class TemporalConsistencyTrainingSAEConfig(LossTermTrainingSAEConfig):
             "temporal_coefficient",
             "temporal_warm_up_steps",
             "temporal_contrastive_coefficient",
-            "max_silent_steps",
         )
         if not 0 < self.temporal_contrastive_fraction <= 1:
             raise ValueError(
@@ -179,15 +174,10 @@ class TemporalConsistencyTrainingSAEConfig(LossTermTrainingSAEConfig):
 
 
 class TemporalConsistencyTrainingSAE(LossTermTrainingSAE[TemporalConsistencyTrainingSAEConfig]):
-    """Training class: L1 penalty + enabled temporal loss terms; guards against silent runs."""
+    """Training class: L1 penalty + enabled temporal loss terms (the core guards every
+    architecture against runs that never fire)."""
 
     b_enc: nn.Parameter
-
-    def __init__(self, cfg: TemporalConsistencyTrainingSAEConfig, use_error_term: bool = False):
-        super().__init__(cfg, use_error_term)
-        self.n_trained_steps = 0
-        self.n_silent_steps = 0  # consecutive steps on which no latent fired
-        self._loaded = False
 
     def initialize_weights(self) -> None:
         super().initialize_weights()
@@ -213,44 +203,6 @@ class TemporalConsistencyTrainingSAE(LossTermTrainingSAE[TemporalConsistencyTrai
         sparsity = decoder_weighted_sparsity(self, feature_acts, p=self.cfg.lp_norm)
         return {"l1_loss": step_input.coefficients["l1"] * sparsity}
 
-    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        output = super().training_forward_pass(step_input)
-        self.n_trained_steps += 1
-        if self.cfg.activation_fn == "relu":  # GELU is never exactly 0: it always "fires"
-            fired = bool(output.hidden_pre.detach().amax() > 0)
-            self.n_silent_steps = 0 if fired else self.n_silent_steps + 1
-        limit = self.cfg.max_silent_steps
-        if limit and self.n_silent_steps >= limit:
-            raise RuntimeError(
-                f"training step {step_input.n_training_steps}: no latent has fired for "
-                f"{self.n_silent_steps} steps (L0 = 0, the SAE reconstructs only b_dec); lower "
-                "l1_coefficient or lr (or raise max_silent_steps)"
-            )
-        return output
-
     def fold_W_dec_norm(self) -> None:
         _fold_guard(self)
         super().fold_W_dec_norm()
-
-    def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
-        self._loaded = True
-        super().process_state_dict_for_loading(state_dict)
-
-    def check_trained(self) -> None:
-        """Raise if this SAE trained 0 steps or never fired (unless its weights were loaded)."""
-        if self._loaded:
-            return
-        if self.n_trained_steps == 0:
-            raise RuntimeError(
-                "temporal_consistency: refusing to save an SAE that trained 0 steps; raise "
-                "training_tokens (or training_steps) to at least one batch"
-            )
-        if self.cfg.activation_fn == "relu" and self.n_silent_steps == self.n_trained_steps:
-            raise RuntimeError(
-                f"temporal_consistency: no latent fired in any of the {self.n_trained_steps} "
-                "training steps (L0 = 0); lower l1_coefficient or lr"
-            )
-
-    def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
-        self.check_trained()
-        return super().save_inference_model(path)

@@ -3,14 +3,14 @@
 :func:`train_together` trains several SAEs in lockstep on the *same* stream of
 window-shuffled batches (one pass over the data for all of them), timing each
 SAE's step separately so that step-time ratios are measured under the same load.
-A block of ``lcm(windows)`` consecutive rows holds whole windows of every window
-size, so SAEs with different ``temporal_window`` (and window-free ones such as
-upstream ``standard``) share one batch layout.
+A block of ``lcm(windows)`` consecutive rows holds whole windows of every batch
+window (:func:`sae_lens_ext.windows.shared_window`), so SAEs with different
+``temporal_window`` (and window-free ones such as upstream ``standard``) share one
+batch layout.
 """
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Mapping
@@ -19,7 +19,12 @@ from typing import Any
 
 import torch
 
-from sae_lens_ext_plugins.temporal_consistency.data import WindowShuffledBatches
+from sae_lens_ext.windows import (
+    WindowShuffledBatches,
+    batch_window,
+    mark_layout_served,
+    shared_window,
+)
 
 
 @dataclass
@@ -35,14 +40,6 @@ class TrainResult:
     def median_step_seconds(self) -> float:
         times = self.step_seconds[min(5, len(self.step_seconds) // 2) :]
         return statistics.median(times) if times else float("nan")
-
-
-def shared_window(cfgs: Mapping[str, Any]) -> int:
-    """The lcm of every config's ``temporal_window`` (1 for configs without one)."""
-    window = 1
-    for cfg in cfgs.values():
-        window = math.lcm(window, int(getattr(cfg, "temporal_window", 1)))
-    return window
 
 
 def train_together(
@@ -64,7 +61,7 @@ def train_together(
         cfgs: name -> training SAE config (any registered architecture).
         sequences: ``(n_seq, seq_len, d_in)`` tensor or :class:`~.data.SyntheticSequences`.
         training_steps: steps per SAE; must be >= 1 (a run of 0 steps is an error).
-        batch_size: rows per batch; a multiple of :func:`shared_window`.
+        batch_size: rows per batch; a multiple of every config's batch window.
         lr, lr_scheduler_name, lr_warm_up_steps: upstream ``SAETrainer`` settings
             (e.g. ``"cosineannealing"`` with warm-up).
     """
@@ -80,13 +77,14 @@ def train_together(
     if not cfgs:
         raise ValueError("train_together: give at least one config")
     acts = getattr(sequences, "activations", sequences)
-    window = shared_window(cfgs)
+    window = shared_window([batch_window(cfg) for cfg in cfgs.values()])
     provider = WindowShuffledBatches(acts, window, batch_size, seed=seed)
     trainers: dict[str, Any] = {}
     results: dict[str, TrainResult] = {}
     for i, (name, cfg) in enumerate(cfgs.items()):
         torch.manual_seed(seed + i)
         sae = get_sae_training_class(cfg.architecture())[0](cfg)
+        mark_layout_served(sae)
         trainer_cfg = SAETrainerConfig(
             total_training_samples=training_steps * batch_size,
             train_batch_size_samples=batch_size,
@@ -117,9 +115,6 @@ def train_together(
                 results[name].history.append(row)
     for trainer in trainers.values():
         trainer.set_final_sae_metadata()
-        check = getattr(trainer.sae, "check_trained", None)
-        if check is not None:
-            check()
         trainer.sae.eval()
     return results
 

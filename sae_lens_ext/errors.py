@@ -1,4 +1,4 @@
-"""One-line errors for the ``sae-lens`` command (cheap to import: click only)."""
+"""One-line errors for the ``sae-lens`` command and its run library (click only: cheap)."""
 
 from __future__ import annotations
 
@@ -35,9 +35,22 @@ class CliError(click.ClickException):
         self.exit_code = exit_code
 
 
+class TrainingInterrupted(Exception):
+    """Raised at a step boundary after Ctrl-C/SIGTERM, once the checkpoint is saved."""
+
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        self.step, self.checkpoint = step, checkpoint
+        where = (
+            f"checkpoint saved to {checkpoint}; rerun the same command with --resume"
+            if checkpoint is not None
+            else "no checkpoint saved (none was due yet, or no checkpoint path)"
+        )
+        super().__init__(f"interrupted after step {step}: {where}")
+
+
 def fail(message: str, exit_code: int = USAGE) -> CliError:
     """Build the error to ``raise``; ``message`` should name the setting to change."""
-    return CliError(message, exit_code)
+    return CliError(one_line(message), exit_code)
 
 
 def holds_trained_sae(folder: Path) -> bool:
@@ -53,7 +66,7 @@ def refuse_trained(output: Path, flag: str) -> NoReturn:
     )
 
 
-def one_line(text: str) -> str:
+def one_line(text: object) -> str:
     """Collapse a message onto one line."""
     return " ".join(str(text).split())
 

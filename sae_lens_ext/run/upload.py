@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from sae_lens_ext.commands._errors import FAILURE, fail, one_line
+from sae_lens_ext.errors import FAILURE, fail, one_line
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -29,6 +29,8 @@ def upload(path: str, *, repo_id: str, sae_id: str | None, revision: str, add_re
     from huggingface_hub.errors import HfHubHTTPError
     from sae_lens import SAE
     from sae_lens.training.upload_saes_to_huggingface import upload_saes_to_huggingface
+
+    from sae_lens_ext.plugins import architectures as plugin_architectures
 
     try:
         SAE.load_from_disk(folder)  # refuse to upload what would not load back
@@ -55,7 +57,7 @@ def upload(path: str, *, repo_id: str, sae_id: str | None, revision: str, add_re
             ) from exc
         raise fail(f"upload to {repo_id} failed: {one_line(exc)}", FAILURE) from exc
     except Exception as exc:
-        from sae_lens_ext.commands._train_impl import is_network_error
+        from sae_lens_ext.run.lm_config import is_network_error
 
         if is_network_error(exc):
             raise fail(
@@ -68,9 +70,9 @@ def upload(path: str, *, repo_id: str, sae_id: str | None, revision: str, add_re
         f"Uploaded {folder} to {repo_id} (revision {revision}) as {sae_id}/\n"
         f"Load it with: SAE.from_pretrained({repo_id!r}, {sae_id!r})"
         + (
-            ""
-            if architecture in ("standard", "gated", "jumprelu", "topk", "batchtopk")
-            else f"  (architecture {architecture!r} needs sae-lens-ext installed)"
+            f"  (architecture {architecture!r} needs sae-lens-ext and its plugin installed)"
+            if architecture in plugin_architectures()
+            else ""
         )
     )
     return 0

@@ -1,0 +1,240 @@
+"""Metrics every architecture gets, and the types plugins use to add their own.
+
+:class:`EvalData` is what an SAE is evaluated on (activations, with ground truth when
+known); :func:`generic_metrics` computes reconstruction, sparsity and (with ground truth)
+SAE-Lens's synthetic-data metrics with SAE-Lens's own calculators; plugins add
+:class:`Metric` rows through the ``evaluation_metrics`` hook. Heavy (torch): import it
+inside command bodies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+#: Dead latents are counted over this many evaluation samples (a fixed window, so the
+#: count does not move with ``--eval-samples``): a latent is dead if it fires on none.
+DEAD_WINDOW = 100_000
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One reported quantity: its ``metrics.json`` key, value and table row.
+
+    ``value`` is a number, or any JSON-able object (written to ``metrics.json`` but
+    not shown in tables). ``label`` is the table's wording (default: the key);
+    ``fmt`` formats the value; ``show=False`` keeps a number out of tables and plots
+    (e.g. the size of a window a metric was computed over).
+    """
+
+    key: str
+    value: Any
+    label: str = ""
+    fmt: str = "{:.3f}"
+    show: bool = True
+
+    def row(self) -> tuple[str, str] | None:
+        """``(label, formatted value)``, or ``None`` for a value not shown in tables."""
+        if not self.show or isinstance(self.value, bool):
+            return None
+        if not isinstance(self.value, (int, float)):
+            return None
+        return self.label or self.key, self.fmt.format(self.value)
+
+
+@dataclass
+class EvalData:
+    """Activations to evaluate an SAE on, with ground truth when it is known.
+
+    Attributes:
+        activations: ``(n, d_in)`` rows, or ``(n_seq, seq_len, d_in)`` sequences (sequence
+            metrics such as lag autocorrelation need the latter).
+        feature_vectors: ``(n_features, d_in)`` true feature directions, if known.
+        feature_acts: true feature activations, ``activations.shape[:-1] + (n_features,)``.
+        description: what the data are (shown in tables).
+    """
+
+    activations: torch.Tensor
+    feature_vectors: torch.Tensor | None = None
+    feature_acts: torch.Tensor | None = None
+    description: str = ""
+    _memo: dict[tuple[int, str], Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def is_sequences(self) -> bool:
+        return self.activations.dim() == 3
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.activations.shape[:-1].numel())
+
+    def rows(self) -> torch.Tensor:
+        """``(n, d_in)``: every position as a row (sequence order kept)."""
+        return self.activations.reshape(-1, self.activations.shape[-1])
+
+    def firing_frequencies(self, sae: Any) -> torch.Tensor:
+        """``[d_sae]`` fraction of rows on which each latent is non-zero (computed once per SAE)."""
+        key = (id(sae), "frequencies")
+        if key not in self._memo:
+            counts = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
+            for _, acts in encode_batches(sae, self):
+                counts += (acts != 0).sum(0, dtype=torch.float64).cpu()
+            self._memo[key] = (counts / self.n_rows).float()
+        return self._memo[key]
+
+
+def batch_rows_for(sae: Any, rows: int = 4096) -> int:
+    """A batch size near ``rows`` holding whole windows of the SAE's batch window."""
+    from sae_lens_ext.windows import batch_window
+
+    window = batch_window(sae.cfg)
+    return max(window, rows - rows % window)
+
+
+@torch.no_grad()
+def encode_batches(
+    sae: Any, data: EvalData, rows: int = 4096
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(x, latents)`` row batches of ``data`` (eval mode, on the SAE's device).
+
+    Sequences are encoded a whole number of sequences at a time, rows a whole number of
+    the SAE's batch windows at a time, so window architectures see consecutive positions.
+    """
+    was_training = sae.training
+    sae.eval()
+    try:
+        acts = data.activations
+        step = max(1, rows // acts.shape[1]) if data.is_sequences else batch_rows_for(sae, rows)
+        for start in range(0, acts.shape[0], step):
+            x = acts[start : start + step].to(sae.device, sae.dtype)
+            latents = sae.encode(x)
+            yield x.reshape(-1, x.shape[-1]), latents.reshape(-1, latents.shape[-1])
+    finally:
+        sae.train(was_training)
+
+
+def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """``1 - E||x - x_hat||^2 / Var(x)`` with SAE-Lens's ``ExplainedVarianceCalculator``
+    (total variance around the mean, summed over dimensions): the one definition used
+    for every explained variance this package reports."""
+    from sae_lens.evals import ExplainedVarianceCalculator
+
+    calc = ExplainedVarianceCalculator()
+    calc.add_batch(x_hat.reshape(x.shape), x)
+    return calc.compute()
+
+
+@torch.no_grad()
+def generic_metrics(sae: Any, data: EvalData) -> list[Metric]:
+    """Reconstruction and sparsity of any SAE-Lens SAE on ``data``; with ground truth
+    also SAE-Lens's synthetic-data metrics (MCC, uniqueness, shrinkage, classification).
+
+    Uses SAE-Lens's calculators (``sae_lens.evals``, ``sae_lens.synthetic.evals``), so the
+    figures mean what they mean upstream.
+    """
+    from sae_lens.evals import ExplainedVarianceCalculator
+    from sae_lens.synthetic.evals import (
+        DeadLatentsCalculator,
+        L0Calculator,
+        ShrinkageCalculator,
+    )
+
+    ev, l0, shrink = ExplainedVarianceCalculator(), L0Calculator(), ShrinkageCalculator()
+    dead = DeadLatentsCalculator(sae.cfg.d_sae)
+    cos_sum, seen = 0.0, 0
+    for x, latents in encode_batches(sae, data):
+        x_hat = sae.decode(latents).reshape(x.shape).float()
+        x = x.float()
+        ev.add_batch(x_hat, x)
+        l0.add_batch(latents)
+        shrink.add_batch(x_hat, x)
+        if seen < DEAD_WINDOW:
+            dead.add_batch(latents[: DEAD_WINDOW - seen])
+        seen += x.shape[0]
+        cos_sum += torch.nn.functional.cosine_similarity(x_hat, x, dim=-1).sum().item()
+    window = min(seen, DEAD_WINDOW)
+    metrics = [
+        Metric("explained_variance", ev.compute(), "explained variance"),
+        Metric("cossim", cos_sum / max(seen, 1), "cosine similarity (input, reconstruction)"),
+        Metric("l0", l0.compute(), "L0 (mean active latents per sample)", "{:.1f}"),
+        Metric(
+            "dead_latents",
+            dead.compute(),
+            f"dead latents (fire on none of {window:,} samples)",
+            "{}",
+        ),
+        Metric("dead_window", window, show=False),
+        Metric("shrinkage", shrink.compute(), "shrinkage (||x_hat|| / ||x||)"),
+    ]
+    if data.feature_vectors is not None:
+        metrics += ground_truth_metrics(sae, data)
+    return metrics
+
+
+@torch.no_grad()
+def ground_truth_metrics(sae: Any, data: EvalData) -> list[Metric]:
+    """SAE-Lens's ground-truth metrics: MCC and uniqueness of the decoder against the true
+    features, true L0, and latents as detectors of their best-matching feature."""
+    from sae_lens.synthetic.evals import (
+        ClassificationMetricsCalculator,
+        L0Calculator,
+        feature_uniqueness,
+        mean_correlation_coefficient,
+    )
+
+    assert data.feature_vectors is not None
+    decoder = sae.W_dec.detach().float().cpu()
+    truth = data.feature_vectors.detach().float().cpu()
+    metrics = [
+        Metric("mcc", mean_correlation_coefficient(decoder, truth), "ground-truth MCC"),
+        Metric(
+            "uniqueness",
+            feature_uniqueness(decoder, truth),
+            "uniqueness (latents tracking distinct features)",
+        ),
+    ]
+    if data.feature_acts is None:
+        return metrics
+    true_acts = data.feature_acts.reshape(-1, data.feature_acts.shape[-1])
+    true_l0 = L0Calculator()
+    classify = ClassificationMetricsCalculator(decoder, truth)
+    start = 0
+    for _, latents in encode_batches(sae, data):
+        rows = true_acts[start : start + latents.shape[0]]
+        true_l0.add_batch(rows)
+        classify.add_batch(latents.float().cpu(), rows.float().cpu())
+        start += latents.shape[0]
+    scores = classify.compute()
+    return [
+        *metrics,
+        Metric("true_l0", true_l0.compute(), "true L0 (active features per sample)", "{:.1f}"),
+        Metric("classification_f1", scores.f1_score, "latents as feature detectors: F1"),
+        Metric(
+            "classification",
+            {k: getattr(scores, k) for k in ("precision", "recall", "f1_score", "accuracy")},
+        ),
+    ]
+
+
+def metrics_dict(metrics: list[Metric]) -> dict[str, Any]:
+    """``{key: value}`` for ``metrics.json``; a key given twice is an error."""
+    out: dict[str, Any] = {}
+    for metric in metrics:
+        if metric.key in out:
+            raise ValueError(f"metric {metric.key!r} is reported twice")
+        out[metric.key] = metric.value
+    return out
+
+
+def check_finite(tensor: torch.Tensor, what: str) -> None:
+    """Raise ``FloatingPointError`` naming ``what`` and the first bad index if ``tensor``
+    holds NaN or inf (one host-device sync: call it on data, not in a training step)."""
+    bad = ~torch.isfinite(tensor)
+    if bool(bad.any()):
+        index = tuple(int(i) for i in bad.nonzero()[0][:-1])
+        raise FloatingPointError(
+            f"{what} contain NaN/inf (first at index {index}); check the model, hook and dtype"
+        )

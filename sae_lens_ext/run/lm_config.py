@@ -1,0 +1,282 @@
+"""``sae-lens train`` arguments: upstream's own parser, and the checks that turn likely
+mistakes into one line naming the setting, all before any model is loaded."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from sae_lens_ext.errors import fail, holds_trained_sae, one_line, refuse_trained
+
+_DATA_SUFFIXES = (".json", ".jsonl", ".txt", ".csv", ".parquet", ".arrow")
+_NETWORK_WORDS = (
+    "offline",
+    "couldn't connect",
+    "could not connect",
+    "couldn't reach",
+    "connection",
+    "cannot be reached",
+    "max retries",
+    "name resolution",
+    "not found in the disk cache",
+    "local_files_only",
+    "network",
+)
+_NETWORK_TYPES = (
+    "OfflineModeIsEnabled",
+    "LocalEntryNotFoundError",
+    "ConnectError",
+    "ConnectionError",
+    "ConnectTimeout",
+    "ProxyError",
+    "NameResolutionError",
+)
+
+
+# --------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------
+def config_file_options(path: str) -> dict[str, Any]:
+    """The upstream options of a YAML/JSON file (``sae:``/``logger:`` sections flattened)."""
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise fail(f"--config: no such file {path}")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise fail(f"--config {path}: not valid YAML ({one_line(exc)})") from exc
+    if not isinstance(data, dict):
+        raise fail(f"--config {path}: expected a mapping of option names to values")
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in ("sae", "logger") and isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def options_to_args(options: dict[str, Any]) -> list[str]:
+    """``{name: value}`` as upstream flags (lists: several values; mappings: JSON)."""
+    args: list[str] = []
+    for key, value in options.items():
+        args.append(f"--{key}")
+        if isinstance(value, (list, tuple)):
+            args.extend("None" if v is None else str(v) for v in value)
+        elif isinstance(value, dict):
+            args.append(json.dumps(value))
+        else:
+            args.append("None" if value is None else str(value))
+    return args
+
+
+def flag_values(args: list[str], name: str) -> list[str]:
+    """Every value given to ``--name`` (``--name v`` or ``--name=v``), in order."""
+    values = []
+    for i, token in enumerate(args):
+        if token == f"--{name}" and i + 1 < len(args):
+            values.append(args[i + 1])
+        elif token.startswith(f"--{name}="):
+            values.append(token.split("=", 1)[1])
+    return values
+
+
+def last_flag(args: list[str], name: str, default: Any = None) -> Any:
+    values = flag_values(args, name)
+    return values[-1] if values else default
+
+
+def parse_upstream(args: list[str], config_file: str | None = None) -> Any:
+    """Parse with upstream's own parser (``_parse_cfg_args``); any complaint becomes one
+    usage-error line (naming ``config_file`` when the bad option came from it)."""
+    from sae_lens.llm_sae_training_runner import _parse_cfg_args
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return _parse_cfg_args(args)
+    except SystemExit as exc:
+        lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
+        message = next(
+            (ln.split("error:", 1)[1] for ln in reversed(lines) if "error:" in ln),
+            lines[-1] if lines else f"exit {exc.code}",
+        )
+        raise fail(_parser_message(one_line(message), config_file)) from None
+    except Exception as exc:
+        raise fail(f"{type(exc).__name__}: {one_line(exc)}") from exc
+
+
+def _parser_message(message: str, config_file: str | None) -> str:
+    hint = "list the options with: sae-lens train --architecture ARCH --help-options"
+    if config_file is not None and "unrecognized arguments" in message:
+        file_keys = set(config_file_options(config_file))
+        bad = [t[2:].split("=")[0] for t in message.split() if t.startswith("--")]
+        from_file = [b for b in bad if b in file_keys]
+        if from_file:
+            return f"--config {config_file}: unknown option {from_file[0]!r} ({hint})"
+    return f"{message} ({hint})"
+
+
+def print_upstream_help(args: list[str]) -> int:
+    from sae_lens.llm_sae_training_runner import _parse_cfg_args
+
+    try:
+        _parse_cfg_args([*args, "--help"])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def check_architecture(args: list[str]) -> None:
+    """An unknown ``--architecture`` is reported before anything else."""
+    architectures = flag_values(args, "architecture")
+    if not architectures:
+        return
+    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+
+    if architectures[-1] not in SAE_TRAINING_CLASS_REGISTRY:
+        raise fail(
+            f"unknown --architecture {architectures[-1]!r}; registered: "
+            f"{', '.join(sorted(SAE_TRAINING_CLASS_REGISTRY))}"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Checks on the parsed config (no model loaded yet)
+# --------------------------------------------------------------------------------------
+def looks_local(value: str) -> bool:
+    return (
+        value.startswith((".", "/", "~")) or value.count("/") > 1 or value.endswith(_DATA_SUFFIXES)
+    )
+
+
+def check_device(flag: str, value: str) -> None:
+    """Refuse a CUDA/MPS device this machine does not have."""
+    import torch
+
+    if value.startswith("cuda") and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else "no GPU visible"
+        raise fail(
+            f"--{flag} {value}: CUDA is not available here (torch {torch.__version__}, "
+            f"{build}); use --{flag} cpu"
+        )
+    if value.startswith("mps") and not torch.backends.mps.is_available():
+        raise fail(f"--{flag} {value}: MPS is not available here; use --{flag} cpu")
+
+
+def check_devices(cfg: Any) -> None:
+    for name in ("device", "llm_device", "act_store_device"):
+        check_device(name, str(getattr(cfg, name, None) or ""))
+
+
+def check_paths(cfg: Any) -> None:
+    """Model and data paths that cannot work (a folder for HookedTransformer, a missing file)."""
+    model = str(cfg.model_name)
+    if Path(model).expanduser().exists():
+        if cfg.model_class_name == "HookedTransformer":
+            raise fail(
+                f"--model_name {model} is a local folder, which HookedTransformer cannot "
+                "load; add --model_class_name AutoModelForCausalLM"
+            )
+    elif looks_local(model):
+        raise fail(
+            f"--model_name {model}: no such folder; give the folder of a model saved "
+            "with save_pretrained (and --model_class_name AutoModelForCausalLM)"
+        )
+    if cfg.use_cached_activations:
+        cached = cfg.cached_activations_path
+        if cached and not Path(cached).expanduser().exists():
+            raise fail(
+                f"--cached_activations_path {cached}: no such folder; create it with "
+                "upstream's CacheActivationsRunner or fix the path"
+            )
+        return
+    data = str(cfg.dataset_path)
+    if not data:
+        raise fail(
+            "--dataset_path is required: a local folder/file (with --streaming False) "
+            "or a Hub dataset name"
+        )
+    if not Path(data).expanduser().exists() and looks_local(data):
+        raise fail(f"--dataset_path {data}: no such file or folder")
+
+
+def check_numbers(cfg: Any) -> None:
+    """Settings upstream accepts but that cannot train."""
+    if cfg.context_size <= 0:
+        raise fail(f"--context_size {cfg.context_size}: must be a positive number of tokens")
+    if not cfg.lr > 0:
+        raise fail(f"--lr {cfg.lr}: the learning rate must be > 0")
+    if cfg.train_batch_size_tokens <= 0:
+        raise fail(f"--train_batch_size_tokens {cfg.train_batch_size_tokens}: must be > 0")
+    if cfg.training_tokens < 1:
+        raise fail(
+            f"--training_tokens {cfg.training_tokens}: the run would train 0 steps; give at "
+            f"least one batch (--train_batch_size_tokens {cfg.train_batch_size_tokens})"
+        )
+
+
+def fit_buffer(cfg: Any, args: list[str], window: int) -> None:
+    """Make the activation buffer hold what one training batch needs.
+
+    Upstream's store mixes ``n_batches_in_buffer x context_size`` tokens and fails when
+    that is below ``train_batch_size_tokens``; the window provider needs a batch to be
+    at most half of its ``n_batches_in_buffer x store_batch_size_prompts`` contexts.
+    When the user did not set ``--n_batches_in_buffer`` the smallest working value is
+    chosen and said; a value the user set that cannot work is refused.
+    """
+    context, batch = cfg.context_size, cfg.train_batch_size_tokens
+    if window > 1:
+        per_read = cfg.store_batch_size_prompts * context
+        needed = math.ceil(2 * batch / per_read)
+    else:
+        needed = math.ceil(batch / context)
+    if cfg.n_batches_in_buffer >= needed:
+        return
+    if flag_values(args, "n_batches_in_buffer"):
+        raise fail(
+            f"--n_batches_in_buffer {cfg.n_batches_in_buffer}: the activation buffer must hold "
+            f"one training batch of {batch} tokens; set --n_batches_in_buffer {needed} or more"
+        )
+    print(
+        f"n_batches_in_buffer: {cfg.n_batches_in_buffer} -> {needed}, so that the activation "
+        f"buffer holds a training batch of {batch} tokens (context_size {context}); set "
+        "--n_batches_in_buffer to choose",
+        file=sys.stderr,
+    )
+    cfg.n_batches_in_buffer = needed
+
+
+def precheck(args: list[str], *, overwrite: bool) -> None:
+    """Checks on the raw flags (no SAE-Lens import): an output that holds a trained SAE."""
+    output = last_flag(args, "output_path", "output")
+    if not overwrite and output != "None" and holds_trained_sae(Path(output)):
+        refuse_trained(Path(output), "--output_path")
+
+
+def is_network_error(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if type(seen).__name__ in _NETWORK_TYPES:
+            return True
+        text = str(seen).lower()
+        if any(word in text for word in _NETWORK_WORDS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def hub_error(setting: str, value: str, exc: BaseException, local_hint: str) -> BaseException:
+    if is_network_error(exc):
+        return fail(
+            f"--{setting} {value} is not a local path and the Hugging Face Hub cannot be "
+            f"reached (offline); use a local path instead: {local_hint}"
+        )
+    return exc

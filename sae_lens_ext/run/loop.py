@@ -1,0 +1,306 @@
+"""The one training loop of ``sae-lens train`` and ``sae-lens demo``.
+
+:class:`TrainingLoop` drives upstream's ``SAETrainer`` through its public seams, as
+upstream's ``MultiSAETrainer`` does (``step``, ``maybe_reset_sparsity``,
+``full_sparsity_window_log``, ``set_final_sae_metadata``, ``save_checkpoint``,
+``load_trainer_state``), and adds, explicitly and in this order after each step:
+
+1. the architecture's after-step work with the optimizer in hand
+   (``sae.after_optimizer_step(optimizer)``: resampling, a periodic permutation; a
+   returned permutation is applied to the trainer's per-latent firing counters too);
+2. the core's guards (:class:`~sae_lens_ext.guards.TrainingGuard`: device-side every
+   step, checked on logging steps);
+3. logging (JSONL, progress, wandb when asked), checkpoints at step boundaries (with
+   the RNG state, the data provider's ``state_dict`` and the guard's state, written to a
+   temp folder and renamed), and Ctrl-C at a step boundary.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sae_lens_ext.errors import TrainingInterrupted
+from sae_lens_ext.guards import TrainingGuard
+from sae_lens_ext.optim import permute_latent_state
+from sae_lens_ext.run.progress import RunLogger
+
+LOOP_STATE_FILENAME = "loop_state.pt"
+DEFAULT_MAX_SILENT_STEPS = 200
+
+
+class InterruptFlag:
+    """First Ctrl-C (or SIGTERM) asks for a stop at the next step boundary; a second one quits."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(
+            "\nInterrupt: stopping after this step (Ctrl-C again to quit now)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __enter__(self) -> InterruptFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class _Interruptible(Iterator[torch.Tensor]):
+    """Batches of ``data`` that stop (no checkpoint: nothing trained yet) on Ctrl-C."""
+
+    def __init__(self, data: Iterator[torch.Tensor], interrupt: InterruptFlag) -> None:
+        self.data, self.interrupt = data, interrupt
+
+    def __next__(self) -> torch.Tensor:
+        if self.interrupt.requested:
+            raise TrainingInterrupted(0, None)
+        return next(self.data)
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and random: initialisation and shuffling then repeat."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class TrainingLoop:
+    """Train ``trainer.sae`` on ``data`` (see the module docstring).
+
+    Args:
+        trainer: upstream ``SAETrainer`` (its ``data_provider`` is not read; ``data`` is).
+        data: iterator of ``(batch, d_in)`` activations; a ``state_dict()`` /
+            ``load_state_dict()`` pair, if it has one, goes into checkpoints.
+        logger: JSONL log and progress display.
+        interrupt: the Ctrl-C flag (installed by :meth:`run`).
+        on_resume: extra state to restore from a checkpoint (e.g. the LM activation
+            store's dataset position).
+    """
+
+    def __init__(
+        self,
+        trainer: Any,
+        data: Iterator[torch.Tensor],
+        *,
+        logger: RunLogger | None = None,
+        interrupt: InterruptFlag | None = None,
+        on_resume: Callable[[Path], None] | None = None,
+    ) -> None:
+        self.trainer, self.sae, self.cfg = trainer, trainer.sae, trainer.cfg
+        self.data, self.logger, self.on_resume = data, logger, on_resume
+        self.interrupt = interrupt or InterruptFlag()
+        self.guard = TrainingGuard(
+            getattr(self.sae.cfg, "max_silent_steps", DEFAULT_MAX_SILENT_STEPS)
+        )
+        self.thresholds = list(trainer.checkpoint_thresholds)  # upstream's schedule
+        self.last_checkpoint: Path | None = None
+        self.last_record: dict[str, Any] = {}
+        self._resume_rng: dict[str, Any] | None = None
+        if hasattr(self.sae, "post_step_by_caller"):
+            self.sae.post_step_by_caller = True  # this loop runs after-step work and guards
+
+    # --- resume ------------------------------------------------------------------------
+    def resume_from(self, checkpoint: Path) -> None:
+        """Restore trainer, SAE, data, guard and RNG state from ``checkpoint``."""
+        self.trainer.load_trainer_state(checkpoint)
+        self.sae.load_weights_from_checkpoint(checkpoint)
+        self.thresholds = [t for t in self.thresholds if t >= self.trainer.n_training_samples]
+        state = torch.load(checkpoint / LOOP_STATE_FILENAME, weights_only=False)
+        if state.get("data") is not None:
+            self.data.load_state_dict(state["data"])  # type: ignore[attr-defined]
+        self.guard.load_state_dict(state["guard"])
+        self._resume_rng = state["rng"]
+        if self.on_resume is not None:
+            self.on_resume(checkpoint)
+
+    # --- the loop --------------------------------------------------------------------------
+    def run(self, resume_from: Path | None = None) -> Any:
+        """Train to ``total_training_samples``; return the SAE (scaling folded in)."""
+        with self.interrupt:
+            if resume_from is not None:
+                print(f"Resuming from {resume_from}", file=sys.stderr)
+                self.resume_from(resume_from)
+            self.sae.to(self.cfg.device)
+            self.estimate_normalization()
+            if self._resume_rng is not None:  # last: nothing may draw after this
+                set_rng_state(self._resume_rng)
+            if self.logger is not None:
+                self.logger.start(self.trainer.n_training_samples, self.trainer.n_training_steps)
+            try:
+                while self.trainer.n_training_samples < self.cfg.total_training_samples:
+                    self.train_step()
+            finally:
+                if self.logger is not None:
+                    self.logger.close()
+        return self.finish()
+
+    def estimate_normalization(self) -> None:
+        """Upstream's activation normalisation estimate (as ``SAETrainer.fit`` does it),
+        on batches that stop promptly on Ctrl-C."""
+        trainer, sae_cfg = self.trainer, self.sae.cfg
+        scaler, n = trainer.activation_scaler, self.cfg.n_batches_for_norm_estimate
+        data = _Interruptible(self.data, self.interrupt)
+        mode = sae_cfg.normalize_activations
+        if mode == "expected_average_only_in" and scaler.scaling_factor is None:
+            scaler.estimate_scaling_factor(
+                d_in=sae_cfg.d_in, data_provider=data, n_batches_for_norm_estimate=n
+            )
+        elif mode == "covariance_whitening" and scaler.whitening is None:
+            scaler.estimate_whitening(
+                d_in=sae_cfg.d_in, data_provider=data, n_batches_for_norm_estimate=n
+            )
+
+    def train_step(self) -> None:
+        trainer = self.trainer
+        sparsity_log = trainer.maybe_reset_sparsity()
+        output = trainer.step(next(self.data))
+        self.after_optimizer_step()
+        self.guard.observe(
+            trainer.n_training_steps, output.loss, output.sae_in, output.feature_acts
+        )
+        self.log_to_wandb(output, sparsity_log)
+        trainer.n_training_steps += 1
+        record = self.logger.update(trainer, output) if self.logger is not None else None
+        if record is not None:
+            self.last_record = record
+            self.guard.check()
+        if self.thresholds and trainer.n_training_samples > self.thresholds[0]:
+            self.guard.check()  # never checkpoint a diverged SAE
+            self.save_checkpoint(str(trainer.n_training_samples))
+            self.thresholds.pop(0)
+        if (
+            self.interrupt.requested
+            and trainer.n_training_samples < self.cfg.total_training_samples
+        ):
+            self.guard.check()
+            checkpoint = self.save_checkpoint(str(trainer.n_training_samples))
+            raise TrainingInterrupted(trainer.n_training_steps, checkpoint)
+
+    def after_optimizer_step(self) -> None:
+        """The architecture's after-step work; permute the trainer's per-latent state along
+        with any latent permutation it applied."""
+        after = getattr(self.sae, "after_optimizer_step", None)
+        permutation = after(self.trainer.optimizer) if after is not None else None
+        if permutation is not None:
+            trainer = self.trainer
+            permute_latent_state(
+                [trainer.act_freq_scores, trainer.n_forward_passes_since_fired], permutation
+            )
+
+    def log_to_wandb(self, output: Any, sparsity_log: dict[str, Any]) -> None:
+        """What ``SAETrainer.fit`` logs to wandb, from its public pieces (when asked)."""
+        logger_cfg = self.cfg.logger
+        if not logger_cfg.log_to_wandb:
+            return
+        import wandb
+
+        trainer, step = self.trainer, self.trainer.n_training_steps
+        if sparsity_log:
+            wandb.log(sparsity_log, step=step)
+        if (step + 1) % logger_cfg.wandb_log_frequency == 0:
+            log = trainer.build_train_step_log_dict(output, trainer.n_training_samples)
+            wandb.log(log, step=step)
+        every = logger_cfg.wandb_log_frequency * logger_cfg.eval_every_n_wandb_logs
+        if trainer.evaluator is not None and (step + 1) % every == 0:
+            self.sae.eval()
+            metrics = trainer.evaluator(self.sae, self.data, trainer.activation_scaler)
+            self.sae.train()
+            wandb.log(metrics, step=step)
+
+    def finish(self) -> Any:
+        """After the last step: guards, the last sparsity window, folded scaling, metadata."""
+        trainer, sae = self.trainer, self.sae
+        self.guard.check_finished(trainer.n_training_steps)
+        if self.cfg.logger.log_to_wandb:
+            import wandb
+
+            final = trainer.full_sparsity_window_log()
+            if final:
+                wandb.log(final, step=trainer.n_training_steps)
+        scaler = trainer.activation_scaler
+        if scaler.scaling_factor is not None:
+            sae.fold_activation_norm_scaling_factor(scaler.scaling_factor)
+            scaler.scaling_factor = None
+        if scaler.whitening is not None:
+            whitening = scaler.whitening
+            sae.fold_activation_whitening(
+                mean=whitening.mean,
+                whitening_matrix=whitening.matrix,
+                unwhitening_matrix=whitening.inverse_matrix,
+            )
+            scaler.whitening = None
+        trainer.set_final_sae_metadata()
+        if self.cfg.save_final_checkpoint:
+            self.save_checkpoint(f"final_{trainer.n_training_samples}")
+        return sae
+
+    # --- checkpoints ---------------------------------------------------------------------
+    def save_checkpoint(self, name: str) -> Path | None:
+        """Upstream's checkpoint plus this loop's state, written to a temp folder and
+        renamed into place (a crash while saving never leaves a checkpoint --resume takes)."""
+        if self.cfg.checkpoint_path is None:
+            return None
+        base = Path(self.cfg.checkpoint_path)
+        tmp_name = f".tmp-{name}-{os.getpid()}"
+        state = {"rng": rng_state(), "guard": self.guard.state_dict()}
+        state_dict = getattr(self.data, "state_dict", None)
+        state["data"] = state_dict() if callable(state_dict) else None
+        self.trainer.save_checkpoint(tmp_name, base_path=base)
+        torch.save(state, base / tmp_name / LOOP_STATE_FILENAME)
+        final = base / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(base / tmp_name, final)
+        self.last_checkpoint = final
+        return final
+
+
+def reconstruction_warning(record: dict[str, Any]) -> str | None:
+    """A warning when the last logged batch's explained variance is <= 0."""
+    ev = record.get("explained_variance")
+    if ev is None or ev > 0:
+        return None
+    return (
+        f"Warning: the SAE explains {ev:.3g} of the variance of its last batch (<= 0: it "
+        "reconstructs nothing beyond the mean); normalise the activations "
+        "(--normalize_activations expected_average_only_in) or lower the sparsity coefficient"
+    )

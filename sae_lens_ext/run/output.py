@@ -1,0 +1,223 @@
+"""The output folder of a run: checked before anything is loaded, filled atomically.
+
+- :meth:`RunOutput.check` validates the folder (refuses a trained SAE without
+  ``--overwrite``, finds the checkpoint ``--resume`` continues from) and writes nothing.
+- :meth:`RunOutput.begin` is called once the run is about to train: only now is the
+  folder created. With ``--overwrite``, the previous run's files are moved aside into a
+  hidden folder, not deleted.
+- :meth:`RunOutput.commit` moves the final files in (``cfg.json`` last, so a half-written
+  folder never looks like a trained SAE) and deletes the previous run's files.
+- :meth:`RunOutput.abort` undoes a failed run: its files are removed, the previous run's
+  files are put back, and folders this run created are removed. After an interruption
+  (a checkpoint to ``--resume`` from) the new run's files are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sae_lens_ext.errors import (
+    INTERRUPTED,
+    CliError,
+    TrainingInterrupted,
+    fail,
+    holds_trained_sae,
+    refuse_trained,
+)
+
+CHECKPOINTS_DIR = "checkpoints"
+TRAINING_LOG = "training_log.jsonl"
+METRICS_FILENAME = "metrics.json"
+TMP_PREFIX = ".tmp-"
+REPLACED_PREFIX = ".replaced-"
+
+
+def complete_checkpoints(checkpoint_dir: Path | None) -> list[Path]:
+    """Finished checkpoints (temp folders of an interrupted save are ignored), oldest first."""
+    from sae_lens.constants import TRAINER_STATE_FILENAME
+
+    if checkpoint_dir is None or not checkpoint_dir.is_dir():
+        return []
+    found = [
+        p
+        for p in checkpoint_dir.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / TRAINER_STATE_FILENAME).is_file()
+    ]
+    return sorted(found, key=lambda p: (_samples(p), p.stat().st_mtime))
+
+
+def _samples(checkpoint: Path) -> int:
+    import torch
+    from sae_lens.constants import TRAINER_STATE_FILENAME
+
+    state = torch.load(checkpoint / TRAINER_STATE_FILENAME, weights_only=False, map_location="cpu")
+    return int(state["n_training_samples"])
+
+
+class RunOutput:
+    """One run's output folder (see the module docstring for the life cycle)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        checkpoint_dir: Path | None,
+        *,
+        overwrite: bool,
+        resume: bool,
+        flag: str = "--output_path",
+    ) -> None:
+        self.folder, self.checkpoint_dir = folder, checkpoint_dir
+        self.overwrite, self.resume, self.flag = overwrite, resume, flag
+        self.resume_from: Path | None = None
+        self._created: list[Path] = []
+        self._replaced: Path | None = None
+        self._moved: list[tuple[Path, Path]] = []
+        self._had_checkpoint_dir = False
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / TRAINING_LOG
+
+    def check(self) -> Path | None:
+        """Validate the folder; return the checkpoint to resume from. Writes nothing."""
+        folder, flag = self.folder, self.flag
+        if folder.exists() and not folder.is_dir():
+            raise fail(f"{flag} {folder} is a file; give a folder")
+        if holds_trained_sae(folder) and not self.overwrite:
+            refuse_trained(folder, flag)
+        checkpoints = complete_checkpoints(self.checkpoint_dir)
+        if self.resume:
+            if not checkpoints:
+                raise fail(
+                    f"--resume: no checkpoint in {self.checkpoint_dir}; run the command "
+                    "without --resume to start training"
+                )
+            self.resume_from = checkpoints[-1]
+        elif checkpoints and not self.overwrite:
+            raise fail(
+                f"{self.checkpoint_dir} holds checkpoints of an earlier run: add --resume to "
+                "continue it, or --overwrite to start again"
+            )
+        return self.resume_from
+
+    def begin(self) -> None:
+        """Create the folder (remembering what this run created); with ``--overwrite``,
+        move the previous run's files aside (restored by :meth:`abort`)."""
+        missing = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
+        self._created = list(reversed(missing))  # outermost first
+        self._had_checkpoint_dir = self.checkpoint_dir is not None and self.checkpoint_dir.exists()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not self.overwrite or self.resume:
+            return
+        previous = [p for p in self.folder.iterdir() if not p.name.startswith(".")]
+        outside = self.checkpoint_dir
+        if (
+            outside is not None
+            and outside.exists()
+            and outside.resolve().parent != self.folder.resolve()
+        ):
+            previous.append(outside)
+        if previous:
+            self._replaced = self.folder / f"{REPLACED_PREFIX}{os.getpid()}"
+            self._replaced.mkdir()
+            for i, path in enumerate(previous):
+                moved = self._replaced / f"{i}-{path.name}"
+                os.replace(path, moved)
+                self._moved.append((path, moved))
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """:meth:`begin`; then :meth:`commit` if the body succeeds, else :meth:`abort`
+        (an interruption becomes the one-line error with exit code 130)."""
+        self.begin()
+        try:
+            yield
+        except TrainingInterrupted as exc:
+            self.abort(interrupted=exc.checkpoint is not None)
+            raise CliError(str(exc), INTERRUPTED) from exc
+        except BaseException:
+            self.abort(interrupted=False)
+            raise
+        self.commit()
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A temp folder inside the output; on success its files replace those of the
+        output, each with ``os.replace`` (atomic on one filesystem), ``cfg.json`` last."""
+        tmp = self.folder / f"{TMP_PREFIX}final-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            yield tmp
+            files = sorted(
+                (p for p in tmp.rglob("*") if p.is_file()), key=lambda p: p.name == "cfg.json"
+            )
+            for src in files:
+                dst = self.folder / src.relative_to(tmp)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dst)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def commit(self) -> None:
+        """The run succeeded: delete the previous run's files."""
+        if self._replaced is not None:
+            shutil.rmtree(self._replaced, ignore_errors=True)
+            self._replaced = None
+
+    def abort(self, *, interrupted: bool) -> None:
+        """The run failed (or was interrupted): restore the previous state."""
+        if interrupted:
+            return  # the checkpoint and log are what --resume continues from
+        if self._replaced is not None:
+            for path in self.folder.iterdir():
+                if path != self._replaced:
+                    _remove(path)
+            if self.checkpoint_dir is not None:
+                _remove(self.checkpoint_dir)
+            for original, moved in self._moved:
+                os.replace(moved, original)
+            self._replaced.rmdir()
+            self._replaced, self._moved = None, []
+        elif not self.resume and not complete_checkpoints(self.checkpoint_dir):
+            # nothing to resume from: remove what this run wrote (with a checkpoint, the
+            # log and checkpoints stay, and --resume continues from the last one)
+            _remove(self.log_path)
+            if self.checkpoint_dir is not None and not self._had_checkpoint_dir:
+                shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+        for path in reversed(self._created):  # innermost first
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only if empty
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON through a temp file (atomic replace)."""
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):  # torch tensors, numpy arrays and scalars
+        return obj.tolist()
+    return str(obj)
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``training_log.jsonl``."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

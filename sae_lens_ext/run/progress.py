@@ -1,0 +1,190 @@
+"""Progress display and the JSONL training log of a run.
+
+Everything that reads a tensor's value (a host-device sync) happens here, on logging
+steps only: every ``log_every`` steps, at the last step, and for plain progress lines
+(every ``print_every`` steps or ``PRINT_SECONDS`` seconds, whichever comes first).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sae_lens_ext.metrics import explained_variance
+
+PRINT_SECONDS = 10.0
+
+
+class RunLogger:
+    """Losses every ``log_every`` steps to a JSONL file; a rich bar on a TTY, plain lines otherwise.
+
+    ``mode``: ``auto`` (bar if stderr is a terminal, else plain lines), ``bar``,
+    ``plain`` or ``none``. Plain lines: about 20 per run, and at least one every
+    ``PRINT_SECONDS`` seconds.
+    """
+
+    def __init__(
+        self,
+        log_path: Path | None,
+        total_samples: int,
+        batch_size: int,
+        log_every: int = 50,
+        mode: str = "auto",
+    ) -> None:
+        self.log_path = log_path
+        self.total_samples = total_samples
+        self.total_steps = max(1, -(-total_samples // batch_size))
+        self.log_every = max(1, log_every)
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "plain"
+        self.mode = mode
+        self.print_every = max(1, self.total_steps // 20)
+        self._progress: Any = None
+        self._task: Any = None
+        self._t0 = self._last_print = time.perf_counter()
+        self._start_samples = 0
+        self.last_record: dict[str, Any] = {}
+
+    def start(self, n_training_samples: int, n_training_steps: int) -> None:
+        self._t0 = self._last_print = time.perf_counter()
+        self._start_samples = n_training_samples
+        if self.log_path is not None:
+            truncate_log(self.log_path, n_training_steps)
+        if self.mode == "bar":
+            self._start_bar(n_training_samples)
+
+    def _start_bar(self, completed: int) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("[bold]training"),
+            BarColumn(),
+            TextColumn("{task.completed:,}/{task.total:,} samples"),
+            TextColumn("{task.fields[rate]:,.0f} samples/s"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[losses]}"),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(
+            "train", total=self.total_samples, completed=completed, rate=0.0, losses=""
+        )
+
+    def rate(self, n_training_samples: int) -> float:
+        elapsed = time.perf_counter() - self._t0
+        return (n_training_samples - self._start_samples) / elapsed if elapsed > 0 else 0.0
+
+    def is_logging_step(self, step: int, samples: int) -> bool:
+        """Whether :meth:`update` will read tensor values at this (completed) step."""
+        return (
+            step % self.log_every == 0
+            or samples >= self.total_samples
+            or (self.mode == "plain" and self._print_due(step))
+        )
+
+    def _print_due(self, step: int) -> bool:
+        return (
+            step % self.print_every == 0 or time.perf_counter() - self._last_print >= PRINT_SECONDS
+        )
+
+    def update(self, trainer: Any, output: Any) -> dict[str, Any] | None:
+        """Log the step ``trainer`` just completed; return the record if one was made."""
+        step, samples = trainer.n_training_steps, trainer.n_training_samples
+        last = samples >= self.total_samples
+        record = None
+        if self.is_logging_step(step, samples):
+            record = self.record(trainer, output)
+            if self.log_path is not None and (step % self.log_every == 0 or last):
+                with open(self.log_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+        if self._progress is not None:
+            fields: dict[str, Any] = {"rate": self.rate(samples)}
+            if record is not None:
+                fields["losses"] = loss_text(record)
+            self._progress.update(self._task, completed=samples, **fields)
+        elif self.mode == "plain" and record is not None and (last or self._print_due(step)):
+            self._print_line(record)
+        return record
+
+    def _print_line(self, record: dict[str, Any]) -> None:
+        samples, rate = record["samples"], record["samples_per_s"]
+        eta = max(0.0, (self.total_samples - samples) / rate) if rate > 0 else float("nan")
+        print(
+            f"step {record['step']}/{self.total_steps} | {samples:,}/{self.total_samples:,} "
+            f"samples ({100 * samples / self.total_samples:.0f}%) | {rate:,.0f} samples/s | "
+            f"ETA {eta:.0f}s | {loss_text(record)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        self._last_print = time.perf_counter()
+
+    @torch.no_grad()
+    def record(self, trainer: Any, output: Any) -> dict[str, Any]:
+        """The logged values of a step (reads tensors: logging steps only)."""
+        record: dict[str, Any] = {
+            "step": trainer.n_training_steps,
+            "samples": trainer.n_training_samples,
+            "time_s": round(time.perf_counter() - self._t0, 3),
+            "samples_per_s": round(self.rate(trainer.n_training_samples), 1),
+            "lr": trainer.optimizer.param_groups[0]["lr"],
+            "loss": float(output.loss),
+        }
+        for name, value in [*output.losses.items(), *output.metrics.items()]:
+            if (isinstance(value, torch.Tensor) and value.numel() == 1) or isinstance(
+                value, (int, float)
+            ):
+                record[name] = float(value)
+        acts = output.feature_acts
+        if not acts.is_sparse:
+            record["l0"] = float((acts != 0).float().sum(-1).mean())
+        record["explained_variance"] = explained_variance(
+            output.sae_in.float(), output.sae_out.float()
+        )
+        record["trainer_dead_latents"] = int(trainer.dead_neurons.sum())
+        self.last_record = record
+        return record
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def loss_text(record: dict[str, Any]) -> str:
+    """``loss 1.2 | mse 0.3 | l1 0.9 | L0 12.1``: the losses of a record, one line."""
+    parts = [f"loss {record['loss']:.4g}"]
+    parts += [
+        f"{k.removesuffix('_loss')} {v:.3g}" for k, v in record.items() if k.endswith("_loss")
+    ]
+    if "l0" in record:
+        parts.append(f"L0 {record['l0']:.1f}")
+    return " | ".join(parts)
+
+
+def truncate_log(path: Path, max_step: int) -> None:
+    """Drop log lines past ``max_step`` (written after the checkpoint a run resumes from)."""
+    if not path.exists():
+        return
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line)["step"] <= max_step
+    ]
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)

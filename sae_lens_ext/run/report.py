@@ -1,0 +1,91 @@
+"""Metrics, figures and saved files of a finished run; the tables the commands print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sae_lens_ext.metrics import EvalData, Metric, generic_metrics, metrics_dict
+from sae_lens_ext.run.output import METRICS_FILENAME, RunOutput, read_log, write_json
+
+PLOTS_DIR = "plots"
+#: ``metrics.json`` key holding the table rows (label, formatted value) of the metrics.
+ROWS_KEY = "table"
+#: ``metrics.json`` key mapping each numeric metric to its label (what ``plots`` compares).
+LABELS_KEY = "labels"
+
+
+def collect_metrics(sae: Any, data: EvalData) -> list[Metric]:
+    """Generic metrics, then every plugin's ``evaluation_metrics`` for this SAE and data."""
+    from sae_lens_ext.plugins import load_plugins
+
+    metrics = generic_metrics(sae, data)
+    for contributed in load_plugins().hook.evaluation_metrics(sae=sae, data=data):
+        metrics.extend(contributed or [])
+    return metrics
+
+
+def plugin_figures(sae: Any, data: EvalData, folder: Path) -> list[Path]:
+    from sae_lens_ext.plugins import load_plugins
+
+    paths: list[Path] = []
+    for written in load_plugins().hook.run_figures(sae=sae, data=data, folder=folder):
+        paths.extend(written or [])
+    return paths
+
+
+def evaluate_and_save(
+    sae: Any,
+    trainer: Any,
+    data: Any,
+    output: RunOutput,
+    eval_samples: int,
+    seed: int,
+    run_info: dict[str, Any],
+) -> dict[str, Any]:
+    """Evaluate on fresh data with ground truth; write the SAE, its sparsity, the data,
+    ``metrics.json`` and the figures into ``output`` (staged, ``cfg.json`` last)."""
+    from sae_lens.constants import SPARSITY_FILENAME
+    from safetensors.torch import save_file
+
+    from sae_lens_ext.run.figures import plot_training_curves
+    from sae_lens_ext.synthetic import DATA_DIR
+
+    evaluation = data.eval_data(eval_samples, seed)
+    metrics = collect_metrics(sae, evaluation)
+    result = {**run_info, "eval_samples": evaluation.n_rows, **metrics_dict(metrics)}
+    result[ROWS_KEY] = [row for row in (m.row() for m in metrics) if row is not None]
+    result[LABELS_KEY] = {m.key: m.label or m.key for m in metrics if m.row() is not None}
+    with output.staging() as tmp:
+        sae.save_inference_model(tmp)
+        save_file({"sparsity": trainer.log_feature_sparsity}, tmp / SPARSITY_FILENAME)
+        data.save(tmp / DATA_DIR)
+        write_json(tmp / METRICS_FILENAME, result)
+        plots = tmp / PLOTS_DIR
+        plot_training_curves(
+            {run_info["architecture"]: read_log(output.log_path)}, plots / "training_curves.png"
+        )
+        plugin_figures(sae, evaluation, plots)
+    return result
+
+
+def print_table(title: str, rows: list[tuple[str, str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, min_width=74)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for label, value in rows:
+        table.add_row(label, value)
+    Console(width=100).print(table)
+
+
+def print_results(out: Path, metrics: dict[str, Any]) -> None:
+    """The demo's summary table."""
+    print_table(
+        f"{metrics['architecture']} SAE on synthetic data "
+        f"({metrics['training_samples']:,} samples, {metrics['train_time_s']:.0f} s)",
+        [tuple(row) for row in metrics[ROWS_KEY]],
+    )
+    print(f"SAE, metrics.json, training_log.jsonl and plots/ written to {out}/")
