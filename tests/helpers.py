@@ -211,6 +211,7 @@ def lm_runner_args(
 PLUGIN_SOURCES = {
     "decoder_orthogonality": REPO / "plugins" / "example-decoder-orthogonality",
     "toy": REPO / "tests" / "plugins" / "toy_plugin",
+    "extras": REPO / "tests" / "plugins" / "extras_plugin",
     "broken": REPO / "tests" / "plugins" / "broken_plugin",
 }
 

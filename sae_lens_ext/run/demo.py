@@ -50,13 +50,52 @@ def demo(options: DemoOptions) -> int:
     out = Path(options.output)
     if not options.overwrite and holds_trained_sae(out):  # before the slow imports
         refuse_trained(out, "--output")
+    from sae_lens_ext.run.loop import seed_everything
+    from sae_lens_ext.run.report import evaluate_and_save, print_results
+
+    t0 = time.perf_counter()
+    setup, cfg_cls, samples, settings = plan(options)
+    output = RunOutput(
+        out, out / CHECKPOINTS_DIR, overwrite=options.overwrite, resume=options.resume,
+        flag="--output",
+    )  # fmt: skip
+    output.check()
+    seed_everything(options.seed)
+    try:
+        sae_cfg = cfg_cls(d_in=options.d_in, d_sae=options.d_sae, device=options.device, **settings)
+    except (TypeError, ValueError) as exc:
+        raise fail(f"SAE config: {one_line(exc)} (change it with --set FIELD=VALUE)") from exc
+    data = make_data(setup, options, samples)
+    batches = training_batches(data, sae_cfg, options)
+    sae = training_classes(options.architecture)[0](sae_cfg).to(options.device)
+    lr = options.lr or setup.lr or DEMO_LR
+    with output.running():
+        sae, trainer = train_demo(sae, batches, output, options, samples, lr)
+        run_info = {
+            "architecture": options.architecture,
+            **{k: getattr(options, k) for k in ("d_in", "d_sae", "n_features", "seed")},
+            "training_samples": trainer.n_training_samples,
+            "training_steps": trainer.n_training_steps,
+            "lr": lr,
+            "sae_config": settings,
+            "train_time_s": round(time.perf_counter() - t0, 2),
+        }
+        metrics = evaluate_and_save(
+            sae, trainer, data, output, options.eval_samples, options.seed + 1, run_info
+        )
+    print_results(out, metrics)
+    return 0
+
+
+def plan(options: DemoOptions) -> tuple[Any, type[Any], int, dict[str, Any]]:
+    """The architecture's demo set-up, config class, training samples and config settings,
+    with every check that needs no data."""
     import torch
 
     from sae_lens_ext.run.lm_config import check_device
 
-    t0 = time.perf_counter()
     options.architecture = options.architecture or default_architecture()
-    sae_cls, cfg_cls = training_classes(options.architecture)
+    _, cfg_cls = training_classes(options.architecture)
     check_device("device", options.device)
     if options.threads:
         torch.set_num_threads(options.threads)
@@ -68,47 +107,7 @@ def demo(options: DemoOptions) -> int:
             f"--samples {samples} is less than one batch (--batch-size {options.batch_size}); "
             f"give --samples {options.batch_size} or more"
         )
-    settings = demo_settings(setup, cfg_cls, steps, options.overrides)
-    output = RunOutput(
-        out,
-        out / CHECKPOINTS_DIR,
-        overwrite=options.overwrite,
-        resume=options.resume,
-        flag="--output",
-    )
-    output.check()
-    from sae_lens_ext.run.loop import seed_everything
-
-    seed_everything(options.seed)
-    try:
-        sae_cfg = cfg_cls(d_in=options.d_in, d_sae=options.d_sae, device=options.device, **settings)
-    except (TypeError, ValueError) as exc:
-        raise fail(f"SAE config: {one_line(exc)} (change it with --set FIELD=VALUE)") from exc
-    data = make_data(setup, options, samples)
-    batches = training_batches(data, sae_cfg, options)
-    sae = sae_cls(sae_cfg).to(options.device)
-    lr = options.lr or setup.lr or DEMO_LR
-    from sae_lens_ext.run.report import evaluate_and_save, print_results
-
-    with output.running():
-        sae, trainer = train_demo(sae, batches, output, options, samples, lr)
-        run_info = {
-            "architecture": options.architecture,
-            "d_in": options.d_in,
-            "d_sae": options.d_sae,
-            "n_features": options.n_features,
-            "training_samples": trainer.n_training_samples,
-            "training_steps": trainer.n_training_steps,
-            "seed": options.seed,
-            "lr": lr,
-            "sae_config": settings,
-            "train_time_s": round(time.perf_counter() - t0, 2),
-        }
-        metrics = evaluate_and_save(
-            sae, trainer, data, output, options.eval_samples, options.seed + 1, run_info
-        )
-    print_results(out, metrics)
-    return 0
+    return setup, cfg_cls, samples, demo_settings(setup, cfg_cls, steps, options.overrides)
 
 
 def training_classes(architecture: str) -> tuple[Any, Any]:

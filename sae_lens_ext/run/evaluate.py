@@ -6,38 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sae_lens_ext.errors import fail, holds_trained_sae, one_line
+from sae_lens_ext.errors import fail, one_line
 from sae_lens_ext.metrics import EvalData, Metric, metrics_dict
+from sae_lens_ext.run.output import load_saved_sae
 
 EVALUATION_FILENAME = "evaluation.json"
-
-
-def load_sae(folder: Path) -> Any:
-    """``SAE.load_from_disk`` with one-line errors naming the file at fault."""
-    if not holds_trained_sae(folder):
-        raise fail(f"PATH {folder} holds no trained SAE (cfg.json, sae_weights.safetensors)")
-    cfg_path = folder / "cfg.json"
-    try:
-        architecture = json.loads(cfg_path.read_text())["architecture"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise fail(
-            f"{cfg_path}: not a valid SAE config ({one_line(exc)}); is it truncated?"
-        ) from exc
-    from sae_lens import SAE
-    from sae_lens.registry import SAE_CLASS_REGISTRY
-
-    if architecture not in SAE_CLASS_REGISTRY:
-        raise fail(
-            f"{cfg_path}: architecture {architecture!r} is not registered here; install the "
-            "plugin that provides it (see `sae-lens plugins`)"
-        )
-    try:
-        return SAE.load_from_disk(folder)
-    except Exception as exc:
-        raise fail(
-            f"{folder / 'sae_weights.safetensors'}: cannot be loaded ({type(exc).__name__}: "
-            f"{one_line(exc)}); is it truncated?"
-        ) from exc
 
 
 def evaluate(path: str, *, samples: int, seed: int, as_json: bool) -> int:
@@ -45,7 +18,7 @@ def evaluate(path: str, *, samples: int, seed: int, as_json: bool) -> int:
     from sae_lens_ext.synthetic import DATA_DIR, SyntheticModelData, load_demo_data
 
     folder = Path(path)
-    sae = load_sae(folder)
+    sae = load_saved_sae(folder)
     if (folder / DATA_DIR).is_dir():
         metrics = _synthetic(sae, load_demo_data(folder / DATA_DIR), samples, seed)
     elif (folder / "synthetic_model").is_dir():  # demo folders of release 0.1.0

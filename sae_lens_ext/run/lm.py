@@ -48,6 +48,7 @@ def parse_config(args: list[str], config_file: str | None) -> Any:
     """Upstream's runner config from the flags, with every check that needs no model."""
     from sae_lens_ext.windows import BatchLayoutError, batch_window, validate_window_layout
 
+    checks.check_context_flag(args)
     cfg = checks.parse_upstream(["--log_to_wandb", "False", *args], config_file)
     if cfg.output_path is None or str(cfg.output_path) == "None":
         raise fail("--output_path is required (the folder the trained SAE is written to)")

@@ -208,10 +208,19 @@ def check_paths(cfg: Any) -> None:
         raise fail(f"--dataset_path {data}: no such file or folder")
 
 
+def check_context_flag(args: list[str]) -> None:
+    """``--context_size`` <= 0, which upstream's config rejects with a message about slices."""
+    raw = last_flag(args, "context_size")
+    try:
+        value = int(raw) if raw is not None else 1
+    except ValueError:
+        return  # upstream's parser names the bad value
+    if value <= 0:
+        raise fail(f"--context_size {raw}: must be a positive number of tokens")
+
+
 def check_numbers(cfg: Any) -> None:
     """Settings upstream accepts but that cannot train."""
-    if cfg.context_size <= 0:
-        raise fail(f"--context_size {cfg.context_size}: must be a positive number of tokens")
     if not cfg.lr > 0:
         raise fail(f"--lr {cfg.lr}: the learning rate must be > 0")
     if cfg.train_batch_size_tokens <= 0:

@@ -28,6 +28,7 @@ from sae_lens_ext.errors import (
     TrainingInterrupted,
     fail,
     holds_trained_sae,
+    one_line,
     refuse_trained,
 )
 
@@ -201,6 +202,40 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+def load_saved_sae(folder: Path) -> Any:
+    """``SAE.load_from_disk`` with one-line errors naming the file at fault."""
+    if not folder.is_dir():
+        raise fail(f"PATH {folder}: no such folder")
+    missing = [n for n in ("cfg.json", "sae_weights.safetensors") if not (folder / n).is_file()]
+    if missing:
+        raise fail(
+            f"PATH {folder} holds no trained SAE (missing {', '.join(missing)}); give "
+            "the output folder of `sae-lens train` or `sae-lens demo`"
+        )
+    cfg_path = folder / "cfg.json"
+    try:
+        architecture = json.loads(cfg_path.read_text())["architecture"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise fail(
+            f"{cfg_path}: not a valid SAE config ({one_line(exc)}); is it truncated?"
+        ) from exc
+    from sae_lens import SAE
+    from sae_lens.registry import SAE_CLASS_REGISTRY
+
+    if architecture not in SAE_CLASS_REGISTRY:
+        raise fail(
+            f"{cfg_path}: architecture {architecture!r} is not registered here; install the "
+            "plugin that provides it (see `sae-lens plugins`)"
+        )
+    try:
+        return SAE.load_from_disk(folder)
+    except Exception as exc:
+        raise fail(
+            f"{folder / 'sae_weights.safetensors'}: cannot be loaded ({type(exc).__name__}: "
+            f"{one_line(exc)}); is it truncated?"
+        ) from exc
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -1,0 +1,102 @@
+"""The core knows no architecture: a third-party architecture gets every command, and a
+plugin that implements the optional hooks gets its own defaults, table rows and figures."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, TinyLM, run_python
+
+FORBIDDEN = re.compile(r"freq_ordered|temporal_consistency|sae_lens_ext_plugins")
+
+
+def test_the_core_names_no_plugin():
+    hits = [
+        f"{path.relative_to(REPO)}:{n}: {line.strip()}"
+        for path in sorted((REPO / "sae_lens_ext").rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if FORBIDDEN.search(line)
+    ]
+    assert hits == []
+
+
+RUN_COMMANDS = """
+import contextlib, io, json, sys, warnings
+warnings.simplefilter("ignore")
+from sae_lens_ext.cli import cli
+results = []
+for args in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cli.main(args, prog_name="sae-lens")
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+    results.append([code, out.getvalue(), err.getvalue()])
+print("RESULTS", json.dumps(results))
+"""
+
+
+def run_commands(commands: list[list[str]], env: dict[str, str], cwd: Path) -> list[list]:
+    """Run ``sae-lens`` commands through the real entry point in one fresh process."""
+    code = RUN_COMMANDS.replace("json.loads(sys.argv[1])", repr(commands))
+    proc = run_python(code, env={**env, "OMP_NUM_THREADS": "1"}, cwd=cwd)
+    results = json.loads(proc.stdout.split("RESULTS ", 1)[1])
+    for args, (rc, _, err) in zip(commands, results, strict=True):
+        assert rc == 0, (args, err[-3000:])
+    return results
+
+
+DEMO = ["demo", "--architecture", "toy_relu", "--eval-samples", "4096", "--progress", "none"]
+
+
+@pytest.mark.e2e
+def test_an_architecture_only_plugin_gets_every_command(plugin_site, tiny_lm: TinyLM, tmp_path):
+    lm = [
+        "train", "--architecture", "toy_relu", "--model_class_name", "AutoModelForCausalLM",
+        "--model_name", str(tiny_lm.model_dir), "--hook_name", tiny_lm.hook_name,
+        "--dataset_path", str(tiny_lm.dataset_dir), "--streaming", "False",
+        "--is_dataset_tokenized", "False", "--context_size", "32", "--d_in", "64",
+        "--d_sae", "128", "--training_tokens", "4096", "--train_batch_size_tokens", "256",
+        "--normalize_activations", "expected_average_only_in", "--output_path", "lm",
+        "--progress", "none",
+    ]  # fmt: skip
+    results = run_commands(
+        [
+            [*DEMO, "--samples", "8192", "-o", "demo"],
+            lm,
+            ["evaluate", "demo", "--samples", "4096"],
+            ["evaluate", "lm", "--samples", "2048"],
+            ["plots", "demo", "lm", "-o", "cmp"],
+        ],
+        plugin_site.env("toy"),
+        tmp_path,
+    )
+    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert metrics["architecture"] == "toy_relu" and metrics["training_samples"] >= 8192
+    assert {"mcc", "explained_variance", "l0", "dead_latents", "shrinkage"} <= set(metrics)
+    assert "toy_decoder_norm" not in metrics  # no optional hooks: generic metrics only
+    assert "ground-truth MCC" in results[0][1]
+    assert json.loads((tmp_path / "lm" / "cfg.json").read_text())["architecture"] == "toy_relu"
+    evaluated = json.loads((tmp_path / "lm" / "evaluation.json").read_text())
+    assert "ce_loss_score" in evaluated and "explained_variance" in evaluated
+    assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == [
+        "metrics_comparison.png",
+        "training_curves.png",
+    ]
+
+
+@pytest.mark.e2e
+def test_a_plugin_with_the_optional_hooks_shows_its_rows_and_figures(plugin_site, tmp_path):
+    (result,) = run_commands([[*DEMO, "-o", "demo"]], plugin_site.env("toy", "extras"), tmp_path)
+    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert metrics["training_samples"] >= 16_384  # the plugin's demo_setup default
+    assert metrics["sae_config"] == {"l1_coefficient": 0.3}
+    assert metrics["toy_decoder_norm"] > 0
+    assert "mean decoder row norm (toy)" in result[1]
+    assert (tmp_path / "demo" / "plots" / "toy_decoder_norms.png").stat().st_size > 1000
