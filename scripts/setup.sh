@@ -12,9 +12,21 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 
-# Optional torch pin, e.g. SAE_LENS_EXT_TORCH="torch==2.13.0" for a CPU-only wheel.
-if [ -n "${SAE_LENS_EXT_TORCH:-}" ]; then
+# Optional torch first (docs/install.md): from an index of CPU-only wheels
+# (SAE_LENS_EXT_TORCH_INDEX=https://download.pytorch.org/whl/cpu), or a pinned
+# requirement from pip's usual indexes (SAE_LENS_EXT_TORCH="torch==2.13.0"). The
+# install below is then constrained to that torch, so no dependency (sae-bench's
+# torchvision pins a torch) replaces it with PyPI's CUDA build.
+CONSTRAINT=()
+if [ -n "${SAE_LENS_EXT_TORCH_INDEX:-}" ]; then
+    "${PIP[@]}" install -q "${SAE_LENS_EXT_TORCH:-torch}" --index-url "$SAE_LENS_EXT_TORCH_INDEX"
+elif [ -n "${SAE_LENS_EXT_TORCH:-}" ]; then
     "${PIP[@]}" install -q "$SAE_LENS_EXT_TORCH"
+fi
+if [ -n "${SAE_LENS_EXT_TORCH_INDEX:-}${SAE_LENS_EXT_TORCH:-}" ]; then
+    PINNED="$VENV/.torch-constraint.txt"
+    "$VENV/bin/python" -c "import importlib.metadata as m; print('torch==' + m.version('torch').split('+')[0])" > "$PINNED"
+    CONSTRAINT=(-c "$PINNED")
 fi
 # Skip the install when this pyproject.toml and start-up hook are already installed here.
 STAMP="$VENV/.sae-lens-ext-installed"
@@ -23,7 +35,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     # Default build isolation: every sdist in the tree (transformers-stream-generator,
     # pulled in by transformer-lens) builds with the build tools it declares, never with
     # whatever this venv or pip's cache happens to hold.
-    "${PIP[@]}" install -q -e ".[dev]"
+    "${PIP[@]}" install -q -e ".[dev]" ${CONSTRAINT[@]+"${CONSTRAINT[@]}"}
 fi
 
 # sae-bench requires torchvision but never imports it, and torchvision only
