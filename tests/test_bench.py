@@ -1,14 +1,10 @@
 """SAE-Bench's own evaluations on a tiny local model, offline (``sae_lens_ext.bench``).
 
-The world is built so that the right answers are known:
+The world (``tests/bench_world.py``) is built so that the right answers are known:
 
-* a tiny GPT-2 (saved with ``save_pretrained``) whose token embeddings carry the
-  token's first letter along basis direction ``e_letter`` (absorption's ground-truth
-  probe can read it), and a word-level tokenizer (every vocabulary word is one token);
-* local stand-ins, under their hub ids in a data folder, for the datasets SAE-Bench
-  reads: ``Skylion007/openwebtext`` (text), ``LabHC/bias_in_bios`` (hard_text,
-  profession, gender) and ``canrager/amazon_reviews_mcauley_1and5`` (text, category,
-  rating), whose texts hold class words, so probes can learn the labels;
+* a tiny GPT-2 whose token embeddings carry each word's first letter, a word-level
+  tokenizer, and local stand-ins (same schema, under their hub ids in a data folder)
+  for the datasets SAE-Bench loads from the hub;
 * a "rotated identity" SAE (latents ``relu(x . r_j)`` and ``relu(-x . r_j)`` for the
   columns ``r_j`` of a rotation ``R``, decoder ``[R^T; -R^T]``): it reconstructs
   exactly. ``R`` is the identity except for 45-degree turns that mix letter ``b``,
@@ -25,206 +21,25 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
-import string
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
 from sae_lens_ext.bench import BenchDataError, BenchSettings, run_bench
+from tests.bench_world import (
+    CONTEXT,
+    SAE_PROBES_DATASET,
+    SPLIT,
+    World,
+    build_world,
+    random_sae,
+    rotated_identity_sae,
+)
 
-D_IN, D_SAE, CONTEXT = 64, 128, 32
-WORDS_PER_LETTER = 30
-LETTER, SPLIT_SIGN = 3.0, 3.0  # embedding size of the first letter / of a split letter's sign
-SPLIT = {"b": 40, "d": 41, "f": 42}  # letter -> the dimension holding its words' random sign
-FILLER_LETTERS = "acepqrstuwxyz"  # filler words; class words start with one letter per class
-PROFESSIONS = (0, 1, 2, 6, 9, 13, 21)  # class set 1, nurse (13) and professor (21)
-CATEGORIES = (1, 2, 3, 5, 6)  # SAE-Bench's chosen amazon categories
-SAE_PROBES_DATASET = "117_us_state_FL"
+D_IN, D_SAE = 64, 128
 PROBING_SETS = ["LabHC/bias_in_bios_class_set1", "canrager/amazon_reviews_mcauley_1and5_sentiment"]
-TEMPLATE_WORDS = ["has", "the", "first", "letter", ":", *string.ascii_uppercase]
-SPECIALS = ["<|endoftext|>", "<|unk|>"]
-
-
-@dataclass(frozen=True)
-class World:
-    model_dir: Path
-    data_dir: Path
-    identity_sae_dir: Path
-
-
-# --- the tiny world ---------------------------------------------------------------------------
-
-
-def _letter_words(rng: random.Random) -> list[str]:
-    words: set[str] = set()
-    for letter in string.ascii_lowercase:
-        while len([w for w in words if w[0] == letter]) < WORDS_PER_LETTER:
-            tail = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 5)))
-            words.add(letter + tail)
-    return sorted(words)
-
-
-def _sae_probes_words() -> list[str]:
-    import pandas as pd
-    from sae_probes.constants import DATA_PATH
-
-    frame = pd.read_csv(DATA_PATH / "cleaned_data" / f"{SAE_PROBES_DATASET}.csv.zst")
-    words = {w for p in frame["prompt"] for w in p.replace(",", " ").split() if w.isalpha()}
-    return sorted(words)
-
-
-def _vocabulary(rng: random.Random) -> list[str]:
-    words = [*TEMPLATE_WORDS, *_letter_words(rng), *_sae_probes_words()]
-    return SPECIALS + list(dict.fromkeys(words))
-
-
-def _build_model(folder: Path, vocab: list[str]) -> None:
-    """Word-level tokenizer + GPT-2 whose embeddings hold each word's first letter."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, "<|unk|>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-        unk_token="<|unk|>",
-    )
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(vocab), n_positions=1024, n_embd=D_IN, n_layer=2, n_head=2)
-    model = GPT2LMHeadModel(config)
-    embeddings = 0.3 * torch.randn(len(vocab), D_IN)
-    signs = torch.randint(0, 2, (len(vocab),)) * 2.0 - 1.0
-    for index, word in enumerate(vocab):
-        if word.isalpha():
-            letter = word[0].lower()
-            embeddings[index, string.ascii_lowercase.index(letter)] += LETTER
-            if letter in SPLIT:
-                embeddings[index, SPLIT[letter]] += SPLIT_SIGN * signs[index]
-    with torch.no_grad():
-        model.transformer.wte.weight.copy_(embeddings)
-    model.save_pretrained(folder)
-
-
-def _write_split(folder: Path, split: str, rows: list[dict]) -> None:
-    import pandas as pd
-
-    folder.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_parquet(folder / f"{split}.parquet")
-
-
-def _class_words(rng: random.Random, pool: list[str], classes: list) -> dict:
-    """Four words per class, all starting with a letter of that class only."""
-    letters = [c for c in string.ascii_lowercase if c not in FILLER_LETTERS and c not in SPLIT]
-    return {
-        key: rng.sample([w for w in pool if w[0] == letter], 4)
-        for key, letter in zip(classes, letters, strict=False)
-    }
-
-
-def _text(rng: random.Random, filler: list[str], *marks: list[str]) -> str:
-    words = rng.sample(filler, 8) + [rng.choice(m) for m in marks for _ in range(3)]
-    rng.shuffle(words)
-    return " ".join(words)
-
-
-def _build_data(folder: Path, rng: random.Random, pool: list[str]) -> None:
-    """Stand-ins, of the hub datasets' schema, for what SAE-Bench loads by hub id."""
-    filler = [w for w in pool if w[0] in FILLER_LETTERS]
-    bios_marks = _class_words(rng, pool, [*PROFESSIONS, "male", "female"])
-    review_marks = _class_words(rng, pool, [*CATEGORIES, 1.0, 5.0])
-    for split, per_cell in (("train", 45), ("test", 25)):
-        bios = [
-            {
-                "hard_text": _text(rng, filler, bios_marks[p], bios_marks[gender]),
-                "profession": p,
-                "gender": g,
-            }
-            for p in PROFESSIONS
-            for g, gender in enumerate(("male", "female"))
-            for _ in range(per_cell)
-        ]
-        _write_split(folder / "LabHC" / "bias_in_bios", split, bios)
-        reviews = [
-            {
-                "text": _text(rng, filler, review_marks[c], review_marks[r]),
-                "category": c,
-                "rating": r,
-            }
-            for c in CATEGORIES
-            for r in (1.0, 5.0)
-            for _ in range(per_cell)
-        ]
-        _write_split(folder / "canrager" / "amazon_reviews_mcauley_1and5", split, reviews)
-    text = folder / "Skylion007" / "openwebtext"
-    text.mkdir(parents=True)
-    with open(text / "train.jsonl", "w") as f:
-        for _ in range(300):
-            f.write(json.dumps({"text": " ".join(rng.choices(pool, k=60))}) + "\n")
-
-
-def _rotation() -> torch.Tensor:
-    """Identity, but 45-degree turns in the planes (letter, sign dimension) of SPLIT."""
-    rotation = torch.eye(D_IN)
-    for letter, sign_dim in SPLIT.items():
-        i, c = string.ascii_lowercase.index(letter), 0.5**0.5
-        (
-            rotation[i, i],
-            rotation[sign_dim, i],
-            rotation[i, sign_dim],
-            rotation[sign_dim, sign_dim],
-        ) = (
-            c,
-            c,
-            -c,
-            c,
-        )
-    return rotation
-
-
-def _rotated_identity_sae(model_dir: Path):
-    """Standard SAE with latents relu(x R) and relu(-x R): exact reconstruction."""
-    from sae_lens.saes.sae import SAEMetadata
-    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
-
-    metadata = SAEMetadata(
-        model_name=str(model_dir),
-        model_class_name="AutoModelForCausalLM",
-        hook_name="transformer.h.0",  # a Hugging Face module, as `sae-lens train` writes it
-        prepend_bos=True,
-        context_size=CONTEXT,
-    )
-    sae = StandardSAE(StandardSAEConfig(d_in=D_IN, d_sae=D_SAE, metadata=metadata))
-    rotation = _rotation()
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([rotation, -rotation], dim=1))
-        sae.W_dec.copy_(torch.cat([rotation.T, -rotation.T], dim=0))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae
-
-
-def _plugin_sae(model_dir: Path):
-    """A random SAE of the freq_ordered plugin architecture, from the SAE-Lens registry."""
-    from sae_lens.registry import get_sae_class
-    from sae_lens.saes.sae import SAEMetadata
-
-    sae_class, config_class = get_sae_class("freq_ordered")
-    metadata = SAEMetadata(model_name=str(model_dir), hook_name="blocks.1.hook_resid_post")
-    sae = sae_class(config_class(d_in=D_IN, d_sae=D_SAE, metadata=metadata))
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.randn(D_IN, D_SAE, generator=generator) / D_IN**0.5)
-        sae.b_enc.fill_(-0.2)
-        sae.W_dec.copy_(torch.nn.functional.normalize(sae.W_enc.T.clone(), dim=-1))
-        sae.b_dec.zero_()
-    return sae
+PLUGIN = ("freq_ordered", D_SAE, "blocks.1.hook_resid_post")  # architecture, d_sae, hook
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -238,14 +53,15 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    root = tmp_path_factory.mktemp("bench_world")
-    rng = random.Random(0)
-    vocab = _vocabulary(rng)
-    _build_model(root / "model", vocab)
-    pool = [w for w in vocab[len(SPECIALS) + len(TEMPLATE_WORDS) :] if w.isalpha()]
-    _build_data(root / "data", rng, pool)
-    _rotated_identity_sae(root / "model").save_model(root / "identity_sae")
-    return World(root / "model", root / "data", root / "identity_sae")
+    return build_world(tmp_path_factory.mktemp("bench_world"), d_model=D_IN)
+
+
+@pytest.fixture(scope="module")
+def identity_sae_dir(world: World) -> Path:
+    """The rotated identity SAE, saved: evaluated from its folder, as `sae-lens train` writes."""
+    folder = world.model_dir.parent / "identity_sae"
+    rotated_identity_sae(world).save_model(folder)
+    return folder
 
 
 def _settings(world: World, **overrides: dict) -> BenchSettings:
@@ -284,16 +100,16 @@ def _settings(world: World, **overrides: dict) -> BenchSettings:
 
 
 @pytest.fixture(scope="module")
-def identity_results(world: World, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def identity_results(world: World, identity_sae_dir: Path, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("identity_results")
     benches = ["core", "absorption", "sparse_probing", "scr", "tpp"]
-    return run_bench(world.identity_sae_dir, benches, _settings(world), out)
+    return run_bench(identity_sae_dir, benches, _settings(world), out)
 
 
 @pytest.fixture(scope="module")
 def plugin_run(world: World, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("plugin_results")
-    sae = _plugin_sae(world.model_dir)
+    sae = random_sae(world, *PLUGIN)
     seen = {}
 
     def extra(run):
@@ -347,7 +163,7 @@ def _core_direct(world: World) -> dict[str, float]:
 
     from sae_lens_ext.bench import load_hooked_transformer
 
-    sae = _plugin_sae(world.model_dir)
+    sae = random_sae(world, *PLUGIN)
     sae.cfg.metadata.prepend_bos = True
     model, hook = load_hooked_transformer(
         str(world.model_dir), sae.cfg.metadata.hook_name, device="cpu", dtype="float32"
@@ -501,11 +317,13 @@ def test_hugging_face_module_hooks_map_to_the_residual_stream(world: World) -> N
 @pytest.mark.parametrize(
     ("bench", "dataset"), [("core", "Skylion007/openwebtext"), ("tpp", "LabHC/bias_in_bios")]
 )
-def test_missing_dataset_fails_with_one_line(world: World, tmp_path: Path, bench, dataset) -> None:
+def test_missing_dataset_fails_with_one_line(
+    world: World, identity_sae_dir: Path, tmp_path: Path, bench: str, dataset: str
+) -> None:
     settings = _settings(world)
     settings.data_dir = None  # offline, and no local copy in the working directory
     with pytest.raises(BenchDataError) as caught:
-        run_bench(world.identity_sae_dir, [bench], settings, tmp_path)
+        run_bench(identity_sae_dir, [bench], settings, tmp_path)
     message = str(caught.value)
     assert "\n" not in message and dataset in message and "data_dir" in message
     assert not (tmp_path / bench).exists() or not any((tmp_path / bench).iterdir())
