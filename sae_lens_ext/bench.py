@@ -259,8 +259,10 @@ def prepared_run(
     sae_obj, release, sae_id = load_sae(sae, device=device, name=name)
     metadata = sae_obj.cfg.metadata
     model_name = _resolve_path(settings.model_name or metadata.model_name)
-    if not model_name or not metadata.hook_name:
-        raise ValueError("the SAE's cfg.metadata needs a hook_name, and a model_name or settings")
+    if not metadata.hook_name:
+        raise ValueError("the SAE's cfg.metadata has no hook_name: SAE-Bench needs one")
+    if not model_name:
+        raise ValueError("the SAE's cfg.metadata has no model_name: set BenchSettings.model_name")
     llm_dtype = settings.dtype or _sae_bench_dtype(model_name)
     model, hook_name = load_hooked_transformer(
         model_name,
@@ -273,6 +275,9 @@ def prepared_run(
     fields = {"model_name": model_name, "hook_name": hook_name}
     if metadata.prepend_bos is None:
         fields["prepend_bos"] = model.cfg.default_prepend_bos
+    # paths the user gave are relative to this working directory, not to data_dir
+    settings = dataclasses.replace(settings, dataset=_resolve_path(settings.dataset))
+    output_dir = Path(output_dir).resolve()
     with (
         _bench_cfg(sae_obj, **fields),
         tempfile.TemporaryDirectory(prefix="sae_bench_") as scratch,
@@ -288,8 +293,8 @@ def prepared_run(
             sae_hook_name=metadata.hook_name,
             device=device,
             llm_dtype=llm_dtype,
-            settings=dataclasses.replace(settings, dataset=_resolve_path(settings.dataset)),
-            output_dir=Path(output_dir).resolve(),
+            settings=settings,
+            output_dir=output_dir,
             scratch=Path(scratch),
             eval_id=get_eval_uuid(),
         )

@@ -83,7 +83,13 @@ def build_model(folder: Path, vocab: list[str], d_model: int = 64, n_layers: int
     tokenizer.save_pretrained(folder)
     torch.manual_seed(0)
     config = GPT2Config(
-        vocab_size=len(vocab), n_positions=1024, n_embd=d_model, n_layer=n_layers, n_head=2
+        vocab_size=len(vocab),
+        n_positions=1024,
+        n_embd=d_model,
+        n_layer=n_layers,
+        n_head=2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     model = GPT2LMHeadModel(config)
     embeddings = 0.3 * torch.randn(len(vocab), d_model)

@@ -122,10 +122,28 @@ def plugin_run(world: World, tmp_path_factory: pytest.TempPathFactory):
 
 
 def _load(output_class, path: Path):
-    """Read a result file back with SAE-Bench's own pydantic output class."""
+    """Validate a result file with SAE-Bench's own validator, then read it back."""
     from pydantic import TypeAdapter
+    from sae_bench.sae_bench_utils.testing_utils import validate_eval_output_format_file
 
+    validate_eval_output_format_file(str(path), output_class)
     return TypeAdapter(output_class).validate_python(json.loads(path.read_text()))
+
+
+def test_sae_bench_tooling_reads_the_results(identity_results: dict[str, Path]) -> None:
+    """SAE-Bench's graphing utilities find each metric group by folder and file name."""
+    from sae_bench.sae_bench_utils import graphing_utils
+
+    groups = {"core": "l0", "absorption": "mean_absorption_fraction_score",
+              "sparse_probing": "sae_top_1_test_accuracy", "scr": "scr_metric_threshold_2",
+              "tpp": "tpp_threshold_2_total_metric"}  # fmt: skip
+    for bench, metric in groups.items():
+        results = graphing_utils.get_eval_results([str(identity_results[bench])])
+        assert set(results) == {"identity_sae_custom_sae"}
+        row = results["identity_sae_custom_sae"]
+        assert row["sae_class"] == "standard" and metric in row, bench
+    core = graphing_utils.get_core_results([str(identity_results["core"])])
+    assert core["identity_sae_custom_sae"]["l0"] == pytest.approx(D_IN)
 
 
 # --- core -----------------------------------------------------------------------------------
@@ -288,6 +306,87 @@ def test_sae_probes_on_a_plugin_sae(plugin_run) -> None:
     assert 0 <= result.eval_result_metrics.llm.llm_test_accuracy <= 1
 
 
+# --- the same numbers as SAE-Bench's own entry points ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sae_bench_entry_points(world: World, tmp_path_factory):
+    """Run SAE-Bench's own ``run_eval`` / ``multiple_evals``, their hub loading stood in for.
+
+    They load the model with ``HookedTransformer.from_pretrained_no_processing(name)``;
+    here that returns the local model for the name ``tiny`` (a test stand-in at the
+    hub boundary; no SAE-Bench code is changed). The SAE is the rotated identity SAE
+    with its TransformerLens hook name, the configs are the ones our files record.
+    """
+    from sae_bench.evals.core import main as core
+    from sae_bench.evals.scr_and_tpp import main as scr_and_tpp
+    from sae_bench.evals.sparse_probing import main as sparse_probing
+    from transformer_lens import HookedTransformer
+
+    from sae_lens_ext.bench import (
+        _jaxtyping_shape_checks_off,
+        load_hooked_transformer,
+        sae_bench_config_class,
+    )
+
+    model, hook = load_hooked_transformer(
+        str(world.model_dir), "transformer.h.0", device="cpu", dtype="float32"
+    )
+    sae = rotated_identity_sae(world)
+    sae.cfg.metadata.hook_name, sae.cfg.metadata.model_name = hook, "tiny"
+    out = tmp_path_factory.mktemp("sae_bench_entry_points")
+    ours = tmp_path_factory.mktemp("ours")
+    settings = _settings(world)
+    settings.model_name = str(world.model_dir)
+    paths = run_bench(sae, ["core", "sparse_probing", "tpp"], settings, ours, name="tiny")
+    patch = pytest.MonkeyPatch()
+    patch.setattr(
+        HookedTransformer, "from_pretrained_no_processing", classmethod(lambda cls, *a, **k: model)
+    )
+    patch.chdir(world.data_dir)
+    theirs = {}
+    try:
+        core.multiple_evals(
+            [("tiny", sae)], 2, 2, 8, True, True, False, "Skylion007/openwebtext", CONTEXT,
+            str(out / "core"), dtype="float32", device="cpu",
+        )  # fmt: skip
+        theirs["core"] = out / "core" / "tiny_custom_sae_eval_results.json"
+        for bench, module in (("sparse_probing", sparse_probing), ("tpp", scr_and_tpp)):
+            recorded = json.loads(paths[bench].read_text())["eval_config"]
+            config = sae_bench_config_class(bench)(**{**recorded, "model_name": "tiny"})
+            folder = out if bench == "tpp" else out / bench  # SCR/TPP add their own folder
+            with _jaxtyping_shape_checks_off():
+                module.run_eval(config, [("tiny", sae)], "cpu", str(folder), True, True, False,
+                                str(out / "artifacts"))  # fmt: skip
+            theirs[bench] = out / bench / "tiny_custom_sae_eval_results.json"
+    finally:
+        patch.undo()
+    return paths, theirs
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    if isinstance(tree, list):
+        return {k: v for i, sub in enumerate(tree) for k, v in _flat(sub, f"{prefix}{i}.").items()}
+    return {prefix: tree}
+
+
+@pytest.mark.parametrize("bench", ["core", "sparse_probing", "tpp"])
+def test_same_metrics_as_sae_bench_run_eval(sae_bench_entry_points, bench: str) -> None:
+    ours, theirs = (json.loads(p[bench].read_text()) for p in sae_bench_entry_points)
+    for part in ("eval_result_metrics", "eval_result_details", "eval_result_unstructured"):
+        mine, reference = _flat(ours[part]), _flat(theirs[part])
+        assert mine.keys() == reference.keys(), part
+        for key, value in reference.items():
+            if isinstance(value, float):
+                assert mine[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+            else:
+                assert mine[key] == value, key
+    assert len(_flat(ours["eval_result_metrics"])) >= 8
+    assert {**ours["eval_config"], "model_name": "tiny"} == theirs["eval_config"]
+
+
 # --- the layer itself ------------------------------------------------------------------------
 
 
@@ -302,12 +401,18 @@ def test_plugin_run_writes_extra_metrics_and_leaves_the_cfg(plugin_run) -> None:
 
 
 def test_hugging_face_module_hooks_map_to_the_residual_stream(world: World) -> None:
-    from sae_lens_ext.bench import load_hooked_transformer
+    from transformers import AutoModelForCausalLM
+
+    from sae_lens_ext.bench import check_same_activations, load_hooked_transformer
 
     model, hook = load_hooked_transformer(
         str(world.model_dir), "transformer.h.1", device="cpu", dtype="float32"
     )
     assert hook == "blocks.1.hook_resid_post" and model.cfg.n_layers == 2
+    hf_model = AutoModelForCausalLM.from_pretrained(world.model_dir).eval()
+    assert check_same_activations(hf_model, "transformer.h.1", model, hook) < 1e-5
+    with pytest.raises(ValueError, match="differ"):  # the check can fail
+        check_same_activations(hf_model, "transformer.h.0", model, hook)
     with pytest.raises(ValueError, match="decoder layers"):
         load_hooked_transformer(
             str(world.model_dir), "transformer.h.1.mlp", device="cpu", dtype="float32"
