@@ -24,7 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-SETTINGS = {  # SAE-Bench's defaults except how much data is read (memory is per batch)
+# SAE-Bench's defaults except how much data is read and how many SCR/TPP thresholds
+# (memory is per batch and per threshold)
+SETTINGS = {
     "core": {"n_eval_reconstruction_batches": 2, "n_eval_sparsity_variance_batches": 1},
     "absorption": {"max_k_value": 3},
     "sparse_probing": {
@@ -37,11 +39,13 @@ SETTINGS = {  # SAE-Bench's defaults except how much data is read (memory is per
         "column1_vals_lookup": {"LabHC/bias_in_bios_class_set1": [("professor", "nurse")]},
         "train_set_size": 80,
         "test_set_size": 40,
+        "n_values": [2, 500],  # each threshold is one more pass at the same memory
     },
     "tpp": {
         "dataset_names": ["LabHC/bias_in_bios_class_set1"],
         "train_set_size": 80,
         "test_set_size": 40,
+        "n_values": [2, 500],
     },
 }
 

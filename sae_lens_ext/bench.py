@@ -210,7 +210,8 @@ def run_bench(
     paths: dict[str, Path] = {}
     with prepared_run(sae, settings, output_dir, name=name) as run, _grad_mode_restored():
         for bench in benches:
-            paths[bench] = RUNNERS[bench](run)
+            with _tokenizer_restored(run.model.tokenizer):  # sae-probes changes its sides
+                paths[bench] = RUNNERS[bench](run)
         if extra_metrics is not None:
             paths["sae_lens_ext"] = write_extra_results(run, extra_metrics(run))
     return paths
@@ -542,6 +543,22 @@ def _grad_mode_restored() -> Iterator[None]:
         yield
     finally:
         torch.set_grad_enabled(enabled)
+
+
+@contextlib.contextmanager
+def _tokenizer_restored(tokenizer: Any) -> Iterator[None]:
+    """Restore the tokenizer's padding and truncation sides after one evaluation.
+
+    SAE-Bench's evals each load their own model; here they share one, and sae-probes
+    sets ``truncation_side="left"``, which would make the next eval keep the end of
+    long texts instead of their beginning.
+    """
+    sides = {k: getattr(tokenizer, k) for k in ("padding_side", "truncation_side")}
+    try:
+        yield
+    finally:
+        for key, value in sides.items():
+            setattr(tokenizer, key, value)
 
 
 @contextlib.contextmanager
