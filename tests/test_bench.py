@@ -64,7 +64,7 @@ def identity_sae_dir(world: World) -> Path:
     return folder
 
 
-def _settings(world: World, **overrides: dict) -> BenchSettings:
+def _settings(world: World) -> BenchSettings:
     return BenchSettings(
         context_size=CONTEXT,
         batch_size_prompts=8,
@@ -94,7 +94,6 @@ def _settings(world: World, **overrides: dict) -> BenchSettings:
                 "n_values": [2, 5, 10, 20],
             },
             "sparse_probing_sae_probes": {"dataset_names": [SAE_PROBES_DATASET], "ks": [1, 2]},
-            **overrides,
         },
     )
 
