@@ -47,3 +47,9 @@ def test_every_private_name_used_is_documented():
         used |= set(re.findall(r"\brunner\.(_[a-z]\w+)\(", text))
         used |= set(re.findall(r"from sae_lens[\w.]* import (_[a-z]\w+)", text))
     assert used and used <= documented, used - documented
+
+
+def test_private_sae_bench_names_still_exist_with_the_signatures_we_call():
+    from sae_bench.evals.absorption.main import _aggregate_results_df
+
+    assert list(inspect.signature(_aggregate_results_df).parameters) == ["df"]
