@@ -109,7 +109,8 @@ def localize(tokens: list[str], tiny: TinyLM) -> list[str]:
         i += 2
     if out[:1] == ["sae-lens"] and out[1:2] == ["demo"] and "--samples" not in out:
         out += DEMO_SIZE
-    if "--normalize_activations" in out and "--n_batches_for_norm_estimate" not in out:
+    trains = out[1:2] == ["train"] or "sae_lens.llm_sae_training_runner" in out
+    if trains and "--n_batches_for_norm_estimate" not in out:
         out += ["--n_batches_for_norm_estimate", "4"]  # not 1000 batches of the tiny model
     return keep_buffer_tokens(tokens, out)
 
