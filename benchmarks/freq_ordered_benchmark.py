@@ -104,8 +104,18 @@ def prefix_rows(setup: Setup) -> list[Row]:
     base = {"l1_coefficient": setup.l1, "prefix_coefficient": 2.0, "prefix_warm_up_steps": steps}
     return [
         Row(RECOMMENDED, "freq_ordered", base, consistency=True),
-        Row("prefix: coefficient 1", "freq_ordered", {**base, "prefix_coefficient": 1.0}),
-        Row("prefix: coefficient 3", "freq_ordered", {**base, "prefix_coefficient": 3.0}),
+        Row(
+            "prefix: coefficient 1",
+            "freq_ordered",
+            {**base, "prefix_coefficient": 1.0},
+            consistency=True,
+        ),
+        Row(
+            "prefix: coefficient 3",
+            "freq_ordered",
+            {**base, "prefix_coefficient": 3.0},
+            consistency=True,
+        ),
         Row(
             "prefix: no warm-up",
             "freq_ordered",

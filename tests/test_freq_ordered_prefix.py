@@ -21,6 +21,7 @@ from sae_lens_ext_plugins.freq_ordered.metrics import (
 )
 from sae_lens_ext_plugins.freq_ordered.prefix import (
     PrefixSampler,
+    prefix_mse,
     prefix_reconstruction_loss,
     running_reconstructions,
 )
@@ -80,6 +81,24 @@ def test_running_sums_are_prefix_products_with_exact_gradients(full):
     # only one output used: latents past it get exactly zero gradient
     running_reconstructions(acts, W, b, lengths, full=full)[1].sum().backward()
     assert torch.all(acts.grad[:, 5:] == 0) and torch.all(W.grad[5:] == 0)
+
+
+def test_fused_prefix_mse_equals_upstream_mse_with_exact_gradients():
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    recons = [torch.randn(6, 4, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    fused = FreqOrderedTrainingSAE(FreqOrderedTrainingSAEConfig(d_in=4, d_sae=8))
+
+    class Generic:  # any other mse_loss_fn takes the generic path
+        @staticmethod
+        def mse_loss_fn(a, b):
+            return torch.nn.functional.mse_loss(a, b, reduction="none")
+
+    value = prefix_mse(fused, recons, x)
+    torch.testing.assert_close(value, prefix_mse(Generic(), recons, x))
+    expected = torch.stack([(r - x).pow(2).sum(-1).mean() for r in recons]).mean()
+    torch.testing.assert_close(value, expected)
+    assert torch.autograd.gradcheck(lambda *t: prefix_mse(fused, t[1:], t[0]), (x, *recons))
 
 
 def test_sampler_draws_one_length_per_slice_of_the_power_law():

@@ -212,10 +212,36 @@ class NestedDecodeMixin:
         return self.reshape_fn_out(sae_out, self.d_head)  # type: ignore[attr-defined]
 
 
+class _MeanSquaredError(torch.autograd.Function):
+    """``mean_g mean_rows ||recon_g - x||^2`` in few memory passes: a difference and a dot
+    product per prefix forward, one scaled copy per prefix backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, *recons: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        errors = [r - x for r in recons]
+        total = sum(torch.dot(e.reshape(-1), e.reshape(-1)) for e in errors)
+        ctx.save_for_backward(*errors)
+        ctx.scale = 1.0 / (len(recons) * x.shape[0])
+        ctx.dtypes = [r.dtype for r in recons]
+        return total * ctx.scale  # type: ignore[operator]
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
+        errors = ctx.saved_tensors
+        c = grad * (2.0 * ctx.scale)
+        grads = [(e * c.to(e.dtype)).to(dt) for e, dt in zip(errors, ctx.dtypes, strict=True)]
+        grad_x = -sum(grads) if ctx.needs_input_grad[0] else None  # type: ignore[operator]
+        return (grad_x, *grads)
+
+
 def prefix_mse(sae: Any, recons: Sequence[torch.Tensor], sae_in: torch.Tensor) -> torch.Tensor:
     """Mean over prefixes of SAE-Lens's reconstruction loss (``mse_loss_fn`` summed over
     ``d_in``, averaged over rows), the form of upstream Matryoshka's inner losses."""
+    from sae_lens.saes.sae import mse_loss  # not at import time: sae_lens loads this plugin
+
     x = sae_in.reshape(-1, sae_in.shape[-1])
+    if getattr(sae, "mse_loss_fn", mse_loss) is mse_loss:  # the plain squared error: fused
+        return _MeanSquaredError.apply(x, *recons)
     total = sum(sae.mse_loss_fn(r, x).sum(-1).mean() for r in recons)
     return total / len(recons)
 
