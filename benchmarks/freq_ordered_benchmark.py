@@ -128,6 +128,17 @@ def prefix_rows(setup: Setup) -> list[Row]:
             {**base, "sort_latents_every": 0, "ordering_coefficient": 0.0},
             consistency=True,
         ),
+        Row(
+            "prefix: l1 x1.6 (L0 of standard)",
+            "freq_ordered",
+            {**base, "l1_coefficient": 1.6 * setup.l1},
+        ),
+        Row(
+            "prefix: coefficient 1, l1 x0.6",
+            "freq_ordered",
+            {**base, "prefix_coefficient": 1.0, "l1_coefficient": 0.6 * setup.l1},
+            consistency=True,
+        ),
         Row("prefix: exponent 1 (log-uniform)", "freq_ordered", {**base, "prefix_exponent": 1.0}),
         Row("prefix: exponent 0 (uniform)", "freq_ordered", {**base, "prefix_exponent": 0.0}),
     ]
@@ -164,6 +175,12 @@ def rows(setup: Setup) -> list[Row]:
     widths = [setup.d_sae // 8, setup.d_sae // 4, setup.d_sae // 2, setup.d_sae]
     return [
         Row("standard", "standard", {"l1_coefficient": setup.l1}, consistency=True),
+        Row(
+            "standard, l1 x0.5 (L0 of the prefix mode)",
+            "standard",
+            {"l1_coefficient": 0.5 * setup.l1},
+            consistency=True,
+        ),
         Row(
             "matryoshka_batchtopk",
             "matryoshka_batchtopk",
