@@ -6,7 +6,7 @@ samples, same lr, same batch size) through SAE-Lens's ``SAETrainer.step``:
 - upstream ``standard`` and ``matryoshka_batchtopk``;
 - ``freq_ordered`` with its defaults;
 - ``freq_ordered`` with the ``prefix_reconstruction`` term (the recommended prefix
-  mode, and one-change variations of it);
+  mode, and one-change variations of it), and ``standard`` at the L0 of that mode;
 - ``freq_ordered`` with each option of the research log switched on alone
   (ordering loss and all other options off otherwise).
 
@@ -98,49 +98,34 @@ RECOMMENDED = "freq_ordered + prefix (recommended)"
 
 
 def prefix_rows(setup: Setup) -> list[Row]:
-    """The prefix mode: ``prefix_coefficient`` 2 ramped over the whole run, other prefix
-    fields at their defaults; then one change at a time."""
+    """The prefix mode: ``prefix_coefficient`` 1 ramped over the whole run, other prefix
+    fields at their defaults, ``l1_coefficient`` 0.6x the other rows'; then one change at a
+    time."""
     steps = setup.samples // setup.batch_size
-    base = {"l1_coefficient": setup.l1, "prefix_coefficient": 2.0, "prefix_warm_up_steps": steps}
+    base = {
+        "l1_coefficient": 0.6 * setup.l1,
+        "prefix_coefficient": 1.0,
+        "prefix_warm_up_steps": steps,
+    }
+
+    def row(name: str, consistency: bool = False, **changes: Any) -> Row:
+        return Row(name, "freq_ordered", {**base, **changes}, consistency)
+
     return [
-        Row(RECOMMENDED, "freq_ordered", base, consistency=True),
-        Row(
-            "prefix: coefficient 1",
-            "freq_ordered",
-            {**base, "prefix_coefficient": 1.0},
-            consistency=True,
-        ),
-        Row(
-            "prefix: coefficient 3",
-            "freq_ordered",
-            {**base, "prefix_coefficient": 3.0},
-            consistency=True,
-        ),
-        Row(
-            "prefix: no warm-up",
-            "freq_ordered",
-            {**base, "prefix_warm_up_steps": 0},
-            consistency=True,
-        ),
-        Row(
+        row(RECOMMENDED, True),
+        row("prefix: l1 x1 (L0 of standard)", True, l1_coefficient=setup.l1),
+        row("prefix: coefficient 2, l1 x1", True, prefix_coefficient=2.0, l1_coefficient=setup.l1),
+        row("prefix: coefficient 2", prefix_coefficient=2.0),
+        row("prefix: coefficient 0.5", prefix_coefficient=0.5),
+        row("prefix: no warm-up", True, prefix_warm_up_steps=0),
+        row(
             "prefix: no sort, no ordering loss",
-            "freq_ordered",
-            {**base, "sort_latents_every": 0, "ordering_coefficient": 0.0},
-            consistency=True,
+            True,
+            sort_latents_every=0,
+            ordering_coefficient=0.0,
         ),
-        Row(
-            "prefix: l1 x1.6 (L0 of standard)",
-            "freq_ordered",
-            {**base, "l1_coefficient": 1.6 * setup.l1},
-        ),
-        Row(
-            "prefix: coefficient 1, l1 x0.6",
-            "freq_ordered",
-            {**base, "prefix_coefficient": 1.0, "l1_coefficient": 0.6 * setup.l1},
-            consistency=True,
-        ),
-        Row("prefix: exponent 1 (log-uniform)", "freq_ordered", {**base, "prefix_exponent": 1.0}),
-        Row("prefix: exponent 0 (uniform)", "freq_ordered", {**base, "prefix_exponent": 0.0}),
+        row("prefix: exponent 1 (log-uniform)", prefix_exponent=1.0),
+        row("prefix: exponent 0 (uniform)", prefix_exponent=0.0),
     ]
 
 
@@ -176,9 +161,9 @@ def rows(setup: Setup) -> list[Row]:
     return [
         Row("standard", "standard", {"l1_coefficient": setup.l1}, consistency=True),
         Row(
-            "standard, l1 x0.5 (L0 of the prefix mode)",
+            "standard, l1 x0.4 (L0 of the prefix mode)",
             "standard",
-            {"l1_coefficient": 0.5 * setup.l1},
+            {"l1_coefficient": 0.4 * setup.l1},
             consistency=True,
         ),
         Row(
