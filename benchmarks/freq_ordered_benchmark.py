@@ -28,8 +28,9 @@ ratio to ``standard`` is the median over rounds of the per-round ratio. Peak mem
 counter) the bytes of parameters, gradients, Adam state and every tensor saved
 for backward in one step (distinct storages, via ``saved_tensors_hooks``).
 
-Run (about 8 minutes on 2 shared CPU cores; ``--lm-timing`` adds a few steps at
-``d_in 768, d_sae 16384``, batch 4096, about 5 more minutes)::
+Run (about 11 minutes on 2 shared CPU cores; ``--lm-timing`` adds a few steps at
+``d_in 768, d_sae 16384``, batch 4096, about 6 more minutes; ``--no-consistency``
+skips the second seeds)::
 
     .venv/bin/python benchmarks/freq_ordered_benchmark.py --out tables.md --json results.json
 """

@@ -307,7 +307,7 @@ class FreqOrderedTrainingSAEConfig(LossTermTrainingSAEConfig, FreqOrderedArchite
             computes does not change. Not in the log; see the docs for why it is on.
         prefix_coefficient: weight of the ``prefix_reconstruction`` loss, the mean
             reconstruction loss of prefixes (the first ``k`` latents of the current
-            order) drawn every step (0: off; benchmark recommendation 2 with
+            order) drawn every step (0: off; benchmark recommendation 1 with
             ``prefix_warm_up_steps`` = the run's steps). See ``prefix.py``.
         prefix_warm_up_steps: linear warm-up of that weight (recommended: the whole run).
         prefix_samples: prefix lengths drawn per step (stratified).
