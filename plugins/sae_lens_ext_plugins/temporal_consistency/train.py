@@ -37,11 +37,20 @@ class TrainResult:
         return statistics.median(times) if times else float("nan")
 
 
+def batch_window(cfg: Any) -> int:
+    """Consecutive positions a training batch must keep together for ``cfg``: its
+    ``batch_window()`` when it declares one, else its ``temporal_window``, else 1."""
+    declared = getattr(cfg, "batch_window", None)
+    if callable(declared):
+        return int(declared())
+    return int(getattr(cfg, "temporal_window", 1))
+
+
 def shared_window(cfgs: Mapping[str, Any]) -> int:
-    """The lcm of every config's ``temporal_window`` (1 for configs without one)."""
+    """The lcm of every config's :func:`batch_window` (1 for configs without one)."""
     window = 1
     for cfg in cfgs.values():
-        window = math.lcm(window, int(getattr(cfg, "temporal_window", 1)))
+        window = math.lcm(window, batch_window(cfg))
     return window
 
 
