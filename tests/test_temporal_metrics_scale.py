@@ -166,3 +166,13 @@ def test_hard_regime_generator_and_split_metrics():
     for key in ("mcc", "mcc_persistent", "mcc_transient"):
         assert metrics[key] == pytest.approx(1.0, abs=1e-5)
     assert {"autocorr_error_persistent", "autocorr_error_transient"} <= set(metrics)
+
+
+def test_benchmark_sparse_coding_oracle_solves_the_nonnegative_lasso():
+    """With an orthonormal dictionary the non-negative lasso is a shifted ReLU of x D^T."""
+    from benchmarks.temporal_benchmark import nonnegative_lasso
+
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(0)))
+    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(1))
+    codes = nonnegative_lasso(x, q.T, lam=0.3, steps=50)
+    torch.testing.assert_close(codes, (x @ q - 0.3).relu(), rtol=0, atol=1e-5)

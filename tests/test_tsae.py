@@ -40,7 +40,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def reference_loss(W_enc, b_enc, W_dec, b_dec, x, k, group_sizes, group_weights, dead):  # noqa: N803
+def reference_loss(W_enc, b_enc, W_dec, b_dec, x, k, group_sizes, group_weights, dead):
     """TemporalMatryoshkaBatchTopKTrainer.loss with temporal=True, contrastive=True,
     temp_alpha=0.1, auxk_alpha=1/32 (the reference's defaults), W_dec rows of unit norm."""
 
