@@ -9,16 +9,17 @@ Two regimes of :class:`SyntheticSequences` (``--regimes easy,hard``):
 
 Per regime every SAE trains in one process, in lockstep on the same window-shuffled batches
 (same data, same number of steps): upstream ``standard``, ``temporal_consistency`` (defaults),
-the ``temporal_contrastive`` window-InfoNCE variant, ``tsae`` (Bhalla et al.) and upstream
-``matryoshka_batchtopk``, plus any ``--extra`` variants. Metrics on held-out sequences with the
-same features (``features_from``): MCC on persistent / transient features, explained variance,
-L0, lag-1 autocorrelation error of matched latents, redundant pairs (corr >= 0.9), and the
-same for two oracle per-token encoders that know the true directions (see ``oracle_rows``).
+the ``temporal_contrastive`` window-InfoNCE variant, ``tsae`` (Bhalla et al.), upstream
+``matryoshka_batchtopk``, the tuned variants in ``TUNED`` and any ``--extra`` variants.
+Metrics on held-out sequences with the same features (``features_from``): MCC on persistent
+and transient features, explained variance, L0, lag-1 autocorrelation error of matched
+latents, redundant pairs (corr >= 0.9), and the same for oracle per-token encoders that know
+the true directions (``oracle_rows``).
 
-    .venv/bin/python benchmarks/temporal_benchmark.py                    # ~12 min, 2 cores
+    .venv/bin/python benchmarks/temporal_benchmark.py                    # ~15 min, 2 cores
     .venv/bin/python benchmarks/temporal_benchmark.py --steps 50 --regimes hard  # smoke run
-    .venv/bin/python benchmarks/temporal_benchmark.py --regimes hard \\
-        --extra "tsae c=1=tsae:temporal_coefficient=1.0"            # one more variant
+    .venv/bin/python benchmarks/temporal_benchmark.py --regimes hard --runs standard \\
+        --no-tuned --extra "tsae-c3=tsae:temporal_coefficient=3.0"  # one more variant
 """
 
 from __future__ import annotations
@@ -48,9 +49,20 @@ REGIMES: dict[str, dict[str, Any]] = {
             "noise_std": 0.05,
         },
         "d_sae": 512,
-        "l1": 0.1,
+        "l1": 1.0,
         "k": 25,
     },
+}
+# the best settings found for the temporal methods on the hard regime (docs: what we tried)
+TUNED: dict[str, tuple[str, dict[str, Any]]] = {
+    "temporal_contrastive tuned (c=1, all latents)": (
+        "temporal_contrastive",
+        {"temporal_contrastive_coefficient": 1.0, "temporal_contrastive_fraction": 1.0},
+    ),
+    "tsae tuned (c=1, high-level half)": (
+        "tsae",
+        {"temporal_coefficient": 1.0, "high_level_fraction": 0.5},
+    ),
 }
 BASELINE = "standard"
 TEMPORAL = ("temporal_consistency", "temporal_contrastive", "tsae")
@@ -218,8 +230,8 @@ def run_regime(name: str, args: argparse.Namespace) -> dict[str, Any]:
     d_in = train.cfg.d_in
     arches = {arch: arch for arch in filter(None, args.runs.split(","))}
     cfgs = {arch: make_config(arch, d_in, regime) for arch in arches}
-    for spec in args.extra:
-        extra_name, arch, overrides = parse_extra(spec)
+    extras = [(n, a, o) for n, (a, o) in TUNED.items()] if args.tuned else []
+    for extra_name, arch, overrides in extras + [parse_extra(spec) for spec in args.extra]:
         arches[extra_name] = arch
         cfgs[extra_name] = make_config(arch, d_in, regime, **overrides)
     start = time.time()
@@ -246,6 +258,7 @@ def run_regime(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "train_seconds": train_seconds,
         "data": {**REGIMES[name]["data"], "seq_len": args.seq_len, "n_sequences": args.n_sequences},
         "sae": {k: v for k, v in regime.items() if k != "data"},
+        "histories": {sae_name: result.history for sae_name, result in results.items()},
     }
 
 
@@ -267,7 +280,7 @@ def print_regime(report: dict[str, Any]) -> None:
         split = (
             f" ({_fmt(r, 'autocorr_error_persistent', 4)} / "
             f"{_fmt(r, 'autocorr_error_transient', 4)})"
-            if "autocorr_error_persistent" in r
+            if "autocorr_error_transient" in r
             else ""
         )
         print(
@@ -278,23 +291,44 @@ def print_regime(report: dict[str, Any]) -> None:
 
 
 def target_check(report: dict[str, Any]) -> dict[str, Any]:
-    """Best temporal method vs ``standard`` and the better oracle: share of the
-    autocorrelation-error gap closed, and explained variance within 0.03 of ``standard``."""
+    """Temporal methods vs ``standard`` and the best oracle: the share of the autocorrelation
+    error gap ``standard - oracle`` that the best temporal run closes among those whose
+    explained variance is within 0.03 of ``standard`` (target: >= 50 %). Also the share of the
+    gap to the supervised SAE encoder, the best encoder of an SAE's own form."""
     rows = {r["name"]: r for r in report["rows"]}
     base = rows[BASELINE]
-    oracle = min(o["autocorr_error"] for o in report["oracles"])
-    gap = base["autocorr_error"] - oracle
-    candidates = [r for r in report["rows"] if r["arch"] in TEMPORAL]
-    best = min(candidates, key=lambda r: r["autocorr_error"])
-    closed = (base["autocorr_error"] - best["autocorr_error"]) / gap if gap > 0 else float("nan")
-    ev_drop = base["explained_variance"] - best["explained_variance"]
+    oracles = {o["name"]: o["autocorr_error"] for o in report["oracles"]}
+    oracle = min(oracles.values())
+    sae_oracle = oracles["oracle SAE encoder (supervised)"]
+    temporal = [r for r in report["rows"] if r["arch"] in TEMPORAL]
+    eligible = [r for r in temporal if base["explained_variance"] - r["explained_variance"] <= 0.03]
+    best = min(eligible or temporal, key=lambda r: r["autocorr_error"])
+
+    def closed(reference: float) -> float:
+        gap = base["autocorr_error"] - reference
+        return (base["autocorr_error"] - best["autocorr_error"]) / gap if gap > 0 else float("nan")
+
     return {
         "best": best["name"],
-        "gap": gap,
-        "closed": closed,
-        "ev_drop": ev_drop,
-        "met": closed >= 0.5 and ev_drop <= 0.03,
+        "gap": base["autocorr_error"] - oracle,
+        "closed": closed(oracle),
+        "closed_vs_sae_encoder": closed(sae_oracle),
+        "ev_drop": base["explained_variance"] - best["explained_variance"],
+        "met": bool(eligible) and closed(oracle) >= 0.5,
     }
+
+
+def write_plots(reports: list[dict[str, Any]], out: Path) -> None:
+    """``metrics_comparison_<regime>.png`` and ``training_curves_<regime>.png``."""
+    from sae_lens_ext_plugins.temporal_consistency.plots import (
+        plot_metrics_comparison,
+        plot_training_curves,
+    )
+
+    for report in reports:
+        name = report["regime"]
+        plot_metrics_comparison(report["rows"], out / f"metrics_comparison_{name}.png")
+        plot_training_curves(report["histories"], out / f"training_curves_{name}.png")
 
 
 def main() -> None:
@@ -320,9 +354,15 @@ def main() -> None:
         help='extra SAE, "name=arch:key=value,...": arch one of standard, '
         "temporal_consistency, temporal_contrastive, tsae, matryoshka_batchtopk",
     )
+    parser.add_argument(
+        "--no-tuned",
+        dest="tuned",
+        action="store_false",
+        help="skip the tuned variants of the temporal methods",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="benchmarks/out", help="folder for the JSON report")
+    parser.add_argument("--out", default="benchmarks/out", help="folder for the report and plots")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import sae_lens  # noqa: F401  (registers plugin architectures)
@@ -341,10 +381,13 @@ def main() -> None:
             f"{100 * t['closed']:.0f}% of the autocorr-error gap {t['gap']:.4f} "
             f"(standard - oracle; target >= 50%), explained variance "
             f"{-t['ev_drop']:+.3f} vs standard (target >= -0.03): "
-            f"{'met' if t['met'] else 'NOT met'}; trained in {report['train_seconds']:.0f} s"
+            f"{'met' if t['met'] else 'NOT met'}; it closes "
+            f"{100 * t['closed_vs_sae_encoder']:.0f}% of the gap to the supervised SAE encoder; "
+            f"trained in {report['train_seconds']:.0f} s"
         )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    write_plots(reports, out)
     (out / "temporal_benchmark.json").write_text(
         json.dumps({"args": vars(args), "reports": reports}, indent=2, default=str)
     )

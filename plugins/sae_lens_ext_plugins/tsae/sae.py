@@ -84,7 +84,7 @@ class TSAETrainingSAEConfig(MatryoshkaBatchTopKTrainingSAEConfig):
             ``auxk_alpha = 1/32``).
     """
 
-    k: float = 20  # type: ignore[assignment]
+    k: float = 20
     high_level_fraction: float = 0.2
     group_weights: list[float] = field(default_factory=list)
     temporal_coefficient: float = 0.1
@@ -173,11 +173,8 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
         high = slice(0, self.cfg.matryoshka_widths[0])
         temporal = symmetric_contrastive_loss(acts[:, high], acts_previous[:, high])
         aux = self.reference_aux_loss(current, sae_out, hidden_pre, step_input.dead_neuron_mask)
-        losses = {
-            "mse_loss": mse_loss,
-            "temporal_loss": self.cfg.temporal_coefficient * temporal,
-            "auxiliary_reconstruction_loss": self.cfg.aux_loss_coefficient * aux,
-        }
+        temporal_loss = self.cfg.temporal_coefficient * temporal
+        aux_loss = self.cfg.aux_loss_coefficient * aux
         self.n_trained_steps += 1
         return TrainStepOutput(
             sae_in=current,
@@ -185,8 +182,12 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
             # codes of every row, so that upstream's firing statistics count the whole batch
             feature_acts=torch.cat([acts, acts_previous]).detach(),
             hidden_pre=hidden_pre,
-            loss=sum(losses.values()),  # type: ignore[arg-type]
-            losses=losses,
+            loss=mse_loss + temporal_loss + aux_loss,
+            losses={
+                "mse_loss": mse_loss,
+                "temporal_loss": temporal_loss,
+                "auxiliary_reconstruction_loss": aux_loss,
+            },
             metrics={"topk_threshold": self.topk_threshold},
         )
 
