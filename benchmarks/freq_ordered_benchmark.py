@@ -66,6 +66,7 @@ from sae_lens_ext_plugins.freq_ordered.metrics import (
     prefix_explained_variance,
 )
 from sae_lens_ext_plugins.freq_ordered.reorder import reorder_by_frequency
+from smoke import is_smoke, smoke_argv
 
 FRACTIONS = (0.1, 0.25, 0.5)
 
@@ -493,10 +494,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lm-timing", action="store_true", help="also time d_in 768, d_sae 16k")
     parser.add_argument("--out", default="", help="write the markdown tables here")
     parser.add_argument("--json", default="", help="write raw results here")
-    args = parser.parse_args(argv)
+    smaller = ["--samples", "4096", "--d-sae", "128", "--only", "freq_ordered (defaults)"]
+    args = parser.parse_args(smoke_argv(argv, [*smaller, "--no-consistency"]))
     torch.set_num_threads(args.threads)
     sae_lens_logger.setLevel("WARNING")
     setup = Setup(samples=args.samples, d_sae=args.d_sae, l1=args.l1)
+    if is_smoke():  # seconds, not minutes: the same code on tiny sizes
+        setup.eval_samples, setup.timing_steps, args.lm_timing = 4096, 3, False
+        LARGE.update(d_in=32, d_sae=64, batch_size=64, timing_steps=3)
     selected = [
         r
         for r in rows(setup)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from smoke import smoke_argv
 
 REGIMES: dict[str, dict[str, Any]] = {
     "easy": {
@@ -363,7 +364,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/out", help="folder for the report and plots")
-    args = parser.parse_args()
+    smaller = ["--regimes", "easy", "--steps", "5", "--n-sequences", "32", "--batch-size", "256"]
+    args = parser.parse_args(smoke_argv(None, [*smaller, "--no-tuned"]))
     torch.set_num_threads(args.threads)
     import sae_lens  # noqa: F401  (registers plugin architectures)
 

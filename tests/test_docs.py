@@ -141,8 +141,11 @@ class Sandbox:
 
     def __init__(self, root: Path, tiny: TinyLM) -> None:
         self.root, self.tiny = root, tiny
-        for name in ("plugins", "benchmarks", "scripts", "tests"):
+        for name in ("plugins", "scripts", "tests"):
             (root / name).symlink_to(REPO / name)
+        (root / "benchmarks").mkdir()  # a real folder: benchmarks write their output under it
+        for script in (REPO / "benchmarks").glob("*.py"):
+            (root / "benchmarks" / script.name).symlink_to(script)
         (root / "my-model").symlink_to(tiny.model_dir)
         (root / "my-text").symlink_to(tiny.dataset_dir)
         self.site = root / ".site"
