@@ -168,8 +168,12 @@ def test_hard_regime_generator_and_split_metrics():
     assert {"autocorr_error_persistent", "autocorr_error_transient"} <= set(metrics)
 
 
-def test_benchmark_sparse_coding_oracle_solves_the_nonnegative_lasso():
+def test_benchmark_sparse_coding_oracle_solves_the_nonnegative_lasso(monkeypatch):
     """With an orthonormal dictionary the non-negative lasso is a shifted ReLU of x D^T."""
+    from pathlib import Path
+
+    # the benchmark scripts import their sibling ``smoke`` as a script would
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from benchmarks.temporal_benchmark import nonnegative_lasso
 
     q, _ = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(0)))
