@@ -32,16 +32,26 @@ class TrainingGuard:
         self._state: torch.Tensor | None = None  # first_bad_step, bad_input, silent, ever_fired
 
     def observe(
-        self, step: int, loss: torch.Tensor, sae_in: torch.Tensor, feature_acts: torch.Tensor
+        self,
+        step: int,
+        loss: torch.Tensor,
+        sae_in: torch.Tensor,
+        feature_acts: torch.Tensor | None = None,
+        fired: torch.Tensor | None = None,
     ) -> None:
-        """Record training step ``step`` (device ops only)."""
+        """Record training step ``step`` (device ops only). ``fired`` (a bool scalar: some
+        latent fired on this batch), when the caller has it, saves reading ``feature_acts``."""
         with torch.no_grad():
             if self._state is None:
                 self._state = torch.tensor([-1, 0, 0, 0], dtype=torch.long, device=loss.device)
             first_bad, bad_input, silent, ever = self._state.unbind()
             new_bad = ~torch.isfinite(loss.detach()) & (first_bad < 0)
-            acts = feature_acts.detach()
-            fired = (acts.coalesce().values() if acts.is_sparse else acts).ne(0).any()
+            if fired is None:
+                if feature_acts is None:
+                    raise ValueError("observe needs feature_acts or fired")
+                acts = feature_acts.detach()
+                fired = (acts.coalesce().values() if acts.is_sparse else acts).any()
+            fired = fired.to(self._state.device)
             update = torch.stack(
                 [
                     torch.where(new_bad, torch.full_like(first_bad, step), first_bad),

@@ -45,9 +45,49 @@ from sae_lens_ext.resampling import (
 GUARD_CHECK_EVERY = 100
 
 
-def decoder_weighted_sparsity(sae: Any, feature_acts: torch.Tensor, p: float = 1.0) -> torch.Tensor:
-    """SAE-Lens's standard sparsity penalty: batch mean of ``|| a * ||W_dec[i]|| ||_p``."""
-    return (feature_acts * sae.W_dec.norm(dim=1)).norm(p=p, dim=-1).mean()
+class _NonNegativeL1(torch.autograd.Function):
+    """``mean_rows sum_i a[r, i] * n[i]`` for ``a >= 0``, ``n >= 0`` in one read of ``a``.
+
+    Forward: the column sums of ``a`` (kept, a ``d_sae`` vector) dotted with ``n``, in
+    float32. Backward: the gradient in ``a`` is ``n / rows`` on every row, returned as a
+    broadcast view (no ``N x d_sae`` tensor is written), and the gradient in ``n`` is the
+    column sums / rows. Nothing of size ``N x d_sae`` is saved for backward."""
+
+    @staticmethod
+    def forward(ctx: Any, acts: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        rows = acts.shape[0]
+        column_sums = acts.sum(0, dtype=torch.promote_types(acts.dtype, torch.float32))
+        ctx.save_for_backward(column_sums, norms)
+        ctx.rows, ctx.acts_dtype = rows, acts.dtype
+        return (column_sums * norms.to(column_sums.dtype)).sum() / max(rows, 1)  # no autocast op
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
+        column_sums, norms = ctx.saved_tensors
+        scale = grad / max(ctx.rows, 1)
+        grad_acts = grad_norms = None
+        if ctx.needs_input_grad[0]:
+            grad_acts = (norms * scale).to(ctx.acts_dtype).expand(ctx.rows, -1)
+        if ctx.needs_input_grad[1]:
+            grad_norms = (column_sums * scale).to(norms.dtype)
+        return grad_acts, grad_norms
+
+
+def decoder_weighted_sparsity(
+    sae: Any, feature_acts: torch.Tensor, p: float = 1.0, nonnegative: bool = False
+) -> torch.Tensor:
+    """SAE-Lens's standard sparsity penalty: batch mean of ``|| a * ||W_dec[i]|| ||_p``.
+
+    ``nonnegative=True`` promises ``feature_acts`` is a ReLU's output: with ``p = 1`` the
+    penalty is then ``mean_rows(a @ ||W_dec||)``, computed without an ``N x d_sae``
+    temporary or saved tensor (:class:`_NonNegativeL1`; same value up to summation order).
+    Its gradient at a zero activation is the slope ``||W_dec[i]|| / N`` where upstream's is
+    the subgradient 0; the ReLU's backward zeroes both, so every parameter gets upstream's
+    gradient."""
+    norms = sae.W_dec.norm(dim=1)
+    if nonnegative and p == 1:
+        return _NonNegativeL1.apply(feature_acts.reshape(-1, feature_acts.shape[-1]), norms)
+    return (feature_acts * norms).norm(p=p, dim=-1).mean()
 
 
 def check_non_negative(cfg: Any, *names: str) -> None:
@@ -224,10 +264,26 @@ class LossTermTrainingSAE(TrainingSAE[T_CFG]):
         return losses
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        """Upstream's forward pass (tensor work only, so that ``compile_sae`` compiles it
+        in one piece) between this class's bookkeeping before and after it."""
+        step_input = self.begin_step(step_input)
+        output = super().training_forward_pass(step_input)
+        self.end_step(step_input, output)
+        return output
+
+    @torch.compiler.disable
+    def begin_step(self, step_input: TrainStepInput) -> TrainStepInput:
+        """Python bookkeeping before a step (never compiled; an override that changes the
+        step's input returns the new one, and stays ``torch.compiler.disable``d)."""
         if is_waiting(self):  # after-step work was asked for, but no optimizer step ran
             self.skip_after_step_work()
         self._step_metrics = {}
-        output = super().training_forward_pass(step_input)
+        return step_input
+
+    @torch.compiler.disable
+    def end_step(self, step_input: TrainStepInput, output: TrainStepOutput) -> None:
+        """Python bookkeeping after a step's forward pass (never compiled): loss-term
+        metrics, the guards under SAE-Lens's own runners, a periodic resample."""
         output.metrics.update(self._step_metrics)
         if not self.post_step_by_caller:  # SAE-Lens's own runners: the core's guards
             step = step_input.n_training_steps
@@ -235,7 +291,6 @@ class LossTermTrainingSAE(TrainingSAE[T_CFG]):
             if (step + 1) % GUARD_CHECK_EVERY == 0:
                 self.guard.check()
         self._maybe_schedule_resample(step_input, output)
-        return output
 
     def save_inference_model(self, path: str | Any) -> Any:
         if self.guard.steps:  # trained here: refuse to save an SAE that never fired

@@ -195,7 +195,12 @@ class TrainingLoop:
         output = trainer.step(next(self.data))
         self.after_optimizer_step()
         self.guard.observe(
-            trainer.n_training_steps, output.loss, output.sae_in, output.feature_acts
+            trainer.n_training_steps,
+            output.loss,
+            output.sae_in,
+            # the trainer just zeroed the counters of the latents that fired: no read of
+            # the (batch, d_sae) activations
+            fired=(trainer.n_forward_passes_since_fired == 0).any(),
         )
         self.log_to_wandb(output, sparsity_log)
         trainer.n_training_steps += 1

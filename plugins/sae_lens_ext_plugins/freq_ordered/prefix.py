@@ -200,6 +200,11 @@ class NestedDecodeMixin:
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
         if not self.prefix_decode_enabled(feature_acts):
             return super().decode(feature_acts)  # type: ignore[misc]
+        return self.nested_decode(feature_acts)
+
+    @torch.compiler.disable  # prefix lengths are drawn afresh each step: not one graph
+    def nested_decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
+        """Decode in blocks at freshly drawn prefix lengths, stashing the prefixes."""
         sampler = prefix_sampler(self, parse_options(self.cfg.loss_term_options))  # type: ignore[attr-defined]
         lengths = sampler.lengths(feature_acts.shape[-1], prefix_rng(self))
         recons = running_reconstructions(feature_acts, self.W_dec, self.b_dec, lengths)  # type: ignore[attr-defined]

@@ -62,13 +62,16 @@ def _check_supported(sae: Any) -> str:
 
 
 @torch.no_grad()
-def apply_permutation(sae: Any, permutation: torch.Tensor) -> None:
-    """Permute latents in place: new latent ``j`` is old latent ``permutation[j]``."""
+def apply_permutation(sae: Any, permutation: torch.Tensor, check: bool = True) -> None:
+    """Permute latents in place: new latent ``j`` is old latent ``permutation[j]``.
+
+    ``check=False`` skips the check that ``permutation`` is one (a host-device sync), for
+    a caller whose permutation is one by construction (an ``argsort``)."""
     _check_supported(sae)
     d_sae = sae.cfg.d_sae
     perm = torch.as_tensor(permutation, dtype=torch.long).flatten()
-    if perm.numel() != d_sae or not torch.equal(
-        torch.sort(perm).values, torch.arange(d_sae, device=perm.device)
+    if perm.numel() != d_sae or (
+        check and not torch.equal(torch.sort(perm).values, torch.arange(d_sae, device=perm.device))
     ):
         raise ValueError(f"permutation must be a permutation of range(d_sae={d_sae})")
     for name, tensor in [*sae.named_parameters(), *sae.named_buffers()]:

@@ -411,19 +411,25 @@ class FreqOrderedTrainingSAE(
         super().initialize_weights()
         self.init_freq_ordered_parameters()
 
-    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        every = self.cfg.sort_latents_every
+    @torch.compiler.disable
+    def begin_step(self, step_input: TrainStepInput) -> TrainStepInput:
+        step_input = super().begin_step(step_input)
         mask = step_input.dead_neuron_mask
-        if every and mask is not None:
+        if self.cfg.sort_latents_every and mask is not None:
             # under SAE-Lens's own runners the trainer's firing counters do not follow a
             # sort: a latent is dead only if the frequency buffer agrees
             alive = self.latent_frequency.to(mask.device) > DEAD_FREQUENCY
             step_input = replace(step_input, dead_neuron_mask=mask & ~alive)
-        output = super().training_forward_pass(step_input)
+        return step_input
+
+    @torch.compiler.disable
+    def end_step(self, step_input: TrainStepInput, output: TrainStepOutput) -> None:
+        """Also ask for a sort after this step's optimizer step when one is due."""
+        super().end_step(step_input, output)
+        every = self.cfg.sort_latents_every
         if every and (step_input.n_training_steps + 1) % every == 0:
             self._sort_due = True
             request_after_step(self)
-        return output
 
     def after_optimizer_step(self, optimizer: Any) -> torch.Tensor | None:
         """Write a pending resample (with its skip columns, LayerNorm gain/bias and
@@ -458,7 +464,7 @@ class FreqOrderedTrainingSAE(
 
         self._sort_due = False
         perm = torch.argsort(-self.latent_frequency.float(), stable=True)
-        apply_permutation(self, perm)
+        apply_permutation(self, perm, check=False)  # an argsort: a permutation, no sync
         for name, axis in self.latent_parameters().items():
             permute_optimizer_rows(optimizer, self.get_parameter(name), axis, perm)
         self.n_sorts += 1
@@ -479,7 +485,7 @@ class FreqOrderedTrainingSAE(
         self.update_frequency(feature_acts)
         if self.cfg.adaptive_l1:
             return {}
-        l1 = decoder_weighted_sparsity(self, feature_acts)
+        l1 = decoder_weighted_sparsity(self, feature_acts, nonnegative=True)  # ReLU codes
         return {"l1_loss": step_input.coefficients["l1"] * l1}
 
     @torch.no_grad()
@@ -488,8 +494,8 @@ class FreqOrderedTrainingSAE(
         ``1 / (1 - frequency_decay)`` steps, an EMA with that decay afterwards (device
         ops only: no host-device sync)."""
         acts = feature_acts.detach().reshape(-1, self.cfg.d_sae)
-        # ReLU outputs are >= 0, so sign() is the firing indicator (cheaper than a compare)
-        fired = torch.sign(acts).sum(0, dtype=torch.float32) / max(acts.shape[0], 1)
+        # a 1-byte mask and a column sum: fewer memory passes than sign() or a float mask
+        fired = acts.ne(0).sum(0, dtype=torch.float32) / max(acts.shape[0], 1)
         t = self.frequency_updates
         decay = (t / (t + 1.0)).clamp(max=self.cfg.frequency_decay)
         new = decay * self.latent_frequency.float() + (1 - decay) * fired

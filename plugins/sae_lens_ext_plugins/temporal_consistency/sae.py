@@ -202,7 +202,10 @@ class TemporalConsistencyTrainingSAE(LossTermTrainingSAE[TemporalConsistencyTrai
         hidden_pre: torch.Tensor,
         sae_out: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        sparsity = decoder_weighted_sparsity(self, feature_acts, p=self.cfg.lp_norm)
+        relu = self.cfg.activation_fn == "relu"
+        sparsity = decoder_weighted_sparsity(
+            self, feature_acts, p=self.cfg.lp_norm, nonnegative=relu
+        )
         return {"l1_loss": step_input.coefficients["l1"] * sparsity}
 
     def fold_W_dec_norm(self) -> None:

@@ -175,7 +175,7 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
         aux = self.reference_aux_loss(current, sae_out, hidden_pre, step_input.dead_neuron_mask)
         temporal_loss = self.cfg.temporal_coefficient * temporal
         aux_loss = self.cfg.aux_loss_coefficient * aux
-        self.n_trained_steps += 1
+        self.count_step()
         return TrainStepOutput(
             sae_in=current,
             sae_out=sae_out,
@@ -190,6 +190,22 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
             },
             metrics={"topk_threshold": self.topk_threshold},
         )
+
+    @torch.no_grad()
+    def update_topk_threshold(self, acts_topk: torch.Tensor) -> None:
+        """Upstream's update (EMA of the batch's smallest positive activation, unchanged when
+        nothing fired) with the same values, but without its host sync (``if mask.any()``)
+        and boolean indexing, so that it runs inside one compiled graph."""
+        lr = self.cfg.topk_threshold_lr
+        with torch.autocast(self.topk_threshold.device.type, enabled=False):
+            positive = acts_topk > 0
+            smallest = acts_topk.masked_fill(~positive, torch.inf).amin()
+            updated = (1 - lr) * self.topk_threshold + lr * smallest.to(self.topk_threshold.dtype)
+            self.topk_threshold = torch.where(positive.any(), updated, self.topk_threshold)
+
+    @torch.compiler.disable  # a Python counter: compiled, each new value would recompile
+    def count_step(self) -> None:
+        self.n_trained_steps += 1
 
     def matryoshka_mse_loss(
         self, sae_in: torch.Tensor, feature_acts: torch.Tensor
