@@ -1,0 +1,365 @@
+"""Training-step time and peak memory of each architecture against upstream ``standard``.
+
+Every row trains through SAE-Lens's unchanged ``SAETrainer.step`` (forward, backward,
+gradient clipping, Adam; what upstream's runner and ``sae-lens train`` both call) on the
+same random batches, in one process. Rows take their steps round-robin, one step each per
+round, the order reversing every round; a row's time is the median of its step times and
+its ratio is the median over rounds of (its step time / ``standard``'s step time in the
+same round), so load from other processes cancels out of the ratios. CPU: a step's time is
+this process's CPU time (``time.process_time``, one torch thread); CUDA: wall time between
+two ``torch.cuda.synchronize()``.
+
+Peak memory of one step, rows one at a time: on CUDA ``torch.cuda.max_memory_allocated``
+above what was allocated before the row's SAE was built (parameters, Adam state, the batch
+and every transient of the step). On CPU, which has no allocator peak counter, the same sum
+counted exactly: the bytes of parameters, buffers and optimizer state, plus the peak of
+the bytes held by tensors created during the step (every aten call's output storage is
+recorded until it is freed, :class:`LiveBytes`); ``--explain-memory`` prints what is
+alive at each row's peak.
+
+``--compile`` adds rows whose ``training_forward_pass`` is compiled as upstream's
+``compile_sae=True`` does it (``torch.compile``, inductor), with the compile time (the
+first step's extra wall time; inductor's on-disk cache starts empty unless
+``--warm-compile-cache``, so it is the cold figure a first run pays). Sizes are ``d_in x d_sae x batch``.
+
+    .venv/bin/python benchmarks/step_benchmark.py --sizes 768x16384x4096 --dtypes fp32,bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+from smoke import smoke_argv
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+# row name -> (architecture, config fields, compiled)
+ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
+    "standard": ("standard", {}, False),
+    "freq_ordered": ("freq_ordered", {}, False),
+    "temporal_consistency": ("temporal_consistency", {}, False),
+    "temporal_contrastive": (
+        "temporal_consistency",
+        {"temporal_coefficient": 0.0, "temporal_contrastive_coefficient": 0.1},
+        False,
+    ),
+}
+EXTRA_ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
+    "freq_ordered + prefix": ("freq_ordered", {"prefix_coefficient": 1.0}, False),
+    "temporal_consistency, normalized": (
+        "temporal_consistency",
+        {"temporal_loss_form": "normalized"},
+        False,
+    ),
+    "tsae": ("tsae", {}, False),
+}
+COMPILED_ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
+    "standard, compile_sae": ("standard", {}, True),
+    "freq_ordered, compile_sae": ("freq_ordered", {}, True),
+    "temporal_consistency, compile_sae": ("temporal_consistency", {}, True),
+}
+DTYPES = {"fp32": False, "bf16": True}  # name -> bf16 autocast
+
+
+@dataclass
+class Row:
+    name: str
+    trainer: Any
+    compiled: bool
+    times: list[float] = field(default_factory=list)
+    warm_up_s: list[float] = field(default_factory=list)
+
+
+def trainer_config(batch: int, device: str, autocast: bool) -> Any:
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+
+    return SAETrainerConfig(
+        n_checkpoints=0,
+        checkpoint_path=None,
+        save_final_checkpoint=False,
+        total_training_samples=10**12,
+        device=device,
+        autocast=autocast,
+        lr=3e-4,
+        lr_end=3e-4,
+        lr_scheduler_name="constant",
+        lr_warm_up_steps=0,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        lr_decay_steps=0,
+        n_restart_cycles=1,
+        train_batch_size_samples=batch,
+        dead_feature_window=1000,
+        feature_sampling_window=2000,
+        logger=LoggingConfig(log_to_wandb=False),
+    )
+
+
+def build_row(name: str, spec: tuple[str, dict[str, Any], bool], size: tuple[int, int, int],
+              device: str, autocast: bool, mode: str | None) -> Row:  # fmt: skip
+    """A fresh SAE (seed 0) of the row's architecture and an upstream trainer for it."""
+    from sae_lens.registry import get_sae_training_class
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    from sae_lens_ext.windows import mark_layout_served
+
+    arch, fields, compiled = spec
+    d_in, d_sae, batch = size
+    sae_cls, cfg_cls = get_sae_training_class(arch)
+    torch.manual_seed(0)
+    sae = sae_cls(cfg_cls(d_in=d_in, d_sae=d_sae, device=device, **fields))
+    mark_layout_served(sae)  # random rows: the window layout is the benchmark's choice
+    if compiled:  # what LanguageModelSAETrainingRunner._compile_sae_if_needed does
+        sae.training_forward_pass = torch.compile(sae.training_forward_pass, mode=mode)
+    trainer = SAETrainer(
+        cfg=trainer_config(batch, device, autocast), sae=sae, data_provider=iter(())
+    )
+    return Row(name, trainer, compiled)
+
+
+def clock(device: str) -> Callable[[], float]:
+    if device == "cuda":
+
+        def wall() -> float:
+            torch.cuda.synchronize()
+            return time.perf_counter()
+
+        return wall
+    return time.process_time
+
+
+def one_step(row: Row, batch: torch.Tensor) -> None:
+    row.trainer.step(batch)
+    row.trainer.n_training_steps += 1
+
+
+def warm_up(rows: list[Row], batches: list[torch.Tensor], steps: int, device: str) -> None:
+    """Untimed first steps of each row (Adam state, compilation), wall time recorded."""
+    now = clock(device) if device == "cuda" else time.perf_counter
+    for row in rows:
+        for i in range(steps):
+            start = now()
+            one_step(row, batches[i % len(batches)])
+            row.warm_up_s.append(now() - start)
+
+
+def time_rows(rows: list[Row], batches: list[torch.Tensor], rounds: int, device: str) -> None:
+    """Round-robin timed steps, the order reversed every other round."""
+    now = clock(device)
+    for i in range(rounds):
+        for row in rows[::-1] if i % 2 else rows:
+            start = now()
+            one_step(row, batches[i % len(batches)])
+            row.times.append(now() - start)
+
+
+class LiveBytes(TorchDispatchMode):
+    """Bytes held by tensors created under this mode: every aten output storage counts
+    from its creation until it is freed; ``peak`` is the most held at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, tuple[int, str, tuple[int, ...], str]] = {}
+        self.current = self.peak = 0
+        self.at_peak: list[tuple[int, str, tuple[int, ...], str]] = []
+
+    def _freed(self, ptr: int) -> None:
+        self.current -= self.live.pop(ptr)[0]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            ptr = storage.data_ptr()
+            if ptr in self.live or storage.nbytes() == 0:
+                continue
+            self.live[ptr] = (storage.nbytes(), str(func), tuple(t.shape), str(t.dtype))
+            self.current += storage.nbytes()
+            weakref.finalize(storage, self._freed, ptr)
+            if self.current > self.peak:
+                self.peak, self.at_peak = self.current, sorted(self.live.values(), reverse=True)
+        return out
+
+
+def persistent_bytes(trainer: Any) -> int:
+    """Parameters, buffers, gradients and optimizer state held between steps."""
+    tensors = [*trainer.sae.parameters(), *trainer.sae.buffers()]
+    tensors += [p.grad for p in trainer.sae.parameters() if p.grad is not None]
+    for state in trainer.optimizer.state.values():
+        tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
+    tensors += [trainer.act_freq_scores, trainer.n_forward_passes_since_fired]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def peak_step_bytes(row: Row, batch: torch.Tensor, device: str) -> tuple[int, list[Any]]:
+    """Peak bytes of one step of ``row`` (see the module docstring) and what is alive then."""
+    if device == "cuda":
+        gc.collect()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        one_step(row, batch)
+        torch.cuda.synchronize()
+        held = persistent_bytes(row.trainer) + batch.numel() * batch.element_size()
+        return torch.cuda.max_memory_allocated() - start + held, []
+    held = persistent_bytes(row.trainer) + batch.numel() * batch.element_size()
+    with LiveBytes() as live:
+        one_step(row, batch)
+    return held + live.peak, live.at_peak
+
+
+def parse_size(text: str) -> tuple[int, int, int]:
+    d_in, d_sae, batch = (int(v) for v in text.lower().split("x"))
+    return d_in, d_sae, batch
+
+
+def compile_seconds(row: Row) -> float | None:
+    """Extra wall time of the first warm-up step over the later ones (compiled rows)."""
+    if not row.compiled or len(row.warm_up_s) < 2:
+        return None
+    return max(0.0, row.warm_up_s[0] - statistics.median(row.warm_up_s[1:]))
+
+
+def measure(size: tuple[int, int, int], dtype: str, specs: dict[str, Any],
+            args: argparse.Namespace) -> list[dict[str, Any]]:  # fmt: skip
+    """Every row at one size and dtype: times (interleaved), ratios, peak memory."""
+    device, (d_in, _, batch) = args.device, size
+    autocast = DTYPES[dtype]
+    rows = [build_row(n, s, size, device, autocast, args.mode) for n, s in specs.items()]
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(batch, d_in, generator=g).to(device) for _ in range(4)]
+    warm_up(rows, batches, args.warm_up, device)
+    time_rows(rows, batches, args.rounds, device)
+    base = rows[0].times
+    results = []
+    for row in rows:
+        peak, at_peak = peak_step_bytes(row, batches[0], device)
+        ratios = [a / b for a, b in zip(row.times, base, strict=True)]
+        results.append(
+            {
+                "size": "x".join(map(str, size)),
+                "dtype": dtype,
+                "row": row.name,
+                "step_ms": statistics.median(row.times) * 1e3,
+                "step_ratio": statistics.median(ratios),
+                "step_ratio_iqr": quartiles(ratios),
+                "peak_mib": peak / 2**20,
+                "compile_s": compile_seconds(row),
+                "at_peak": at_peak,
+            }
+        )
+        if args.explain_memory and at_peak:
+            explain(row.name, at_peak, size)
+    for r in results:
+        r["peak_ratio"] = r["peak_mib"] / results[0]["peak_mib"]
+    return results
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """First and third quartiles (the spread of a row's per-round ratios)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return q1, q3
+
+
+def explain(name: str, at_peak: list[Any], size: tuple[int, int, int]) -> None:
+    """What is alive at a row's peak, in units of one float32 (batch, d_sae) tensor."""
+    unit = size[1] * size[2] * 4
+    print(f"  {name}: alive at the peak (units of a float32 batch x d_sae tensor)")
+    for nbytes, op, shape, dtype in at_peak:
+        if nbytes >= unit / 16:
+            print(f"    {nbytes / unit:5.2f}  {op:36s} {shape} {dtype}")
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    head = (
+        "| size (d_in x d_sae x batch) | dtype | row | step (ms) | step / standard "
+        "| (quartiles) | peak mem (MiB) | peak / standard | compile (s) |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        compiled = "-" if r["compile_s"] is None else f"{r['compile_s']:.0f}"
+        q1, q3 = r["step_ratio_iqr"]
+        lines.append(
+            f"| {r['size']} | {r['dtype']} | {r['row']} | {r['step_ms']:.1f} | "
+            f"{r['step_ratio']:.3f} | {q1:.2f}-{q3:.2f} | {r['peak_mib']:.0f} | "
+            f"{r['peak_ratio']:.3f} | {compiled} |"
+        )
+    return "\n".join(lines)
+
+
+def machine(device: str) -> str:
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    threads = torch.get_num_threads()
+    return f"{platform.processor() or platform.machine()} CPU, {threads} torch thread(s), torch {torch.__version__}"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sizes", default="768x16384x4096", help="d_in x d_sae x batch, ...")
+    parser.add_argument("--dtypes", default="fp32,bf16", help="fp32 and/or bf16 (autocast)")
+    parser.add_argument("--rounds", type=int, default=7, help="timed steps per row")
+    parser.add_argument("--warm-up", type=int, default=3, help="untimed first steps per row")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
+    parser.add_argument("--compile", action="store_true", help="add compile_sae rows")
+    parser.add_argument("--mode", default=None, help="torch.compile mode of those rows")
+    parser.add_argument(
+        "--warm-compile-cache",
+        action="store_true",
+        help="reuse inductor's on-disk cache (default: a fresh one, so compile times are cold)",
+    )
+    parser.add_argument("--extra", action="store_true", help="add prefix, normalized, tsae rows")
+    parser.add_argument("--explain-memory", action="store_true")
+    parser.add_argument("--json", default=None, help="write the results here")
+    smaller = ["--sizes", "64x512x256", "--dtypes", "fp32", "--rounds", "2", "--warm-up", "2"]
+    return parser.parse_args(smoke_argv(argv, smaller))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import sae_lens  # noqa: F401  (registers the plugin architectures)
+
+    specs = {**ROWS, **(EXTRA_ROWS if args.extra else {})}
+    specs.update(COMPILED_ROWS if args.compile else {})
+    if args.compile and not args.warm_compile_cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="step_benchmark_")
+    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"{started}, {machine(args.device)}", flush=True)
+    results = []
+    for size in map(parse_size, args.sizes.split(",")):
+        for dtype in args.dtypes.split(","):
+            results += measure(size, dtype, specs, args)
+            print(table(results[-len(specs) :]), flush=True)
+    print("\n" + table(results))
+    if args.json:
+        for r in results:
+            r.pop("at_peak")
+        with open(args.json, "w") as f:
+            json.dump(
+                {"started": started, "machine": machine(args.device), "results": results},
+                f,
+                indent=1,
+            )
+
+
+if __name__ == "__main__":
+    main()
