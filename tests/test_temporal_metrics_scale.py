@@ -172,9 +172,9 @@ def test_benchmark_sparse_coding_oracle_solves_the_nonnegative_lasso(monkeypatch
     """With an orthonormal dictionary the non-negative lasso is a shifted ReLU of x D^T."""
     from pathlib import Path
 
-    # the benchmark scripts import their sibling ``smoke`` as a script would
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from benchmarks.temporal_benchmark import nonnegative_lasso
+    # as when the script runs: its folder first on the path (it imports `smoke` beside it)
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    from temporal_benchmark import nonnegative_lasso
 
     q, _ = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(0)))
     x = torch.randn(32, 8, generator=torch.Generator().manual_seed(1))
