@@ -9,7 +9,8 @@ from sae_lens_ext.errors import debug_option
 HELP = """Compare runs: the research logs' figures and one results table, from saved results.
 
 \b
-Reads each RUN folder (sae-lens demo/train/sweep output; evaluation.json and
+Reads each RUN folder (sae-lens demo/train output; a sweep's output folder stands
+for its variants; evaluation.json and
 SAE-Bench results under RUN/eval_results from `sae-lens evaluate`) and writes to
 --output: training_loss_comparison.png, reconstruction_metrics.png,
 metrics_comparison.png, absorption_metrics.png, scr_threshold_comparison.png,

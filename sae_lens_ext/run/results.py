@@ -32,6 +32,7 @@ EVALUATION_FILENAME = "evaluation.json"
 BENCH_DIR = "eval_results"
 RUNNER_CFG = "runner_cfg.json"
 SPARSITY_FILE = "sparsity.safetensors"
+SWEEP_FILE = "sweep.json"
 #: ``log10`` firing frequencies at or below this are "never fired" (upstream adds 1e-10).
 DEAD_LOG10 = -9.5
 #: Keys of a demo's ``metrics.json`` that describe how it was trained (not results).
@@ -226,7 +227,25 @@ def run_labels(folders: list[Path]) -> list[str]:
     raise fail("RUN: the same folder is given twice")
 
 
+def expand_sweeps(folders: list[Path]) -> list[Path]:
+    """A sweep's output folder (it holds ``sweep.json``) stands for its trained variants,
+    in the sweep's order."""
+    out: list[Path] = []
+    for folder in folders:
+        record = _read_json(folder / SWEEP_FILE)
+        if record is None:
+            out.append(folder)
+            continue
+        names = [v["name"] for v in record.get("variants", [])]
+        out += [folder / n for n in names if (folder / n / "cfg.json").is_file()]
+    return out
+
+
 def read_runs(folders: list[Path]) -> list[RunResults]:
+    """The results of each run folder (a sweep's folder: of each of its variants)."""
+    folders = expand_sweeps(folders)
+    if not folders:
+        raise fail("RUN: the sweep folders hold no trained variant yet")
     return [read_results(f, n) for f, n in zip(folders, run_labels(folders), strict=True)]
 
 

@@ -298,6 +298,8 @@ def run_sweep(
 ) -> int:
     """The body of ``sae-lens sweep``."""
     sweep = load_sweep(path, output, sets)
+    if not dry_run:
+        write_sweep_record(sweep)
     if sweep.kind == "demo":
         from sae_lens_ext.run.sweep_demo import plan_demo, train_demo_variants
 
@@ -341,23 +343,28 @@ def print_plan(sweep: Sweep, groups: list[list[Variant]]) -> int:
 
 def write_sweep_results(sweep: Sweep) -> None:
     """``results.csv``/``results.md`` of every finished variant, and ``sweep.json``."""
-    from sae_lens_ext.run.output import write_json
     from sae_lens_ext.run.results import read_results, write_results_table
 
     done = [v for v in sweep.variants if (v.folder / "cfg.json").is_file()]
     runs = [read_results(v.folder, v.name) for v in done]
     extra = {v.name: {"changes": v.step, "status": v.status} for v in done}
     csv_path, md_path = write_results_table(runs, sweep.output, extra=extra)
-    write_json(
-        sweep.output / "sweep.json",
-        {
-            "file": str(sweep.file),
-            "kind": sweep.kind,
-            "variants": [
-                {"name": v.name, "changes": v.changes, "settings": v.settings, "status": v.status}
-                for v in sweep.variants
-            ],
-        },
-    )
+    write_sweep_record(sweep)
     print(md_path.read_text())
     print(f"results: {csv_path} and {md_path}")
+
+
+def write_sweep_record(sweep: Sweep) -> None:
+    """``OUTPUT/sweep.json``: the file, and each variant's changes, settings and status
+    (``sae-lens compare OUTPUT`` reads the variants from it)."""
+    from sae_lens_ext.run.output import write_json
+
+    sweep.output.mkdir(parents=True, exist_ok=True)
+    variants = [
+        {"name": v.name, "step": v.step, "settings": v.settings, "status": v.status}
+        for v in sweep.variants
+    ]
+    write_json(
+        sweep.output / "sweep.json",
+        {"file": str(sweep.file), "kind": sweep.kind, "variants": variants},
+    )
