@@ -138,7 +138,7 @@ class Sandbox:
 
     def __init__(self, root: Path, tiny: TinyLM) -> None:
         self.root, self.tiny = root, tiny
-        for name in ("plugins", "benchmarks", "scripts", "tests"):
+        for name in ("plugins", "benchmarks", "scripts", "tests", "sweeps", "docs"):
             (root / name).symlink_to(REPO / name)
         (root / "my-model").symlink_to(tiny.model_dir)
         (root / "my-text").symlink_to(tiny.dataset_dir)

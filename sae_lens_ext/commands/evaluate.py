@@ -31,82 +31,82 @@ datasets (see docs/sae-bench.md).
 """
 
 
+#: The SAE-Bench options (model and data flags also under their `sae-lens train` spelling).
+BENCH_OPTIONS = [
+    click.option(
+        "--bench",
+        "benches",
+        is_flag=False,
+        flag_value="default",
+        default=None,
+        metavar="BENCHES",
+        help="SAE-Bench evaluations: core, absorption, sparse_probing, "
+        "sparse_probing_sae_probes, scr, tpp (comma-separated), 'default' or 'all'.",
+    ),
+    click.option(
+        "--model-name",
+        "--model_name",
+        "model_name",
+        help="Model (TransformerLens name, hub id or save_pretrained folder).",
+    ),
+    click.option(
+        "--model-class-name",
+        "--model_class_name",
+        "model_class_name",
+        type=click.Choice(["HookedTransformer", "AutoModelForCausalLM"]),
+        help="As in `sae-lens train`; a local folder needs AutoModelForCausalLM.",
+    ),
+    click.option(
+        "--dataset",
+        "--dataset-path",
+        "--dataset_path",
+        "dataset",
+        help="Core's text dataset: hub id or local path.",
+    ),
+    click.option("--context-size", "--context_size", "context_size", type=click.IntRange(min=1)),
+    click.option(
+        "--batch-size-prompts",
+        "batch_size_prompts",
+        type=click.IntRange(min=1),
+        help="Core's prompts per batch.",
+    ),
+    click.option(
+        "--llm-batch-size",
+        "llm_batch_size",
+        type=click.IntRange(min=1),
+        help="Prompts per model batch (absorption, probing, SCR, TPP).",
+    ),
+    click.option("--sae-batch-size", "sae_batch_size", type=click.IntRange(min=1)),
+    click.option("--device"),
+    click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"])),
+    click.option("--random-seed", "random_seed", type=int),
+    click.option(
+        "--data-dir",
+        "data_dir",
+        type=click.Path(file_okay=False, exists=True),
+        help="Folder of local copies of SAE-Bench's hub datasets (<hub id>/).",
+    ),
+    click.option(
+        "--bench-option",
+        "bench_options",
+        multiple=True,
+        metavar="BENCH.FIELD=VALUE",
+        help="Any field of a bench's SAE-Bench config, e.g. scr.n_values=2,5,10 (repeatable).",
+    ),
+    click.option(
+        "--output-dir",
+        "output_dir",
+        type=click.Path(file_okay=False),
+        help="Default: PATH/eval_results for a folder, ./eval_results for a hub id.",
+    ),
+    click.option(
+        "--name", help="Release part of the result file names (default: the folder's name)."
+    ),
+]
+
+
 def _bench_options(f):  # type: ignore[no-untyped-def]
-    """The SAE-Bench options (each also under its `sae-lens train` spelling)."""
-    options = [
-        click.option(
-            "--bench",
-            "benches",
-            is_flag=False,
-            flag_value="default",
-            default=None,
-            metavar="BENCHES",
-            help="SAE-Bench evaluations: core, absorption, sparse_probing, "
-            "sparse_probing_sae_probes, scr, tpp (comma-separated), 'default' or 'all'.",
-        ),
-        click.option(
-            "--model-name",
-            "--model_name",
-            "model_name",
-            help="Model (TransformerLens name, hub id or save_pretrained folder).",
-        ),
-        click.option(
-            "--model-class-name",
-            "--model_class_name",
-            "model_class_name",
-            type=click.Choice(["HookedTransformer", "AutoModelForCausalLM"]),
-            help="As in `sae-lens train`; a local folder needs AutoModelForCausalLM.",
-        ),
-        click.option(
-            "--dataset",
-            "--dataset-path",
-            "--dataset_path",
-            "dataset",
-            help="Core's text dataset: hub id or local path.",
-        ),
-        click.option(
-            "--context-size", "--context_size", "context_size", type=click.IntRange(min=1)
-        ),
-        click.option(
-            "--batch-size-prompts",
-            "batch_size_prompts",
-            type=click.IntRange(min=1),
-            help="Core's prompts per batch.",
-        ),
-        click.option(
-            "--llm-batch-size",
-            "llm_batch_size",
-            type=click.IntRange(min=1),
-            help="Prompts per model batch (absorption, probing, SCR, TPP).",
-        ),
-        click.option("--sae-batch-size", "sae_batch_size", type=click.IntRange(min=1)),
-        click.option("--device"),
-        click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"])),
-        click.option("--random-seed", "random_seed", type=int),
-        click.option(
-            "--data-dir",
-            "data_dir",
-            type=click.Path(file_okay=False, exists=True),
-            help="Folder of local copies of SAE-Bench's hub datasets (<hub id>/).",
-        ),
-        click.option(
-            "--bench-option",
-            "bench_options",
-            multiple=True,
-            metavar="BENCH.FIELD=VALUE",
-            help="Any field of a bench's SAE-Bench config, e.g. scr.n_values=2,5,10 (repeatable).",
-        ),
-        click.option(
-            "--output-dir",
-            "output_dir",
-            type=click.Path(file_okay=False),
-            help="Default: PATH/eval_results for a folder, ./eval_results for a hub id.",
-        ),
-        click.option(
-            "--name", help="Release part of the result file names (default: the folder's name)."
-        ),
-    ]
-    for option in reversed(options):
+    for option in reversed(BENCH_OPTIONS):
         f = option(f)
     return f
 
@@ -129,9 +129,10 @@ def evaluate_command(
     path: str, samples: int, seed: int, as_json: bool, benches: str | None, **bench: object
 ) -> int:
     if benches is None:
-        given = [k for k, v in bench.items() if v not in (None, ())]
+        flags = {p.name: p.opts[0] for p in click.get_current_context().command.params}
+        given = [flags[k] for k, v in bench.items() if v not in (None, ())]
         if given:
-            raise click.UsageError(f"--{given[0].replace('_', '-')} needs --bench")
+            raise click.UsageError(f"{given[0]} needs --bench")
         from sae_lens_ext.run.evaluate import evaluate
 
         return evaluate(path, samples=samples, seed=seed, as_json=as_json)

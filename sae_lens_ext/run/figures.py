@@ -109,11 +109,23 @@ def bar_panel(
         if legend is not None:  # nothing drawn: keep the series in the legend
             ax.bar(0, 0, 0, color=f"C{j}", label=legend)
     ax.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize="small")
+    ax.set_xlim(-0.6, len(names) - 0.4)
     ax.axhline(0, color="black", linewidth=0.5)
     ax.grid(axis="y", alpha=0.3)
     ax.margins(y=0.15)
+    if not any(_finite(v) for _, values in series for v, _ in values):
+        ax.set_ylim(0, 1)  # nothing to scale to: keep the n/a marks in view
+        ax.text(
+            0.5,
+            0.5,
+            f"{NA}: no run has this metric",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            color="gray",
+        )
     if len(series) > 1:
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
 def _values(runs: Sequence[RunResults], keys: tuple[str, ...]) -> tuple[list[Any], list[bool]]:

@@ -6,18 +6,19 @@ The sweep file (YAML) names the data once and the variants as changes to it::
                                # train: a language model (`sae-lens train` options)
     output: runs/ladder        # default: runs/<file name>
     base:                      # settings every variant starts from
-      architecture: freq_ordered
       samples: 400000
     variants:                  # a ladder: each is base + its own settings
       - name: baseline
         architecture: standard
-      - name: warm-up
-        extends: ordering      # start from another variant's settings instead of base
-        ordering_warm_up_steps: 100
+      - name: mine
+        architecture: my_architecture
+      - name: mine-warm
+        extends: mine          # start from another variant's settings instead of base
+        l1_warm_up_steps: 100
     grid:                      # and/or a grid: one variant per combination
-      temporal_window: [2, 4]
-      temporal_coefficient: [0.01, 0.1]
-    grid_names: {temporal_window: w, temporal_coefficient: c}   # names like w2_c0.01
+      l1_coefficient: [0.5, 1.0]
+      d_sae: [256, 512]
+    grid_names: {l1_coefficient: l1-, d_sae: w}   # names like l1-0.5_w256
     seeds: [0, 1]              # every variant once per seed (names end in -s0, -s1)
     evaluate:                  # train sweeps: `sae-lens evaluate` settings
       samples: 20000
