@@ -278,11 +278,21 @@ def _shared_loop(runner: Any, slot: _Slot, output: Any, log_every: int, progress
     return TrainingLoop(trainer, slot, logger=logger)
 
 
+def _until_interrupted(source: Iterator[torch.Tensor], interrupt: Any) -> Iterator[torch.Tensor]:
+    """``source``'s batches until Ctrl-C (nothing trained yet: no checkpoint)."""
+    while not interrupt.requested:
+        try:
+            yield next(source)
+        except StopIteration:
+            return
+    raise TrainingInterrupted(0, None)
+
+
 def _train_in_lockstep(
     loops: list[Any], slots: list[_Slot], source: Iterator[torch.Tensor], interrupt: Any
 ) -> None:
     """Each batch of ``source`` to every loop, one step each, until the first is done."""
-    estimate_normalization(source, [loop.trainer for loop in loops])
+    estimate_normalization(_until_interrupted(source, interrupt), [lp.trainer for lp in loops])
     for loop in loops:
         loop.sae.to(loop.cfg.device)
         loop.logger.start(0, 0)
