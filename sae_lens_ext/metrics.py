@@ -261,13 +261,17 @@ def seed_consistency(
     matched in full. Works for any two SAE-Lens SAEs with the same ``d_in``.
 
     Returns ``mean_matched_cosine``, ``share_above`` (share of matched pairs whose cosine
-    exceeds ``threshold``), ``threshold`` and ``matched`` (number of pairs).
+    exceeds ``threshold``), ``threshold``, ``matched`` (number of pairs) and
+    ``index_spearman``: Spearman's correlation of the matched latents' indices (1: each
+    latent is found again at the same place in the order, as an ordered dictionary should
+    be; near 0: the order is arbitrary).
 
     Memory: one dense ``d_sae_a x d_sae_b`` float64 matrix (the precision scipy solves
     in; it is negated in place, so scipy copies nothing): 2 GiB at 16k latents. Above
     ``max_latents`` latents the function refuses rather than exhaust memory.
     """
     from scipy.optimize import linear_sum_assignment
+    from scipy.stats import spearmanr
 
     a, b = sae_a.W_dec.detach(), sae_b.W_dec.detach()
     if a.shape[-1] != b.shape[-1]:
@@ -289,4 +293,5 @@ def seed_consistency(
         "share_above": float((matched > threshold).double().mean()),
         "threshold": threshold,
         "matched": int(matched.numel()),
+        "index_spearman": float(spearmanr(rows, cols).statistic) if len(rows) > 1 else 1.0,
     }

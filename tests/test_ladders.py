@@ -182,6 +182,8 @@ def test_seed_consistency_of_a_permuted_copy_and_of_unrelated_saes() -> None:
     same = seed_consistency(a, b)
     assert same["mean_matched_cosine"] == pytest.approx(1.0, abs=1e-12)
     assert same["share_above"] == 1.0 and same["matched"] == 256
+    assert abs(same["index_spearman"]) < 0.3  # found again, but at shuffled places
+    assert seed_consistency(a, a)["index_spearman"] == pytest.approx(1.0)
     unrelated = seed_consistency(a, _sae(128, 256, seed=2))
     assert unrelated["mean_matched_cosine"] < 0.35 and unrelated["share_above"] == 0.0
     with torch.no_grad():  # half the latents in common: their share, the rest unmatched

@@ -9,7 +9,6 @@ says which command produces them; inside a figure, a run without a metric is mar
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -148,12 +147,13 @@ def write_seed_consistency(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     write_json(json_path, rows)
     threshold = rows[0]["threshold"]
     lines = [
-        f"| run A | run B | seeds | mean matched decoder cosine | share of latents > {threshold} |",
-        "|---|---|---|---|---|",
+        f"| run A | run B | seeds | mean matched decoder cosine | share of latents > {threshold}"
+        " | Spearman of matched indices |",
+        "|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['run_a']} | {r['run_b']} | {r['seed_a']}, {r['seed_b']} | "
-        f"{r['mean_matched_cosine']:.3f} | {r['share_above']:.3f} |"
+        f"{r['mean_matched_cosine']:.3f} | {r['share_above']:.3f} | {r['index_spearman']:.3f} |"
         for r in rows
     ]
     md_path.write_text("\n".join(lines) + "\n")
@@ -172,12 +172,8 @@ def compare(runs: list[str], output: str) -> int:
         print(
             f"seed consistency {row['run_a']} vs {row['run_b']}: mean matched cosine "
             f"{row['mean_matched_cosine']:.3f}, {row['share_above']:.1%} of latents "
-            f"above {row['threshold']}"
+            f"above {row['threshold']}, Spearman of matched indices {row['index_spearman']:.3f}"
         )
     for path in written:
         print(path)
     return 0
-
-
-def print_json(rows: list[dict[str, Any]]) -> None:
-    print(json.dumps(rows, indent=2, default=str))
