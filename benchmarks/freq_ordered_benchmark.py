@@ -5,25 +5,34 @@ samples, same lr, same batch size) through SAE-Lens's ``SAETrainer.step``:
 
 - upstream ``standard`` and ``matryoshka_batchtopk``;
 - ``freq_ordered`` with its defaults;
+- ``freq_ordered`` with the ``prefix_reconstruction`` term (the recommended prefix
+  mode, and one-change variations of it), and ``standard`` at the L0 of that mode;
 - ``freq_ordered`` with each option of the research log switched on alone
   (ordering loss and all other options off otherwise).
 
 Columns: ground-truth MCC, explained variance, L0 and dead latents (upstream's
 ``eval_sae_on_synthetic_data``), Spearman(latent index, measured frequency),
 prefix explained variance with the first 10/25/50 % of latents (as trained and
-after the exact post-hoc reordering by measured frequency), training step time and
+after the exact post-hoc reordering by measured frequency), seed-to-seed
+consistency (rows marked for it are trained a second time with another seed for the
+SAE's initialisation, same data; decoder rows matched one to one by the Hungarian
+algorithm on cosine: mean matched cosine / share above 0.9), training step time and
 peak memory as ratios to ``standard``.
 
 Step time: after training, every row's SAE gets a fresh optimizer and the rows
-take timed steps round-robin on the same batches (so load from other processes
-hits all rows alike); the median per row is reported. Peak memory: on CUDA,
+take timed steps round-robin on the same batches (the order reverses every round);
+a step's time is the CPU time of this process (``time.process_time``: with one
+torch thread, time spent waiting for other processes' jobs does not count); the
+ratio to ``standard`` is the median over rounds of the per-round ratio. Peak memory: on CUDA,
 ``torch.cuda.max_memory_allocated`` over one step; on CPU (no allocator peak
 counter) the bytes of parameters, gradients, Adam state and every tensor saved
 for backward in one step (distinct storages, via ``saved_tensors_hooks``).
 
-Run (about 5 minutes on 2 CPU cores)::
+Run (about 11 minutes on 2 shared CPU cores; ``--lm-timing`` adds a few steps at
+``d_in 768, d_sae 16384``, batch 4096, about 6 more minutes; ``--no-consistency``
+skips the second seeds)::
 
-    .venv/bin/python benchmarks/freq_ordered_benchmark.py --out docs/benchmarks-freq-ordered.md
+    .venv/bin/python benchmarks/freq_ordered_benchmark.py --out tables.md --json results.json
 """
 
 from __future__ import annotations
@@ -51,11 +60,13 @@ from sae_lens.synthetic import (
 )
 from sae_lens.training.sae_trainer import SAETrainer
 from sae_lens_ext_plugins.freq_ordered.metrics import (
+    decoder_consistency,
     measure_frequencies,
     ordering_spearman,
     prefix_explained_variance,
 )
 from sae_lens_ext_plugins.freq_ordered.reorder import reorder_by_frequency
+from smoke import is_smoke, smoke_argv
 
 FRACTIONS = (0.1, 0.25, 0.5)
 
@@ -79,76 +90,104 @@ class Row:
     name: str
     architecture: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    consistency: bool = False  # also train with seed + 1 and compare the dictionaries
 
 
 # every option of the log alone: the ordering loss and all other options off
 # (the in-training sort is not a log option: off in these rows)
 OFF = {"ordering_coefficient": 0.0, "ordering_warm_up_steps": 0, "sort_latents_every": 0}
+RECOMMENDED = "freq_ordered + prefix (recommended)"
 
 
-def rows(setup: Setup) -> list[Row]:
+def prefix_rows(setup: Setup) -> list[Row]:
+    """The prefix mode: ``prefix_coefficient`` 1 ramped over the whole run, other prefix
+    fields at their defaults, ``l1_coefficient`` 0.6x the other rows'; then one change at a
+    time."""
     steps = setup.samples // setup.batch_size
+    base = {
+        "l1_coefficient": 0.6 * setup.l1,
+        "prefix_coefficient": 1.0,
+        "prefix_warm_up_steps": steps,
+    }
+
+    def row(name: str, consistency: bool = False, **changes: Any) -> Row:
+        return Row(name, "freq_ordered", {**base, **changes}, consistency)
+
     return [
-        Row("standard", "standard", {"l1_coefficient": setup.l1}),
-        Row(
-            "matryoshka_batchtopk",
-            "matryoshka_batchtopk",
-            {
-                "k": 9,
-                "matryoshka_widths": [
-                    setup.d_sae // 8,
-                    setup.d_sae // 4,
-                    setup.d_sae // 2,
-                    setup.d_sae,
-                ],
-            },
+        row(RECOMMENDED, True),
+        row("prefix: l1 x1 (L0 of standard)", True, l1_coefficient=setup.l1),
+        row("prefix: coefficient 2, l1 x1", True, prefix_coefficient=2.0, l1_coefficient=setup.l1),
+        row("prefix: coefficient 2", prefix_coefficient=2.0),
+        row("prefix: coefficient 0.5", prefix_coefficient=0.5),
+        row("prefix: no warm-up", True, prefix_warm_up_steps=0),
+        row(
+            "prefix: no sort, no ordering loss",
+            True,
+            sort_latents_every=0,
+            ordering_coefficient=0.0,
         ),
-        Row("freq_ordered (defaults)", "freq_ordered", {"l1_coefficient": setup.l1}),
-        Row(
-            "sort only, no ordering loss",
-            "freq_ordered",
-            {**OFF, "l1_coefficient": setup.l1, "sort_latents_every": 25},
-        ),
-        Row(
-            "+ ordering 0.3 (run 2)",
-            "freq_ordered",
-            {**OFF, "l1_coefficient": setup.l1, "ordering_coefficient": 0.3},
-        ),
+        row("prefix: exponent 1 (log-uniform)", prefix_exponent=1.0),
+        row("prefix: exponent 0 (uniform)", prefix_exponent=0.0),
+    ]
+
+
+def log_rows(setup: Setup) -> list[Row]:
+    """Each option of the research log alone (runs 2 to 9)."""
+    steps = setup.samples // setup.batch_size
+    off = {**OFF, "l1_coefficient": setup.l1}
+    return [
+        Row("+ ordering 0.3 (run 2)", "freq_ordered", {**off, "ordering_coefficient": 0.3}),
         Row(
             "+ ordering 0 -> 0.5 warm-up (run 3)",
             "freq_ordered",
-            {
-                **OFF,
-                "l1_coefficient": setup.l1,
-                "ordering_coefficient": 0.5,
-                "ordering_warm_up_steps": min(1000, steps // 2),
-            },
+            {**off, "ordering_coefficient": 0.5, "ordering_warm_up_steps": min(1000, steps // 2)},
         ),
         Row(
             "+ resampling (run 4)",
             "freq_ordered",
-            {**OFF, "l1_coefficient": setup.l1, "resample_dead_every": max(1, steps // 4)},
+            {**off, "resample_dead_every": max(1, steps // 4)},
         ),
-        Row(
-            "+ adaptive L1 (run 5)",
-            "freq_ordered",
-            {**OFF, "l1_coefficient": setup.l1, "adaptive_l1": True},
-        ),
-        Row(
-            "+ LayerNorm (run 7)",
-            "freq_ordered",
-            {**OFF, "l1_coefficient": setup.l1, "layer_norm": True},
-        ),
-        Row(
-            "+ skip 0.1 (run 8)",
-            "freq_ordered",
-            {**OFF, "l1_coefficient": setup.l1, "skip_projection": True},
-        ),
+        Row("+ adaptive L1 (run 5)", "freq_ordered", {**off, "adaptive_l1": True}),
+        Row("+ LayerNorm (run 7)", "freq_ordered", {**off, "layer_norm": True}),
+        Row("+ skip 0.1 (run 8)", "freq_ordered", {**off, "skip_projection": True}),
         Row(
             "+ attention, window 8 (run 9)",
             "freq_ordered",
-            {**OFF, "l1_coefficient": setup.l1, "attention": True, "attention_window": 8},
+            {**off, "attention": True, "attention_window": 8},
         ),
+    ]
+
+
+def rows(setup: Setup) -> list[Row]:
+    widths = [setup.d_sae // 8, setup.d_sae // 4, setup.d_sae // 2, setup.d_sae]
+    return [
+        Row("standard", "standard", {"l1_coefficient": setup.l1}, consistency=True),
+        Row(
+            "standard, l1 x0.4 (L0 of the prefix mode)",
+            "standard",
+            {"l1_coefficient": 0.4 * setup.l1},
+            consistency=True,
+        ),
+        Row(
+            "matryoshka_batchtopk",
+            "matryoshka_batchtopk",
+            {"k": 9, "matryoshka_widths": widths},
+            consistency=True,
+        ),
+        Row(
+            "freq_ordered (defaults)",
+            "freq_ordered",
+            {"l1_coefficient": setup.l1},
+            consistency=True,
+        ),
+        Row(
+            "sort only, no ordering loss",
+            "freq_ordered",
+            {**OFF, "l1_coefficient": setup.l1, "sort_latents_every": 25},
+            consistency=True,
+        ),
+        *prefix_rows(setup),
+        *log_rows(setup),
     ]
 
 
@@ -200,16 +239,17 @@ class SeededStream:
         return self.data[start : start + self.batch_size]
 
 
-def train(row: Row, setup: Setup, stream: SeededStream) -> tuple[Any, float]:
-    torch.manual_seed(setup.seed)
+def train(row: Row, setup: Setup, stream: SeededStream, seed: int | None = None) -> Any:
+    """Train ``row``'s SAE on the whole stream; ``seed`` (default ``setup.seed``) seeds the
+    SAE's initialisation."""
+    torch.manual_seed(setup.seed if seed is None else seed)
     sae = make_sae(row, setup)
     trainer = trainer_for(sae, setup, stream)
-    start = time.perf_counter()
     for i in range(setup.samples // setup.batch_size):
         trainer.maybe_reset_sparsity()
         trainer.step(stream(i))
         trainer.n_training_steps += 1
-    return sae, time.perf_counter() - start
+    return sae
 
 
 def step_bytes(trainer: SAETrainer, batch: torch.Tensor) -> int:
@@ -231,45 +271,67 @@ def step_bytes(trainer: SAETrainer, batch: torch.Tensor) -> int:
     return 4 * params + sum(saved.values())  # params, grads, exp_avg, exp_avg_sq
 
 
+@dataclass
+class Timing:
+    seconds: float  # median step time
+    ratio: float  # median over rounds of (this row's step time / standard's)
+    bytes: int
+
+
 def time_steps(
-    saes: dict[str, Any], setup: Setup, stream: SeededStream
-) -> dict[str, tuple[float, int]]:
-    """Median step seconds (round-robin over rows) and step bytes, on copies of the SAEs."""
+    saes: dict[str, Any], setup: Setup, stream: Callable[[int], torch.Tensor], warm_up: int = 3
+) -> dict[str, Timing]:
+    """Step CPU times round-robin over rows (order reversed every round) on copies of the
+    SAEs with fresh optimizers, and step bytes; ratios are to the ``standard`` row."""
     trainers = {n: trainer_for(copy.deepcopy(s), setup, stream) for n, s in saes.items()}
     batches = [stream(i) for i in range(4)]
     memory = {n: step_bytes(t, batches[0]) for n, t in trainers.items()}
     times: dict[str, list[float]] = {n: [] for n in trainers}
-    for i in range(setup.timing_steps + 3):
-        for n, t in trainers.items():
-            start = time.perf_counter()
+    for i in range(setup.timing_steps + warm_up):
+        order = list(trainers.items())
+        for n, t in order[::-1] if i % 2 else order:
+            start = time.process_time()
             t.step(batches[i % len(batches)])
-            if i >= 3:
-                times[n].append(time.perf_counter() - start)
-    return {n: (statistics.median(times[n]), memory[n]) for n in trainers}
+            t.n_training_steps += 1
+            if i >= warm_up:
+                times[n].append(time.process_time() - start)
+    base = times["standard"]
+    return {
+        n: Timing(
+            statistics.median(ts),
+            statistics.median(a / b for a, b in zip(ts, base, strict=True)),
+            memory[n],
+        )
+        for n, ts in times.items()
+    }
 
 
-LARGE = {"d_in": 256, "d_sae": 2048, "batch_size": 1024}
+LARGE = {"d_in": 256, "d_sae": 2048, "batch_size": 1024, "timing_steps": 30}
+LM_SIZE = {"d_in": 768, "d_sae": 16384, "batch_size": 4096, "timing_steps": 6}
 LARGE_ROWS = (
     "standard",
     "freq_ordered (defaults)",
     "sort only, no ordering loss",
     "+ ordering 0.3 (run 2)",
+    RECOMMENDED,
+    "prefix: no sort, no ordering loss",
 )
+LM_ROWS = ("standard", "freq_ordered (defaults)", RECOMMENDED)
 
 
-def time_large(setup: Setup) -> dict[str, tuple[float, int]]:
-    """Step time and memory of fresh SAEs at a larger size (d_in 256, d_sae 2048, batch
-    1024), where fixed per-step overheads matter less than at the benchmark's own size."""
-    large = Setup(**{**setup.__dict__, **LARGE, "timing_steps": 15})
+def time_at_size(setup: Setup, size: dict[str, int], names: tuple[str, ...]) -> dict[str, Timing]:
+    """Step time and memory of fresh SAEs of another size on random inputs (what a step
+    costs does not depend on what the SAE has learned: every product is dense)."""
+    big = Setup(**{**setup.__dict__, **size})
     g = torch.Generator().manual_seed(0)
-    data = torch.randn(4 * large.batch_size, large.d_in, generator=g)
-    stream = lambda i: data[(i % 4) * large.batch_size : (i % 4 + 1) * large.batch_size]  # noqa: E731
+    data = torch.randn(4 * big.batch_size, big.d_in, generator=g)
+    b = big.batch_size
     saes = {}
-    for row in rows(large):
-        if row.name in LARGE_ROWS:
+    for row in rows(big):
+        if row.name in names:
             torch.manual_seed(0)
-            saes[row.name] = make_sae(row, large)
-    return time_steps(saes, large, stream)
+            saes[row.name] = make_sae(row, big)
+    return time_steps(saes, big, lambda i: data[(i % 4) * b : (i % 4 + 1) * b], warm_up=1)
 
 
 def evaluate(
@@ -304,50 +366,42 @@ def evaluate(
     }
 
 
-def large_table(results: dict[str, dict[str, float]]) -> str:
+def size_table(results: dict[str, dict[str, float]], key: str, size: dict[str, int]) -> str:
+    """Step time table of the rows timed at another size (``key``: ``large`` or ``lm``)."""
     lines = [
-        f"| {n} | {r['step_s_large'] * 1000:.0f} ms | {r['time_ratio_large']:.2f} | "
-        f"{r['mem_ratio_large']:.2f} |"
+        f"| {n} | {r[f'step_s_{key}'] * 1000:.0f} ms | {r[f'time_ratio_{key}']:.2f} | "
+        f"{r[f'mem_ratio_{key}']:.2f} |"
         for n, r in results.items()
-        if "time_ratio_large" in r
+        if f"time_ratio_{key}" in r
     ]
+    head = f"row (d_in {size['d_in']}, d_sae {size['d_sae']}, batch {size['batch_size']})"
     return (
-        "| row (d_in 256, d_sae 2048, batch 1024) | step time | step time / standard "
-        "| peak mem / standard |\n|---|---|---|---|\n" + "\n".join(lines) + "\n"
+        f"| {head} | step time | step time / standard | peak mem / standard |\n"
+        "|---|---|---|---|\n" + "\n".join(lines) + "\n"
     )
 
 
 def table(results: dict[str, dict[str, float]]) -> str:
     head = (
         "| row | MCC | EV | L0 | dead | Spearman(idx,freq) | pEV@10% | pEV@25% | pEV@50% "
-        "| pEV@25% reordered | step time / standard | peak mem / standard |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| pEV@25% reordered | seed consistency (mean cos / >0.9) | step time / standard "
+        "| peak mem / standard |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
-    lines = [
-        f"| {n} | {r['mcc']:.3f} | {r['ev']:.3f} | {r['l0']:.1f} | {r['dead']:.0f} | "
-        f"{r['spearman']:.3f} | {r['pev10']:.3f} | {r['pev25']:.3f} | {r['pev50']:.3f} | "
-        f"{r['pev25_reordered']:.3f} | {r['time_ratio']:.2f} | {r['mem_ratio']:.2f} |"
-        for n, r in results.items()
-    ]
+    lines = []
+    for n, r in results.items():
+        cons = (
+            f"{r['consistency']:.3f} / {r['consistency_share']:.2f}" if "consistency" in r else ""
+        )
+        lines.append(
+            f"| {n} | {r['mcc']:.3f} | {r['ev']:.3f} | {r['l0']:.1f} | {r['dead']:.0f} | "
+            f"{r['spearman']:.3f} | {r['pev10']:.3f} | {r['pev25']:.3f} | {r['pev50']:.3f} | "
+            f"{r['pev25_reordered']:.3f} | {cons} | {r['time_ratio']:.2f} | {r['mem_ratio']:.2f} |"
+        )
     return head + "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--samples", type=int, default=Setup.samples)
-    parser.add_argument("--d-sae", type=int, default=Setup.d_sae)
-    parser.add_argument("--l1", type=float, default=Setup.l1)
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (1 is steadier on a shared machine)"
-    )
-    parser.add_argument("--only", default="", help="comma-separated substrings of row names")
-    parser.add_argument("--out", default="", help="write the markdown table here")
-    parser.add_argument("--json", default="", help="write raw results here")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    sae_lens_logger.setLevel("WARNING")
-    setup = Setup(samples=args.samples, d_sae=args.d_sae, l1=args.l1)
-
+def synthetic_data(setup: Setup) -> tuple[SyntheticModel, SeededStream, torch.Tensor]:
+    """The ground-truth model, the training stream and the held-out evaluation rows."""
     model = SyntheticModel(
         SyntheticModelConfig(
             num_features=setup.num_features,
@@ -362,7 +416,92 @@ def main(argv: list[str] | None = None) -> None:
     with torch.random.fork_rng():
         torch.manual_seed(setup.seed + 999)
         eval_x = model.feature_dict(model.activation_generator.sample(setup.eval_samples)).detach()
+    return model, stream, eval_x
 
+
+@torch.no_grad()
+def oracle_prefix_ev(model: SyntheticModel, setup: Setup) -> dict[float, float]:
+    """Prefix EV of the ground truth itself: the true features, most frequent first, with
+    their true activations, on the evaluation rows (the best a dictionary whose latents are
+    the true features can do; a prefix can only beat it with latents that mix features)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(setup.seed + 999)  # the same rows as ``eval_x``
+        acts = model.activation_generator.sample(setup.eval_samples)
+    x = model.feature_dict(acts).double()
+    order = torch.argsort(-(acts > 0).float().mean(0), stable=True)
+    total = (x - x.mean(0)).pow(2).sum(-1).mean()
+    out = {}
+    for f in FRACTIONS:
+        kept = torch.zeros_like(acts)
+        top = order[: round(f * setup.num_features)]
+        kept[:, top] = acts[:, top]
+        out[f] = float(1 - (x - model.feature_dict(kept).double()).pow(2).sum(-1).mean() / total)
+    return out
+
+
+def train_and_evaluate(
+    selected: list[Row],
+    setup: Setup,
+    data: tuple[SyntheticModel, SeededStream, torch.Tensor],
+    consistency: bool = True,
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Train and evaluate every selected row (and its second seed where marked)."""
+    model, stream, eval_x = data
+    results: dict[str, dict[str, float]] = {}
+    saes: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for row in selected:
+        start = time.perf_counter()
+        saes[row.name] = sae = train(row, setup, stream)
+        results[row.name] = {
+            **evaluate(sae, model, setup, eval_x),
+            "train_s": time.perf_counter() - start,
+        }
+        if row.consistency and consistency:
+            other = train(row, setup, stream, seed=setup.seed + 1)
+            c = decoder_consistency(sae, other)
+            results[row.name].update(consistency=c.mean_cosine, consistency_share=c.share_above)
+        print(
+            f"[{time.perf_counter() - t0:6.0f}s] {row.name}: "
+            + json.dumps({k: round(v, 4) for k, v in results[row.name].items()}),
+            flush=True,
+        )
+    return results, saes
+
+
+def add_timings(results: dict[str, dict[str, float]], key: str, timing: dict[str, Timing]) -> None:
+    for name, t in timing.items():
+        base = timing["standard"].bytes
+        results[name].update(
+            {
+                f"time_ratio{key}": t.ratio,
+                f"mem_ratio{key}": t.bytes / base,
+                f"step_s{key}": t.seconds,
+            }
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=Setup.samples)
+    parser.add_argument("--d-sae", type=int, default=Setup.d_sae)
+    parser.add_argument("--l1", type=float, default=Setup.l1)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is steadier on a shared machine)"
+    )
+    parser.add_argument("--only", default="", help="comma-separated substrings of row names")
+    parser.add_argument("--no-consistency", action="store_true", help="skip the second seeds")
+    parser.add_argument("--lm-timing", action="store_true", help="also time d_in 768, d_sae 16k")
+    parser.add_argument("--out", default="", help="write the markdown tables here")
+    parser.add_argument("--json", default="", help="write raw results here")
+    smaller = ["--samples", "4096", "--d-sae", "128", "--only", "freq_ordered (defaults)"]
+    args = parser.parse_args(smoke_argv(argv, [*smaller, "--no-consistency"]))
+    torch.set_num_threads(args.threads)
+    sae_lens_logger.setLevel("WARNING")
+    setup = Setup(samples=args.samples, d_sae=args.d_sae, l1=args.l1)
+    if is_smoke():  # seconds, not minutes: the same code on tiny sizes
+        setup.eval_samples, setup.timing_steps, args.lm_timing = 4096, 3, False
+        LARGE.update(d_in=32, d_sae=64, batch_size=64, timing_steps=3)
     selected = [
         r
         for r in rows(setup)
@@ -370,32 +509,29 @@ def main(argv: list[str] | None = None) -> None:
         or r.name == "standard"
         or any(s and s in r.name for s in args.only.split(","))
     ]
-    results: dict[str, dict[str, float]] = {}
-    saes: dict[str, Any] = {}
     t0 = time.perf_counter()
-    for row in selected:
-        sae, seconds = train(row, setup, stream)
-        saes[row.name] = sae
-        results[row.name] = {**evaluate(sae, model, setup, eval_x), "train_s": seconds}
-        print(
-            f"[{time.perf_counter() - t0:6.0f}s] {row.name}: "
-            + json.dumps({k: round(v, 4) for k, v in results[row.name].items()}),
-            flush=True,
-        )
-    timing = time_steps(saes, setup, stream)
-    base_t, base_m = timing["standard"]
-    for name, (t, m) in timing.items():
-        results[name].update(step_s=t, step_bytes=m, time_ratio=t / base_t, mem_ratio=m / base_m)
-    large = time_large(setup)
-    base_t, base_m = large["standard"]
-    for name, (t, m) in large.items():
-        results[name].update(
-            time_ratio_large=t / base_t, mem_ratio_large=m / base_m, step_s_large=t
-        )
-    text = table(results) + "\n" + large_table(results)
+    data = synthetic_data(setup)
+    results, saes = train_and_evaluate(selected, setup, data, not args.no_consistency)
+    add_timings(results, "", time_steps(saes, setup, data[1]))
+    names = tuple(n for n in LARGE_ROWS if n in results)
+    add_timings(results, "_large", time_at_size(setup, LARGE, names))
+    oracle = oracle_prefix_ev(data[0], setup)
+    results["standard"]["oracle_pev"] = oracle  # type: ignore[assignment]
+    text = (
+        table(results)
+        + "\nGround truth (true features, most frequent first): "
+        + ", ".join(f"pEV@{int(f * 100)}% {v:.3f}" for f, v in oracle.items())
+        + "\n\n"
+        + size_table(results, "large", LARGE)
+    )
+    if args.lm_timing:
+        names = tuple(n for n in LM_ROWS if n in results)
+        add_timings(results, "_lm", time_at_size(setup, LM_SIZE, names))
+        text += "\n" + size_table(results, "lm", LM_SIZE)
     print(text)
     print(
-        f"true L0 of the data: {results['standard']['true_l0']:.2f}; total {time.perf_counter() - t0:.0f}s"
+        f"true L0 of the data: {results['standard']['true_l0']:.2f}; "
+        f"total {time.perf_counter() - t0:.0f}s"
     )
     if args.out:
         with open(args.out, "w") as f:

@@ -148,6 +148,10 @@ def _collect(hook_name: str, key: Callable[[Any], str], kind: str) -> dict[str, 
         current[0] = impl.plugin_name
         try:
             impl.function(register=register)
+        except ImportError as exc:
+            circular = "circular import" in str(exc) or "partially initialized" in str(exc)
+            hint = " (a module of it was being imported before sae_lens: import sae_lens first)"
+            _warn(impl.plugin_name, f"{hook_name} failed" + (hint if circular else ""), exc)
         except Exception as exc:
             _warn(impl.plugin_name, f"{hook_name} failed", exc)
     return found

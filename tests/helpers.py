@@ -234,7 +234,7 @@ class PluginSite:
             )
         }
         if plugins:
-            builtins = "freq_ordered,temporal_consistency,worst_reconstructed_resampler"
+            builtins = "freq_ordered,temporal_consistency,tsae,worst_reconstructed_resampler"
             env["SAE_LENS_EXT_LOAD_PLUGINS"] = ",".join([builtins, *plugins])
         return env
 

@@ -88,7 +88,7 @@ def test_ctrl_c_then_resume_is_bit_identical(
     reference, _ = demo_run
     args = [*CLI, *DEMO, "-o", "run", "--progress", "plain"]
     proc = subprocess.Popen(args, env=subprocess_env(ENV), cwd=tmp_path, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     assert proc.stderr is not None
     for line in proc.stderr:  # wait until training runs, then press Ctrl-C
         if line.startswith("step "):
@@ -135,6 +135,13 @@ def test_demo_temporal_consistency_reports_consistency(tmp_path: Path) -> None:
         assert key in metrics, key
     assert "latent lag-1 autocorrelation" in proc.stdout
     assert (tmp_path / "tc" / "plots" / "training_curves.png").is_file()
+    # evaluate draws fresh sequences from the saved ground truth (demo_data/)
+    again = sae_lens("evaluate", "tc", "--samples", "8192", "--json", cwd=tmp_path)
+    fresh = json.loads(again.stdout[again.stdout.index("{") :])
+    assert fresh["mcc"] == pytest.approx(metrics["mcc"], abs=1e-6)  # same SAE, same truth
+    assert fresh["true_mean_autocorrelation"] == pytest.approx(
+        metrics["true_mean_autocorrelation"], abs=0.05
+    )
 
 
 @pytest.mark.e2e

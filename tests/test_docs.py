@@ -109,6 +109,9 @@ def localize(tokens: list[str], tiny: TinyLM) -> list[str]:
         i += 2
     if out[:1] == ["sae-lens"] and out[1:2] == ["demo"] and "--samples" not in out:
         out += DEMO_SIZE
+    trains = out[1:2] == ["train"] or "sae_lens.llm_sae_training_runner" in out
+    if trains and "--n_batches_for_norm_estimate" not in out:
+        out += ["--n_batches_for_norm_estimate", "4"]  # not 1000 batches of the tiny model
     return keep_buffer_tokens(tokens, out)
 
 
@@ -138,8 +141,11 @@ class Sandbox:
 
     def __init__(self, root: Path, tiny: TinyLM) -> None:
         self.root, self.tiny = root, tiny
-        for name in ("plugins", "benchmarks", "scripts", "tests", "sweeps", "docs"):
+        for name in ("plugins", "scripts", "tests", "sweeps", "docs"):
             (root / name).symlink_to(REPO / name)
+        (root / "benchmarks").mkdir()  # a real folder: benchmarks write their output under it
+        for script in (REPO / "benchmarks").glob("*.py"):
+            (root / "benchmarks" / script.name).symlink_to(script)
         (root / "my-model").symlink_to(tiny.model_dir)
         (root / "my-text").symlink_to(tiny.dataset_dir)
         self.site = root / ".site"
@@ -148,6 +154,11 @@ class Sandbox:
                 "PYTHONPATH": os.pathsep.join([str(self.site), str(REPO)]),
                 "OMP_NUM_THREADS": "1",
                 "SAE_LENS_EXT_SMOKE": "1",
+                # the Hub is the in-memory FakeHub of tests/test_cli_hub.py (sae-lens commands
+                # and Python examples install it): uploads and from_pretrained go there
+                "HF_HUB_OFFLINE": "0",
+                "HF_TOKEN": "hf_fake_token",
+                "HF_HUB_CACHE": str(root / ".hf-cache"),
             }
         )
 
@@ -179,7 +190,8 @@ class Sandbox:
         self.run(argv, where)
 
     def python(self, body: str, where: str) -> None:
-        self.run([sys.executable, "-c", body], where)
+        hub = f"from tests.test_cli_hub import install_fake_hub\ninstall_fake_hub({str(self.root / '.hub')!r})\n"
+        self.run([sys.executable, "-c", hub + body], where)
 
 
 def check_skip(block: Block) -> None:

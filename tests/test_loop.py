@@ -161,3 +161,42 @@ def test_contrastive_term_honours_the_stride():
     expected = torch.nn.functional.cross_entropy(torch.cat([logits, logits2]), target.repeat(2))
     got = contrastive_penalty(f, 4, fraction=0.2, temperature=0.1, stride=2)
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_ctrl_c_during_the_norm_estimate_stops_before_training():
+    from sae_lens_ext.errors import TrainingInterrupted
+
+    loop = make_loop("freq_ordered", steps=5, normalize_activations="expected_average_only_in")
+    served = []
+
+    def batches():
+        while True:
+            served.append(1)
+            if len(served) == 3:
+                loop.interrupt.requested = True  # as the SIGINT handler does
+            yield torch.randn(BATCH, D_IN)
+
+    loop.data = batches()
+    with pytest.raises(TrainingInterrupted, match="interrupted after step 0: no checkpoint"):
+        loop.run()
+    assert len(served) == 3 and loop.trainer.n_training_steps == 0  # not 1000 batches later
+
+
+def test_plain_progress_prints_on_a_time_basis(monkeypatch, capsys):
+    from sae_lens_ext.run import progress
+
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+    logger = progress.RunLogger(None, total_samples=1000 * BATCH, batch_size=BATCH, mode="plain")
+    loop = make_loop("standard", steps=1000)
+    logger.start(0, 0)
+    output = loop.trainer.step(torch.randn(BATCH, D_IN))
+    for step in range(1, 8):  # 7 fast steps: print_every is 50, nothing due
+        loop.trainer.n_training_steps = step
+        clock[0] += 0.1
+        logger.update(loop.trainer, output)
+    assert capsys.readouterr().err == ""
+    clock[0] += progress.PRINT_SECONDS  # a slow step: a line is due by time
+    loop.trainer.n_training_steps = 8
+    logger.update(loop.trainer, output)
+    assert capsys.readouterr().err.startswith("step 8/1000 |")

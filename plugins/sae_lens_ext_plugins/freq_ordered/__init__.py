@@ -1,8 +1,8 @@
 """The frequency-ordered SAE plugin (``freq_ordered``).
 
 This module is the entry point: it must stay light (no torch / sae_lens import
-at module level). Heavy code lives in ``sae``, ``losses``, ``metrics``,
-``reorder`` and ``plots``.
+at module level). Heavy code lives in ``sae``, ``losses``, ``prefix``,
+``metrics``, ``reorder`` and ``plots``.
 """
 
 from sae_lens_ext import hookimpl
@@ -35,6 +35,11 @@ def register_architectures(register):
 def register_loss_terms(register):
     from sae_lens_ext.loss_terms import LossTerm
     from sae_lens_ext_plugins.freq_ordered.losses import adaptive_l1_loss, frequency_ordering_loss
+    from sae_lens_ext_plugins.freq_ordered.prefix import (
+        PREFIX_OPTIONS,
+        PREFIX_TERM,
+        prefix_reconstruction_loss,
+    )
 
     register(
         LossTerm(
@@ -51,6 +56,14 @@ def register_loss_terms(register):
             "L1 on acts * decoder norms, scaled by reconstruction cosine similarity",
         )
     )
+    register(
+        LossTerm(
+            PREFIX_TERM,
+            prefix_reconstruction_loss,
+            "mean reconstruction loss of random prefixes (first k latents) of the latent order",
+            options=PREFIX_OPTIONS,
+        )
+    )
 
 
 @hookimpl
@@ -60,15 +73,16 @@ def default_demo_architecture():
 
 @hookimpl
 def demo_setup(architecture):
-    """The demo trains ``freq_ordered`` with a lower L1 and the ordering loss warmed up over
-    the first quarter of the run (its 1000-step default would outlast the demo)."""
+    """The demo trains ``freq_ordered`` in prefix mode (every prefix of the frequency order
+    trained to reconstruct, ramped up over the whole run, as the benchmark recommends) with
+    a lower L1, and the ordering loss warmed up over the first quarter of the run."""
     if architecture != "freq_ordered":
         return None
     from sae_lens_ext.synthetic import DemoSetup
 
     return DemoSetup(
-        sae_settings={"l1_coefficient": 0.5},
-        per_step_settings={"ordering_warm_up_steps": 0.25},
+        sae_settings={"l1_coefficient": 0.4, "prefix_coefficient": 1.0},
+        per_step_settings={"ordering_warm_up_steps": 0.25, "prefix_warm_up_steps": 1.0},
     )
 
 

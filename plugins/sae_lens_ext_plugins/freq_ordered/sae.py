@@ -48,6 +48,7 @@ from sae_lens_ext.training import (
     check_non_negative,
     decoder_weighted_sparsity,
 )
+from sae_lens_ext_plugins.freq_ordered.prefix import PREFIX_TERM, NestedDecodeMixin
 
 ARCHITECTURE = "freq_ordered"
 ORDERING_TERM = "frequency_ordering"
@@ -314,6 +315,15 @@ class FreqOrderedTrainingSAEConfig(LossTermTrainingSAEConfig, FreqOrderedArchite
             Adam moments and the frequency buffer) so that ``latent_frequency`` is
             non-increasing in the index (0: never). Exact: the function the SAE
             computes does not change. Not in the log; see the docs for why it is on.
+        prefix_coefficient: weight of the ``prefix_reconstruction`` loss, the mean
+            reconstruction loss of prefixes (the first ``k`` latents of the current
+            order) drawn every step (0: off; benchmark recommendation 1 with
+            ``prefix_warm_up_steps`` = the run's steps). See ``prefix.py``.
+        prefix_warm_up_steps: linear warm-up of that weight (recommended: the whole run).
+        prefix_samples: prefix lengths drawn per step (stratified).
+        prefix_min_fraction: shortest prefix drawn, as a fraction of ``d_sae``.
+        prefix_exponent: prefix lengths follow ``p(k) ~ k^-prefix_exponent`` on
+            ``[prefix_min_fraction * d_sae, d_sae)`` (1: log-uniform, 0: uniform).
         resample_dead_every: inherited; resample dead latents every this many
             steps through the ``resample_dead_latents`` hook (log run 4). With
             sorting on, a latent counts as dead only if SAE-Lens's trainer says so
@@ -333,6 +343,11 @@ class FreqOrderedTrainingSAEConfig(LossTermTrainingSAEConfig, FreqOrderedArchite
     l1_warm_up_steps: int = 0
     adaptive_l1: bool = False
     sort_latents_every: int = 25
+    prefix_coefficient: float = 0.0
+    prefix_warm_up_steps: int = 0
+    prefix_samples: int = 4
+    prefix_min_fraction: float = 0.05
+    prefix_exponent: float = 0.5
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -344,7 +359,16 @@ class FreqOrderedTrainingSAEConfig(LossTermTrainingSAEConfig, FreqOrderedArchite
             "l1_warm_up_steps",
             "sort_latents_every",
             "ordering_rows",
+            "prefix_coefficient",
+            "prefix_warm_up_steps",
+            "prefix_exponent",
         )
+        if self.prefix_samples < 1:
+            raise ValueError(f"{name}.prefix_samples must be >= 1, got {self.prefix_samples}")
+        if not 0.0 < self.prefix_min_fraction < 1.0:
+            raise ValueError(
+                f"{name}.prefix_min_fraction must be in (0, 1), got {self.prefix_min_fraction}"
+            )
         if not 0.0 <= self.frequency_decay < 1.0:
             raise ValueError(
                 f"{name}.frequency_decay must be in [0, 1), got {self.frequency_decay}"
@@ -369,11 +393,12 @@ class FreqOrderedTrainingSAEConfig(LossTermTrainingSAEConfig, FreqOrderedArchite
         ]
         if self.adaptive_l1:
             specs.append(LossTermSpec(ADAPTIVE_L1_TERM, self.l1_coefficient, self.l1_warm_up_steps))
+        specs.append(LossTermSpec(PREFIX_TERM, self.prefix_coefficient, self.prefix_warm_up_steps))
         return specs
 
 
 class FreqOrderedTrainingSAE(
-    FreqOrderedEncoderMixin, LossTermTrainingSAE[FreqOrderedTrainingSAEConfig]
+    NestedDecodeMixin, FreqOrderedEncoderMixin, LossTermTrainingSAE[FreqOrderedTrainingSAEConfig]
 ):
     """Training class of ``freq_ordered``: plain L1 (unless adaptive) + plugin loss terms."""
 

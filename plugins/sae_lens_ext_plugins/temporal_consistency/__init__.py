@@ -5,8 +5,9 @@ Registers the architecture and two loss terms:
 - ``temporal_consistency``: penalises the change of the latent vector between
   positions ``t`` and ``t + temporal_stride`` inside windows of
   ``temporal_window`` consecutive rows (see :mod:`.losses`);
-- ``temporal_contrastive``: the InfoNCE variant of Bhalla et al. 2025 on a
-  slice of the latents.
+- ``temporal_contrastive``: a window InfoNCE (cosine / temperature, one direction)
+  on the first latents; *not* the T-SAE loss of Bhalla et al. (that is the ``tsae``
+  architecture, :mod:`sae_lens_ext_plugins.tsae`).
 
 Both terms can be stacked on any plugin training SAE (e.g. ``freq_ordered``)
 with ``loss_terms="temporal_consistency=0.1"`` and
@@ -66,8 +67,9 @@ def register_loss_terms(register):
         LossTerm(
             name="temporal_contrastive",
             fn=temporal_contrastive_loss,
-            description="InfoNCE between a latent slice at t and t-1 of the same window "
-            "against other windows (Bhalla et al. 2025)",
+            description="window InfoNCE: cosine/temperature between the first latents at t "
+            "and t-1 of one window against the same offset of other windows (not Bhalla et "
+            "al.'s T-SAE loss: see the tsae architecture)",
             options=(
                 "temporal_window",
                 "temporal_stride",

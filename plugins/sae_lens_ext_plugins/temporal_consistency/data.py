@@ -49,6 +49,10 @@ class SyntheticSequenceConfig:
             run), folded to be > 0.
         magnitude_jitter: relative per-position jitter of the held magnitude.
         noise_std: isotropic Gaussian noise added to the hidden activations.
+        transient_fraction: share of features that are *transient*: on or off independently
+            at every position (persistence = firing probability, so lag-k autocorrelation 0);
+            the others are *persistent* (persistence from ``persistence``). Which is which:
+            ``SyntheticSequences.is_persistent``. 0 (default): all persistent.
         orthogonalize: orthogonalise the dictionary as far as ``d_in`` allows (upstream
             initializer; costs a short optimisation).
         seed: seed of everything.
@@ -66,6 +70,7 @@ class SyntheticSequenceConfig:
     noise_std: float = 0.05
     orthogonalize: bool = True
     seed: int = 0
+    transient_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("num_features", "d_in", "seq_len", "n_sequences"):
@@ -79,6 +84,8 @@ class SyntheticSequenceConfig:
         p_lo, p_hi = self._firing_range()
         if not 0 < p_lo <= p_hi < 1:
             raise ValueError(f"firing_probability must be in (0, 1), got {self.firing_probability}")
+        if not 0 <= self.transient_fraction <= 1:
+            raise ValueError(f"transient_fraction must be in [0, 1], got {self.transient_fraction}")
 
     def _firing_range(self) -> tuple[float, float]:
         p = self.firing_probability
@@ -93,22 +100,35 @@ class SyntheticSequences:
     on a fraction ``p_i`` of positions. While on it has a magnitude drawn at switch-on and
     held (with small jitter). ``activations = feature_acts @ feature_vectors + noise``.
 
+    Transient features (``cfg.transient_fraction``) have ``rho_i = p_i``: the chain forgets
+    its state at every position, so they are independent across positions.
+
     Attributes:
         feature_dict: the upstream ``FeatureDictionary`` (ground-truth directions).
+        is_persistent: ``(num_features,)`` bool, False for the transient features.
         feature_acts: ``(n_seq, seq_len, num_features)`` true activations.
         activations: ``(n_seq, seq_len, d_in)`` hidden activations (float32).
         persistence, firing_probability: per-feature chain parameters.
 
-    Pass ``feature_dict`` (and a different ``seed``) to draw held-out sequences with the same
-    features.
+    Pass ``features_from=train`` (and a different ``seed``) to draw held-out sequences with
+    the same features: the same directions *and* the same per-feature persistence, firing
+    probability and persistent/transient split. ``feature_dict`` alone shares only the
+    directions (each seed then draws its own chain parameters).
     """
 
-    def __init__(self, cfg: SyntheticSequenceConfig, feature_dict: Any | None = None) -> None:
+    def __init__(
+        self,
+        cfg: SyntheticSequenceConfig,
+        feature_dict: Any | None = None,
+        features_from: SyntheticSequences | None = None,
+    ) -> None:
         from sae_lens.synthetic import FeatureDictionary
         from sae_lens.synthetic.feature_dictionary import orthogonal_initializer
 
         self.cfg = cfg
         g = torch.Generator().manual_seed(cfg.seed)
+        if features_from is not None:
+            feature_dict = features_from.feature_dict
         if feature_dict is None:
             feature_dict = FeatureDictionary(
                 cfg.num_features,
@@ -119,15 +139,14 @@ class SyntheticSequences:
         elif feature_dict.feature_vectors.shape != (cfg.num_features, cfg.d_in):
             raise ValueError("feature_dict does not match num_features x d_in")
         self.feature_dict = feature_dict.requires_grad_(False)
-        n = cfg.num_features
-        lo, hi = cfg.persistence
-        rho = torch.linspace(lo, hi, n)[torch.randperm(n, generator=g)]
-        p_lo, p_hi = cfg._firing_range()
-        p = torch.exp(torch.empty(n).uniform_(math.log(p_lo), math.log(p_hi), generator=g))
-        # stationary law p = a / (a + 1 - rho)  =>  a = p (1 - rho) / (1 - p)
-        a = (p * (1 - rho) / (1 - p)).clamp(max=1.0)
+        if features_from is not None:
+            self.is_persistent = features_from.is_persistent
+            rho, a = features_from.persistence, features_from.switch_on
+        else:
+            rho, a = self._chain_parameters(g)
         self.persistence, self.switch_on, self.firing_probability = rho, a, a / (a + 1 - rho)
         self.feature_acts = self._sample(cfg.n_sequences, cfg.seq_len, g)
+        n = cfg.num_features
         with torch.no_grad():
             x = self.feature_dict(self.feature_acts.reshape(-1, n)).reshape(
                 cfg.n_sequences, cfg.seq_len, cfg.d_in
@@ -135,6 +154,29 @@ class SyntheticSequences:
         if cfg.noise_std > 0:
             x = x + cfg.noise_std * torch.randn(x.shape, generator=g)
         self.activations = x.float().contiguous()
+
+    def _chain_parameters(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-feature ``(rho, a)``: P(on -> on) and P(off -> on); sets ``is_persistent``."""
+        cfg, n = self.cfg, self.cfg.num_features
+        lo, hi = cfg.persistence
+        rho = torch.linspace(lo, hi, n)[torch.randperm(n, generator=g)]
+        p_lo, p_hi = cfg._firing_range()
+        p = torch.exp(torch.empty(n).uniform_(math.log(p_lo), math.log(p_hi), generator=g))
+        self.is_persistent = self._persistent_mask()
+        rho = torch.where(self.is_persistent, rho, p)  # transient: rho = p, so a = p
+        # stationary law p = a / (a + 1 - rho)  =>  a = p (1 - rho) / (1 - p)
+        return rho, (p * (1 - rho) / (1 - p)).clamp(max=1.0)
+
+    def _persistent_mask(self) -> torch.Tensor:
+        """Which features persist; drawn from its own generator so that configs without
+        transient features give exactly the data they always gave."""
+        n = self.cfg.num_features
+        mask = torch.ones(n, dtype=torch.bool)
+        n_transient = round(self.cfg.transient_fraction * n)
+        if n_transient:
+            g = torch.Generator().manual_seed(self.cfg.seed + 7919)
+            mask[torch.randperm(n, generator=g)[:n_transient]] = False
+        return mask
 
     def _sample(self, n_seq: int, seq_len: int, g: torch.Generator) -> torch.Tensor:
         cfg, n = self.cfg, self.cfg.num_features

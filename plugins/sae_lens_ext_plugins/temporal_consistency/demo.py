@@ -58,7 +58,8 @@ class SequenceDemoData(DemoData):
                 "seed": seed,
             }
         )
-        held_out = SyntheticSequences(held_out_cfg, feature_dict=self.sequences.feature_dict)
+        # same directions and the same per-feature chains as the training sequences
+        held_out = SyntheticSequences(held_out_cfg, features_from=self.sequences)
         return EvalData(
             activations=held_out.activations,
             feature_vectors=held_out.feature_vectors,

@@ -138,13 +138,17 @@ def temporal_consistency_loss(ctx: LossContext) -> torch.Tensor:
 def contrastive_penalty(
     feature_acts: torch.Tensor, window: int, fraction: float, temperature: float, stride: int = 1
 ) -> torch.Tensor:
-    """InfoNCE of Bhalla et al. 2025 ("Temporal Sparse Autoencoders").
+    """Window InfoNCE (this project's variant; *not* the loss of Bhalla et al.'s T-SAE).
 
-    The first ``ceil(fraction * d_sae)`` latents are the "high-level" slice. For each
-    adjacent pair (t-1, t) inside a window, the slice at t must pick the slice at t-1 of
-    its own window among those of every window in the batch (cosine similarity /
-    temperature, cross-entropy), averaged over the ``window - 1`` offsets. With
+    The first ``round(fraction * d_sae)`` latents form a slice (in a per-token SAE an
+    arbitrary subset of latents). For each adjacent pair (t-1, t) inside a window, the
+    slice at t must pick the slice at t-1 of its own window among the slices at t-1 of
+    every window in the batch at the same offset (cosine similarity / temperature,
+    cross-entropy in that one direction), averaged over the ``window - 1`` offsets. With
     ``stride`` s the pairs are (t, t+s), averaged over ``window - s`` offsets.
+    Bhalla et al.'s loss (the ``tsae`` architecture) differs: raw dot products, no
+    temperature, symmetric, all pairs of the batch as negatives, on the first group of a
+    Matryoshka BatchTopK SAE.
     """
     d_sae = feature_acts.shape[-1]
     k = max(1, min(d_sae, round(fraction * d_sae)))

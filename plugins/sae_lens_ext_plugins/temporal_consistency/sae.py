@@ -104,9 +104,11 @@ class TemporalConsistencyTrainingSAEConfig(LossTermTrainingSAEConfig):
             ``sum_i ||W_dec[i]|| |f_t[i] - f_t+s[i]|``; ``"normalized"``:
             ``||f_t - f_t+s||^2 / (||f_t||^2 + ||f_t+s||^2)`` (see :mod:`.losses`).
         temporal_warm_up_steps: linear warm-up of that weight from 0.
-        temporal_contrastive_coefficient: weight of the ``temporal_contrastive`` InfoNCE term
-            (Bhalla et al. 2025); 0 (default) switches it off.
-        temporal_contrastive_fraction: share of latents (the first ones) it acts on.
+        temporal_contrastive_coefficient: weight of the ``temporal_contrastive`` window-InfoNCE
+            term (this project's variant, not Bhalla et al.'s T-SAE loss: that is the ``tsae``
+            architecture); 0 (default) switches it off.
+        temporal_contrastive_fraction: share of latents (the first ones) it acts on; in this
+            per-token SAE they are an arbitrary subset, not a trained group.
         temporal_contrastive_temperature: its softmax temperature.
     """
 

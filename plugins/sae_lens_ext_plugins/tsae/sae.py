@@ -1,0 +1,240 @@
+"""The ``tsae`` SAE (Temporal SAE, Bhalla et al., ICLR 2026): config, inference and training.
+
+A reproduction of the reference trainer ``TemporalMatryoshkaBatchTopKTrainer``
+(AI4LIFE-GROUP/temporal-saes, ``dictionary_learning/trainers/temporal_sequence_top_k.py``)
+on upstream's ``MatryoshkaBatchTopKTrainingSAE``. A training batch is ``B`` pairs of
+adjacent positions: rows ``2i`` and ``2i + 1`` are positions ``t`` and ``t + 1`` of one
+sequence (:meth:`TSAETrainingSAEConfig.batch_window` is 2). Per step, as the reference does:
+
+- each half (all positions ``t + 1``, all positions ``t``) is encoded with its own
+  BatchTopK (``k * B`` activations kept per half);
+- only positions ``t + 1`` (the reference's ``x[:, 0]``, "current") are reconstructed:
+  Matryoshka losses ``l_g = w_g * mean_b ||x - x_hat_{<= g}||^2`` over the nested groups,
+  averaged over groups (``mean_g l_g``);
+- the temporal term uses the first group only: ``L = F_{t+1} F_t^T`` (raw dot products over
+  the batch, no temperature, no normalisation), ``(CE(L, diag) + CE(L^T, diag)) / 2``;
+- the auxiliary loss is the reference's: the top ``d_in // 2`` dead latents (ReLU
+  pre-activations) reconstruct the residual, divided by the residual's variance;
+- ``loss = mean_g l_g + aux_loss_coefficient * aux + temporal_coefficient * temporal``.
+
+After training it saves as upstream's JumpReLU SAE (threshold = the BatchTopK threshold,
+decoder norms folded), as upstream's ``matryoshka_batchtopk`` does; the saved config keeps
+``matryoshka_widths`` so that ``latents[:, :matryoshka_widths[0]]`` are the high-level ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
+from sae_lens.saes.matryoshka_batchtopk_sae import (
+    MatryoshkaBatchTopKTrainingSAE,
+    MatryoshkaBatchTopKTrainingSAEConfig,
+)
+from sae_lens.saes.sae import SAEConfig, TrainStepInput, TrainStepOutput
+from sae_lens.saes.topk_sae import act_times_W_dec
+
+ARCHITECTURE = "tsae"
+PAIR = 2  # rows per window: positions t and t + 1
+
+
+@dataclass
+class TSAEConfig(JumpReLUSAEConfig):
+    """Inference config: upstream's JumpReLU SAE plus the Matryoshka widths it was trained
+    with (``matryoshka_widths[0]`` latents form the high-level group)."""
+
+    matryoshka_widths: list[int] = field(default_factory=list)
+
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+
+class TSAE(JumpReLUSAE):
+    """Upstream's JumpReLU SAE (same maths); knows which latents are high-level."""
+
+    cfg: TSAEConfig  # type: ignore[assignment]
+
+    @property
+    def high_level_latents(self) -> slice:
+        """The first Matryoshka group, the latents the temporal term trained."""
+        widths = self.cfg.matryoshka_widths
+        return slice(0, widths[0] if widths else self.cfg.d_sae)
+
+
+@dataclass
+class TSAETrainingSAEConfig(MatryoshkaBatchTopKTrainingSAEConfig):
+    """Training config; defaults are the reference's ``train_temporal.py``.
+
+    Args:
+        k: BatchTopK activations per token on average (reference ``--k 20``).
+        high_level_fraction: share of latents in the first (high-level) Matryoshka group when
+            ``matryoshka_widths`` is not given (reference ``group_fractions=[0.2, 0.8]``:
+            widths ``[int(0.2 d_sae), d_sae]``).
+        group_weights: weight of each group's reconstruction loss; empty (default) means
+            group size / ``d_sae`` (the reference script's ``group_weights=[0.2, 0.8]``).
+        temporal_coefficient: weight of the temporal contrastive term (reference
+            ``temp_alpha = 0.1``).
+        aux_loss_coefficient: weight of the auxiliary dead-latent loss (reference
+            ``auxk_alpha = 1/32``).
+    """
+
+    k: float = 20
+    high_level_fraction: float = 0.2
+    group_weights: list[float] = field(default_factory=list)
+    temporal_coefficient: float = 0.1
+    aux_loss_coefficient: float = 1 / 32
+
+    def __post_init__(self) -> None:
+        if not 0 < self.high_level_fraction < 1:
+            raise ValueError(
+                f"high_level_fraction must be in (0, 1), got {self.high_level_fraction}"
+            )
+        if not self.matryoshka_widths:
+            self.matryoshka_widths = [int(self.high_level_fraction * self.d_sae), self.d_sae]
+        if self.matryoshka_widths[0] < 1:
+            raise ValueError(
+                f"the high-level group is empty (matryoshka_widths={self.matryoshka_widths}); "
+                "raise d_sae or high_level_fraction"
+            )
+        if self.group_weights and len(self.group_weights) != len(self.matryoshka_widths):
+            raise ValueError(
+                f"group_weights has {len(self.group_weights)} entries for "
+                f"{len(self.matryoshka_widths)} matryoshka_widths; give one per group"
+            )
+        for name in ("temporal_coefficient", "aux_loss_coefficient"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        super().__post_init__()
+
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+    def get_inference_config_class(self) -> type[SAEConfig]:
+        return TSAEConfig
+
+    def batch_window(self) -> int:
+        """Consecutive positions a training batch must keep together: pairs (t, t + 1)."""
+        return PAIR
+
+    def weights(self) -> list[float]:
+        """Per-group reconstruction weights (explicit, or group size / ``d_sae``)."""
+        if self.group_weights:
+            return list(self.group_weights)
+        edges = [0, *self.matryoshka_widths]
+        return [(b - a) / self.d_sae for a, b in pairwise(edges)]
+
+
+def symmetric_contrastive_loss(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """The reference's temporal term: ``L = current @ previous.T`` (``(B, B)`` raw dot
+    products), ``(CE(L, arange) + CE(L.T, arange)) / 2``."""
+    logits = current @ previous.T
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
+    """Training class: the reference's loss on pairs of adjacent positions.
+
+    The step output's ``sae_in``/``sae_out`` are the reconstructed rows (positions
+    ``t + 1``); its ``feature_acts`` hold the codes of all rows, so upstream's trainer counts
+    firing frequencies and dead latents over the whole batch (the reference counts firing on
+    positions ``t + 1`` only)."""
+
+    cfg: TSAETrainingSAEConfig  # type: ignore[assignment]
+
+    def __init__(self, cfg: TSAETrainingSAEConfig, use_error_term: bool = False):
+        super().__init__(cfg, use_error_term)
+        self.n_trained_steps = 0
+        self._loaded = False
+
+    def split_pairs(self, sae_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(current, previous)``: rows ``2i + 1`` (position ``t + 1``) and ``2i`` (``t``)."""
+        if sae_in.dim() != 2 or sae_in.shape[0] % PAIR:
+            raise ValueError(
+                f"tsae: a training batch is pairs of adjacent positions (rows 2i, 2i+1); got "
+                f"shape {tuple(sae_in.shape)}: set the batch size (train_batch_size_tokens) "
+                "to an even number and keep positions in order (activations_mixing_fraction=0)"
+            )
+        return sae_in[1::PAIR], sae_in[0::PAIR]
+
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        current, previous = self.split_pairs(step_input.sae_in)
+        acts, hidden_pre = self.encode_with_hidden_pre(current)
+        acts_previous, _ = self.encode_with_hidden_pre(previous)
+        self.update_topk_threshold(acts)
+        mse_loss, sae_out = self.matryoshka_mse_loss(current, acts)
+        high = slice(0, self.cfg.matryoshka_widths[0])
+        temporal = symmetric_contrastive_loss(acts[:, high], acts_previous[:, high])
+        aux = self.reference_aux_loss(current, sae_out, hidden_pre, step_input.dead_neuron_mask)
+        temporal_loss = self.cfg.temporal_coefficient * temporal
+        aux_loss = self.cfg.aux_loss_coefficient * aux
+        self.n_trained_steps += 1
+        return TrainStepOutput(
+            sae_in=current,
+            sae_out=sae_out,
+            # codes of every row, so that upstream's firing statistics count the whole batch
+            feature_acts=torch.cat([acts, acts_previous]).detach(),
+            hidden_pre=hidden_pre,
+            loss=mse_loss + temporal_loss + aux_loss,
+            losses={
+                "mse_loss": mse_loss,
+                "temporal_loss": temporal_loss,
+                "auxiliary_reconstruction_loss": aux_loss,
+            },
+            metrics={"topk_threshold": self.topk_threshold},
+        )
+
+    def matryoshka_mse_loss(
+        self, sae_in: torch.Tensor, feature_acts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean_g w_g * mean_b ||x - x_hat_{<=g}||^2, full reconstruction)``."""
+        weights = self.cfg.weights()
+        losses = []
+        decoded = sae_in
+        for weight, (_, decoded) in zip(
+            weights, self._iterable_decode(feature_acts, include_outer_loss=True), strict=True
+        ):
+            losses.append(weight * (sae_in - decoded).pow(2).sum(-1).mean())
+        return torch.stack(losses).mean(), decoded
+
+    def reference_aux_loss(
+        self,
+        sae_in: torch.Tensor,
+        sae_out: torch.Tensor,
+        hidden_pre: torch.Tensor,
+        dead_neuron_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The reference's auxiliary loss, without a host sync: the top ``d_in // 2`` dead
+        latents by ReLU pre-activation reconstruct the detached residual (no ``b_dec``),
+        ``||e - e_hat||^2 / ||e - mean(e)||^2`` (batch means); 0 when no latent is dead."""
+        if dead_neuron_mask is None:
+            return sae_out.new_zeros(())
+        residual = (sae_in - sae_out).detach().float()
+        k_aux = min(sae_in.shape[-1] // 2, self.cfg.d_sae)
+        candidates = torch.where(dead_neuron_mask[None], hidden_pre.relu(), -torch.inf)
+        values, indices = candidates.topk(k_aux, dim=-1, sorted=False)
+        values = torch.where(torch.isfinite(values), values, 0.0)  # fewer dead than k_aux
+        aux_acts = torch.zeros_like(hidden_pre).scatter_(-1, indices, values)
+        recons = act_times_W_dec(aux_acts, self.W_dec, self.cfg.rescale_acts_by_decoder_norm)
+        l2 = (residual - recons.float()).pow(2).sum(-1).mean()
+        denominator = (residual - residual.mean(0)).pow(2).sum(-1).mean()
+        return (l2 / denominator).nan_to_num(0.0) * dead_neuron_mask.any()
+
+    def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
+        self._loaded = True
+        super().process_state_dict_for_loading(state_dict)
+
+    def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
+        if self.n_trained_steps == 0 and not self._loaded:
+            raise RuntimeError(
+                "tsae: refusing to save an SAE that trained 0 steps; raise training_tokens "
+                "(or training_steps) to at least one batch"
+            )
+        return super().save_inference_model(path)
