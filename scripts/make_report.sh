@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Reproduce docs/report.md: build the tiny local models, run the sweeps, draw the figures,
-# copy the figures and tables into docs/report/. About an hour on 2 CPU cores (most of it
-# SAE-Bench on the tiny model); runs/report/ keeps every run folder. Offline.
+# Reproduce docs/report.md: build the tiny local models, run the sweeps, draw
+# the figures, copy the figures and tables into docs/report/. Offline; runs/report/ keeps
+# every run folder. Measured for the report on 2 CPU cores shared with other jobs: 11, 15
+# and 13 minutes for the synthetic studies, 28 to train the tiny model's ladder, then about
+# 18 per variant for SAE-Bench (2.5 hours for all eight). Finished variants are skipped
+# (`sae-lens sweep` skips them), so an interrupted script can be rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
@@ -34,6 +37,7 @@ copy ordering-ladder-tiny training_loss_comparison.png reconstruction_metrics.pn
     metrics_comparison.png absorption_metrics.png scr_threshold_comparison.png \
     training_curves.png baseline/feature_frequencies.png warm-up/frequency_ordering.png
 for study in ordering-ladder temporal-grid seeds ordering-ladder-tiny; do
-    cp "runs/report/$study/results.md" "docs/report/$study/results.md"
+    cp "runs/report/$study/figures/results.md" "runs/report/$study/figures/results.csv" \
+        "docs/report/$study/"
 done
 echo "report files in docs/report/"
