@@ -141,7 +141,7 @@ class Sandbox:
 
     def __init__(self, root: Path, tiny: TinyLM) -> None:
         self.root, self.tiny = root, tiny
-        for name in ("plugins", "scripts", "tests"):
+        for name in ("plugins", "scripts", "tests", "sweeps", "docs"):
             (root / name).symlink_to(REPO / name)
         (root / "benchmarks").mkdir()  # a real folder: benchmarks write their output under it
         for script in (REPO / "benchmarks").glob("*.py"):

@@ -12,10 +12,20 @@ import click
 
 def add_commands(cli: click.Group) -> None:
     """Attach the built-in commands to the ``sae-lens`` group."""
+    from sae_lens_ext.commands.compare import compare_command, plots_command
     from sae_lens_ext.commands.demo import demo_command
-    from sae_lens_ext.commands.evaluate import evaluate_command, plots_command
+    from sae_lens_ext.commands.evaluate import evaluate_command
+    from sae_lens_ext.commands.sweep import sweep_command
     from sae_lens_ext.commands.train import train_command
     from sae_lens_ext.commands.upload import upload_command
 
-    for command in (train_command, demo_command, evaluate_command, plots_command, upload_command):
+    for command in (
+        train_command,
+        demo_command,
+        sweep_command,
+        evaluate_command,
+        compare_command,
+        plots_command,
+        upload_command,
+    ):
         cli.add_command(command)

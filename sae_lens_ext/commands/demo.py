@@ -59,7 +59,21 @@ training_log.jsonl, plots/ and the data's ground truth (demo_data/) to
     default=None,
     help="Learning rate (default: the architecture's demo setting).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the SAE's initialisation and of the batches (and of the data, unless "
+    "--data-seed is given).",
+)
+@click.option(
+    "--data-seed",
+    type=int,
+    default=None,
+    help="Seed of the synthetic ground truth (default: --seed); keep it fixed and change "
+    "--seed to train the same SAE on the same data with another initialisation.",
+)
 @click.option(
     "--set",
     "overrides",

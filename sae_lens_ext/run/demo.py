@@ -43,6 +43,11 @@ class DemoOptions:
     progress: str
     device: str
     threads: int
+    data_seed: int | None = None  # the ground truth's seed (default: ``seed``)
+
+    @property
+    def resolved_data_seed(self) -> int:
+        return self.seed if self.data_seed is None else self.data_seed
 
 
 def demo(options: DemoOptions) -> int:
@@ -74,14 +79,16 @@ def demo(options: DemoOptions) -> int:
         run_info = {
             "architecture": options.architecture,
             **{k: getattr(options, k) for k in ("d_in", "d_sae", "n_features", "seed")},
+            "data_seed": options.resolved_data_seed,
             "training_samples": trainer.n_training_samples,
             "training_steps": trainer.n_training_steps,
             "lr": lr,
             "sae_config": settings,
             "train_time_s": round(time.perf_counter() - t0, 2),
         }
+        eval_seed = options.resolved_data_seed + 1
         metrics = evaluate_and_save(
-            sae, trainer, data, output, options.eval_samples, options.seed + 1, run_info
+            sae, trainer, data, output, options.eval_samples, eval_seed, run_info
         )
     print_results(out, metrics)
     return 0
@@ -185,7 +192,7 @@ def make_data(setup: Any, options: DemoOptions, samples: int) -> Any:
     data_options = DemoDataOptions(
         n_features=options.n_features,
         d_in=options.d_in,
-        seed=options.seed,
+        seed=options.resolved_data_seed,
         samples=samples,
         device=options.device,
     )

@@ -1,4 +1,11 @@
-"""``sae-lens evaluate`` and ``sae-lens plots``: re-evaluate a trained SAE, compare runs."""
+"""``sae-lens evaluate``: re-evaluate a trained SAE on fresh data, or with SAE-Bench.
+
+Without ``--bench``: a demo folder against its saved ground truth, a train folder with
+SAE-Lens's ``run_evals`` and the plugins' metrics (``evaluation.json``). With ``--bench``:
+SAE-Bench's own evaluations (:mod:`sae_lens_ext.bench`) on any SAE-Lens SAE, folder or hub
+id, and the plugins' metrics on the same model's activations written beside SAE-Bench's
+files (:mod:`sae_lens_ext.run.bench_cli`).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sae_lens_ext.errors import fail, one_line
+from sae_lens_ext.errors import fail
 from sae_lens_ext.metrics import EvalData, Metric, metrics_dict
 from sae_lens_ext.run.output import load_saved_sae
-
-EVALUATION_FILENAME = "evaluation.json"
+from sae_lens_ext.run.results import EVALUATION_FILENAME
 
 
 def evaluate(path: str, *, samples: int, seed: int, as_json: bool) -> int:
@@ -68,6 +74,7 @@ def _language_model(sae: Any, folder: Path, tokens: int) -> list[Metric]:
     eval_cfg = EvalConfig(
         n_eval_reconstruction_batches=batches,
         n_eval_sparsity_variance_batches=batches,
+        compute_kl=True,
         compute_ce_loss=True,
         compute_l2_norms=True,
         compute_sparsity_metrics=True,
@@ -90,66 +97,3 @@ def _language_model(sae: Any, folder: Path, tokens: int) -> list[Metric]:
     for contributed in load_plugins().hook.evaluation_metrics(sae=sae, data=data):
         metrics.extend(contributed or [])
     return metrics
-
-
-def run_labels(folders: list[Path]) -> list[str]:
-    """Short names that tell runs apart: the folder name, with as many parent folders as
-    it takes to make every name unique."""
-    parts = [f.resolve().parts for f in folders]
-    for depth in range(1, max(len(p) for p in parts) + 1):
-        names = ["/".join(p[-depth:]) for p in parts]
-        if len(set(names)) == len(names):
-            return names
-    raise fail("RUN: the same folder is given twice")
-
-
-def read_run(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """A run's training log and its metrics (``metrics.json`` with ``evaluation.json`` on top)."""
-    from sae_lens_ext.run.output import METRICS_FILENAME, TRAINING_LOG, read_log
-
-    log, met = folder / TRAINING_LOG, folder / METRICS_FILENAME
-    if not log.is_file() and not met.is_file():
-        raise fail(
-            f"RUN {folder}: no training_log.jsonl or metrics.json; give folders written by "
-            "`sae-lens train` or `sae-lens demo`"
-        )
-    metrics: dict[str, Any] = {}
-    for name in (METRICS_FILENAME, EVALUATION_FILENAME):
-        if (folder / name).is_file():
-            try:
-                metrics.update(json.loads((folder / name).read_text()))
-            except json.JSONDecodeError as exc:
-                raise fail(f"{folder / name}: not valid JSON ({one_line(exc)})") from exc
-    return read_log(log), metrics
-
-
-def compared_keys(metrics: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
-    """The metrics to compare: those in any run's table (``labels``), first seen first."""
-    keys: dict[str, str] = {}
-    for run in metrics.values():
-        for key, label in run.get("labels", {}).items():  # report.LABELS_KEY
-            keys.setdefault(key, label)
-    return list(keys.items())
-
-
-def plots(runs: list[str], output: str) -> int:
-    """The body of ``sae-lens plots``."""
-    from sae_lens_ext.run.figures import plot_metric_bars, plot_training_curves
-
-    folders = [Path(r) for r in runs]
-    logs: dict[str, list[dict[str, Any]]] = {}
-    metrics: dict[str, dict[str, Any]] = {}
-    for name, folder in zip(run_labels(folders), folders, strict=True):
-        logs[name], metrics[name] = read_run(folder)
-    out = Path(output)
-    written = []
-    if any(logs.values()):
-        written.append(
-            plot_training_curves({k: v for k, v in logs.items() if v}, out / "training_curves.png")
-        )
-    keys = compared_keys(metrics)
-    if keys:
-        written.append(plot_metric_bars(metrics, keys, out / "metrics_comparison.png"))
-    for path in written:
-        print(path)
-    return 0

@@ -1,11 +1,22 @@
-"""Figures every run gets (matplotlib, Agg backend; import inside commands)."""
+"""Figures of runs and comparisons (matplotlib, Agg backend; import inside commands).
+
+Each figure has a ``build_*`` function that returns the matplotlib ``Figure`` (so tests can
+inspect its panels, series and labels) and is written by :func:`save_figure`. The
+comparison figures read :class:`~sae_lens_ext.run.results.RunResults`; a run that lacks a
+metric gets an "n/a" mark where its bar would be, never a bar of height 0.
+"""
 
 from __future__ import annotations
 
 import math
 import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sae_lens_ext.run.results import RunResults
 
 #: Panels of ``training_curves.png`` besides one per loss term: (key, title, y label).
 CURVE_PANELS = (
@@ -14,6 +25,23 @@ CURVE_PANELS = (
     ("l0", "L0 (batch)", "active latents per sample"),
     ("trainer_dead_latents", "Dead latents (trainer window)", "latents"),
 )
+NA = "n/a"
+#: Marks a value that is the run's own evaluation where SAE-Bench's is missing.
+FALLBACK_MARK = "†"
+FALLBACK_NOTE = (
+    f"{FALLBACK_MARK}: the run's own evaluation (sae-lens demo/evaluate); unmarked: SAE-Bench core"
+)
+SAE_BENCH_NOTE = "source: SAE-Bench core"
+OWN_NOTE = "source: the runs' own evaluation (sae-lens demo / sae-lens evaluate)"
+
+
+@dataclass(frozen=True)
+class Series:
+    """One metric drawn for every run: its label and where to read it (first key found;
+    keys after the first are fallbacks, marked in the figure)."""
+
+    label: str
+    keys: tuple[str, ...]
 
 
 def pyplot() -> Any:
@@ -34,6 +62,290 @@ def save_figure(fig: Any, path: Path) -> Path:
     return path
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _grid(n: int, cols: int, width: float, height: float) -> tuple[Any, list[Any]]:
+    cols = max(1, min(cols, n))
+    rows = math.ceil(n / cols)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+# --- bars -------------------------------------------------------------------------------------
+
+
+def bar_panel(
+    ax: Any, names: Sequence[str], series: Sequence[tuple[str, Sequence[tuple[Any, bool]]]]
+) -> None:
+    """Grouped bars: one group per run (``names``), one bar per series, each labelled with
+    its value (``(value, marked)`` pairs; a marked value gets a dagger). A missing value
+    gets an "n/a" mark at its place, never a bar."""
+    width = 0.8 / len(series)
+    for j, (label, values) in enumerate(series):
+        offset = (j - (len(series) - 1) / 2) * width
+        legend = label if any(_finite(v) for v, _ in values) else f"{label} ({NA})"
+        for i, (value, marked) in enumerate(values):
+            x = i + offset
+            if not _finite(value):
+                ax.annotate(
+                    NA,
+                    (x, 0),
+                    xytext=(0, 3),
+                    textcoords="offset points",
+                    ha="center",
+                    fontsize="small",
+                    color="gray",
+                )
+                continue
+            bars = ax.bar(x, value, width, color=f"C{j}", label=legend)
+            legend = None  # one legend entry per series
+            text = f"{value:.3g}{FALLBACK_MARK if marked else ''}"
+            ax.bar_label(bars, labels=[text], fontsize="x-small", padding=2)
+        if legend is not None:  # nothing drawn: keep the series in the legend
+            ax.bar(0, 0, 0, color=f"C{j}", label=legend)
+    ax.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize="small")
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.grid(axis="y", alpha=0.3)
+    ax.margins(y=0.15)
+    if not any(_finite(v) for _, values in series for v, _ in values):
+        ax.set_ylim(0, 1)  # nothing to scale to: keep the n/a marks in view
+        ax.text(
+            0.5,
+            0.5,
+            f"{NA}: no run has this metric",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            color="gray",
+        )
+    if len(series) > 1:
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+
+def _values(runs: Sequence[RunResults], keys: tuple[str, ...]) -> tuple[list[Any], list[bool]]:
+    """Each run's value of the first of ``keys`` it has, and whether that was a fallback."""
+    values, fallback = [], []
+    for run in runs:
+        found = next((k for k in keys if k in run.values), None)
+        values.append(run.values.get(found) if found else None)
+        fallback.append(found is not None and found != keys[0])
+    return values, fallback
+
+
+def build_bar_figure(
+    runs: Sequence[RunResults],
+    panels: Sequence[tuple[str, str, Sequence[Series]]],
+    title: str,
+    cols: int = 1,
+) -> Any:
+    """One bar panel per ``(title, y label, series)``; runs on the x axis. Where a series
+    has fallback keys and the runs mix sources, fallback values are marked (and a note says
+    so); a note names the source when all values come from one."""
+    names = [r.name for r in runs]
+    fig, axes = _grid(len(panels), cols, max(6.5, 1.1 * len(runs) + 3.0), 3.8)
+    sources: set[bool] = set()
+    for ax, (panel_title, ylabel, series) in zip(axes, panels, strict=True):
+        drawn = []
+        for s in series:
+            values, fallback = _values(runs, s.keys)
+            used = {f for v, f in zip(values, fallback, strict=True) if _finite(v)}
+            sources |= used if len(s.keys) > 1 else set()
+            mixed = len(used) > 1
+            drawn.append(
+                (s.label, [(v, f and mixed) for v, f in zip(values, fallback, strict=True)])
+            )
+        bar_panel(ax, names, drawn)
+        ax.set_title(panel_title)
+        ax.set_ylabel(textwrap.fill(ylabel, 38), fontsize="small")
+    fig.suptitle(title)
+    note = {frozenset({False}): SAE_BENCH_NOTE, frozenset({True}): OWN_NOTE}
+    text = FALLBACK_NOTE if len(sources) > 1 else note.get(frozenset(sources))
+    if text:
+        fig.text(0.01, 0.005, text, fontsize="x-small", color="dimgray")
+    return fig
+
+
+def build_training_loss_comparison(runs: Sequence[RunResults]) -> Any:
+    """``training_loss_comparison.png``: the last logged training loss of each run."""
+    series = [Series("final loss", ("final_loss",))]
+    return build_bar_figure(
+        runs,
+        [("Final training loss", "loss at the last logged step (weighted sum of terms)", series)],
+        "Training loss by run",
+    )
+
+
+def build_reconstruction_metrics(runs: Sequence[RunResults]) -> Any:
+    """``reconstruction_metrics.png``: KL-divergence score and cosine similarity per run."""
+    return build_bar_figure(
+        runs,
+        [
+            (
+                "KL-divergence score",
+                "score (1 = model's output unchanged, 0 = ablated)",
+                [Series("KL score", ("core.kl_div_score", "kl_div_score"))],
+            ),
+            (
+                "Cosine similarity (input, reconstruction)",
+                "mean cosine (-1 to 1)",
+                [Series("cosine", ("core.cossim", "cossim"))],
+            ),
+        ],
+        "Reconstruction: behaviour preserved and reconstruction quality",
+        cols=2,
+    )
+
+
+def build_metrics_comparison(runs: Sequence[RunResults]) -> Any:
+    """``metrics_comparison.png``: reconstruction (explained variance, cosine), sparsity
+    (L0, L1) and model preservation (CE-loss score) panels."""
+    return build_bar_figure(
+        runs,
+        [
+            (
+                "Reconstruction quality",
+                "fraction (1 = perfect)",
+                [
+                    Series("explained variance", ("core.explained_variance", "explained_variance")),
+                    Series("cosine similarity", ("core.cossim", "cossim")),
+                ],
+            ),
+            (
+                "Sparsity",
+                "per token: active latents (L0), sum of activations (L1)",
+                [
+                    Series("L0", ("core.l0", "l0")),
+                    Series("L1", ("core.l1", "l1")),
+                ],
+            ),
+            (
+                "Model preservation",
+                "CE-loss score (1 = CE loss unchanged, 0 = ablated)",
+                [
+                    Series("CE-loss score", ("core.ce_loss_score", "ce_loss_score")),
+                ],
+            ),
+        ],
+        "Reconstruction, sparsity and model preservation by run",
+    )
+
+
+def build_absorption_metrics(runs: Sequence[RunResults]) -> Any:
+    """``absorption_metrics.png``: SAE-Bench absorption per run (mean absorption fraction,
+    mean number of split features) and the absorption fraction per first letter."""
+    fig, axes = _grid(3, 3, max(5.0, 1.1 * len(runs) + 2.5), 3.8)
+    names = [r.name for r in runs]
+    panels = (
+        (
+            "Mean absorption score",
+            "mean absorption fraction (0 = none)",
+            "absorption.mean_absorption_fraction_score",
+        ),
+        (
+            "Mean split features",
+            "latents per first-letter feature",
+            "absorption.mean_num_split_features",
+        ),
+    )
+    for ax, (title, ylabel, key) in zip(axes[:2], panels, strict=True):
+        bar_panel(ax, names, [(title, [(r.values.get(key), False) for r in runs])])
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+    ax = axes[2]
+    for i, run in enumerate(runs):
+        details = run.bench.get("absorption", {}).get("eval_result_details") or []
+        points = [(d["first_letter"], d["mean_absorption_fraction"]) for d in details]
+        if points:
+            ax.plot(
+                *zip(*sorted(points), strict=True),
+                "o-",
+                color=f"C{i}",
+                label=run.name,
+                markersize=3,
+            )
+        else:
+            ax.plot([], [], color=f"C{i}", label=f"{run.name} ({NA})")
+    ax.set_title("Absorption by first letter")
+    ax.set_xlabel("first letter")
+    ax.set_ylabel("mean absorption fraction")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small")
+    fig.suptitle("Feature absorption (SAE-Bench)")
+    return fig
+
+
+def scr_thresholds(runs: Sequence[RunResults], prefix: str) -> list[int]:
+    """The thresholds ``N`` of ``scr.<prefix>N`` any run has, ascending."""
+    found = {
+        int(k.rsplit("_", 1)[1])
+        for r in runs
+        for k in r.values
+        if k.startswith(f"scr.{prefix}") and k.rsplit("_", 1)[1].isdigit()
+    }
+    return sorted(found)
+
+
+def build_scr_threshold_comparison(runs: Sequence[RunResults]) -> Any:
+    """``scr_threshold_comparison.png``: SAE-Bench SCR against the number of ablated latents,
+    one line per run (the SCR metric, and its first direction as the logs report it)."""
+    panels = (
+        ("SCR metric", "scr_metric_threshold_"),
+        ("SCR, direction 1", "scr_dir1_threshold_"),
+    )
+    fig, axes = _grid(len(panels), 2, 6.0, 4.0)
+    for ax, (title, prefix) in zip(axes, panels, strict=True):
+        thresholds = scr_thresholds(runs, prefix)
+        for i, run in enumerate(runs):
+            points = [(n, run.values.get(f"scr.{prefix}{n}")) for n in thresholds]
+            points = [(n, v) for n, v in points if _finite(v)]
+            if points:
+                ax.plot(*zip(*points, strict=True), "o-", color=f"C{i}", label=run.name)
+            else:
+                ax.plot([], [], color=f"C{i}", label=f"{run.name} ({NA})")
+        ax.set_xscale("log")
+        ax.set_xticks(thresholds, [str(n) for n in thresholds])
+        ax.minorticks_off()
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.set_title(title)
+        ax.set_xlabel("latents ablated (threshold N)")
+        ax.set_ylabel("SCR score (fraction of spurious signal removed)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small")
+    fig.suptitle("Spurious correlation removal by threshold (SAE-Bench)")
+    return fig
+
+
+def build_metric_bars(
+    metrics: dict[str, dict[str, Any]], keys: list[tuple[str, str]], title: str = ""
+) -> Any:
+    """One bar panel per ``(key, label)``, one bar per run (``metrics``: run -> values),
+    value labels on the bars; a run without the metric gets "n/a" (never a 0)."""
+    names = list(metrics)
+    fig, axes = _grid(len(keys), 4, max(3.4, 0.9 * len(names) + 1.6), 3.6)
+    for ax, (key, label) in zip(axes, keys, strict=True):
+        bar_panel(ax, names, [(label, [(metrics[n].get(key), False) for n in names])])
+        ax.set_title(textwrap.fill(label, 34), fontsize="medium")
+        ax.set_ylabel(key)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_metric_bars(
+    metrics: dict[str, dict[str, Any]], keys: list[tuple[str, str]], path: Path, title: str = ""
+) -> Path:
+    return save_figure(build_metric_bars(metrics, keys, title), path)
+
+
+# --- curves -----------------------------------------------------------------------------------
+
+
 def curve_keys(logs: dict[str, list[dict[str, Any]]]) -> list[tuple[str, str, str]]:
     """Panels to draw: total loss, every logged loss term, then the quality panels."""
     present = {k for rows in logs.values() for r in rows for k in r}
@@ -44,72 +356,84 @@ def curve_keys(logs: dict[str, list[dict[str, Any]]]) -> list[tuple[str, str, st
     return panels
 
 
-def plot_training_curves(logs: dict[str, list[dict[str, Any]]], path: Path) -> Path:
-    """``training_curves.png``: total loss, each loss term (the ordering, temporal... losses
-    included), explained variance, L0 and dead latents over training samples; one line per run."""
-    plt = pyplot()
+def build_training_curves(logs: dict[str, list[dict[str, Any]]]) -> Any:
+    """``training_curves.png``: total loss, each loss term (whatever the architecture logs),
+    explained variance, L0 and dead latents over training steps; one line per run."""
     panels = curve_keys(logs)
-    cols = min(3, len(panels))
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    for ax, (key, title, ylabel) in zip(axes.flat, panels, strict=False):
-        for name, records in logs.items():
-            pts = [(r["samples"], r[key]) for r in records if r.get(key) is not None]
+    fig, axes = _grid(len(panels), 3, 4.2, 3.2)
+    for ax, (key, title, ylabel) in zip(axes, panels, strict=True):
+        for i, (name, records) in enumerate(logs.items()):
+            pts = [(r["step"], r[key]) for r in records if _finite(r.get(key))]
             if pts:
-                ax.plot(*zip(*pts, strict=True), label=name)
+                ax.plot(*zip(*pts, strict=True), color=f"C{i}", label=name)
         ax.set_title(title)
-        ax.set_xlabel("training samples")
+        ax.set_xlabel("training step")
         ax.set_ylabel(ylabel)
-        values = [r[key] for rs in logs.values() for r in rs if r.get(key) is not None]
+        values = [r[key] for rs in logs.values() for r in rs if _finite(r.get(key))]
         if key.endswith("loss") and values and min(values) > 0 and max(values) > 20 * min(values):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.set_visible(False)
-    axes.flat[0].legend(fontsize="small")
-    return save_figure(fig, path)
+    axes[0].legend(fontsize="small")
+    return fig
 
 
-def plot_metric_bars(
-    metrics: dict[str, dict[str, Any]],
-    keys: list[tuple[str, str]],
-    path: Path,
-    title: str = "",
-) -> Path:
-    """One bar panel per ``(key, label)``, one bar per run, value labels on the bars; a
-    run without the metric gets no bar and an "n/a" mark (never a 0)."""
-    plt = pyplot()
-    names = list(metrics)
-    cols = min(4, len(keys))
-    rows = math.ceil(len(keys) / cols)
-    width = max(3.4, 0.9 * len(names) + 1.6)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, 3.6 * rows), squeeze=False)
-    for ax, (key, label) in zip(axes.flat, keys, strict=False):
-        for i, name in enumerate(names):
-            value = metrics[name].get(key)
-            if (
-                isinstance(value, (int, float))
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-            ):
-                bar = ax.bar(i, value, color=f"C{i}")
-                ax.bar_label(bar, fmt="%.3g", fontsize="small")
-            else:
-                ax.annotate(
-                    "n/a",
-                    (i, 0),
-                    xytext=(0, 4),
-                    textcoords="offset points",
-                    ha="center",
-                    fontsize="small",
-                    color="gray",
-                )
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize="small")
-        ax.set_title(textwrap.fill(label, 34), fontsize="medium")
-        ax.set_ylabel(key)
-        ax.axhline(0, color="black", linewidth=0.5)
-    for ax in list(axes.flat)[len(keys) :]:
-        ax.set_visible(False)
-    if title:
-        fig.suptitle(title)
-    return save_figure(fig, path)
+def plot_training_curves(logs: dict[str, list[dict[str, Any]]], path: Path) -> Path:
+    return save_figure(build_training_curves(logs), path)
+
+
+# --- firing frequencies ------------------------------------------------------------------------
+
+
+def _shown(frequencies: Any) -> tuple[Any, float, int]:
+    """Frequencies with never-fired latents drawn at half the smallest positive one."""
+    positive = frequencies[frequencies > 0]
+    floor = float(positive.min()) / 2 if positive.numel() else 1e-6
+    return frequencies.clamp_min(floor), floor, int((frequencies == 0).sum())
+
+
+def build_feature_frequencies(frequencies: Any, run: str, source: str) -> Any:
+    """``feature_frequencies.png``: the firing frequency of each latent, by index."""
+    shown, floor, dead = _shown(frequencies)
+    fig, ax = pyplot().subplots(figsize=(8, 4))
+    ax.bar(range(len(shown)), shown.numpy(), width=1.0, color="C0", label="firing frequency")
+    ax.set_yscale("log")
+    ax.set_xlabel("latent index")
+    ax.set_ylabel("firing frequency (fraction of tokens)")
+    ax.set_title(f"{run}: firing frequency by latent ({dead} never fired, drawn at {floor:.1e})")
+    fig.text(0.01, 0.005, f"source: {source}", fontsize="x-small", color="dimgray")
+    return fig
+
+
+def ordering_spearman(frequencies: Any) -> float:
+    """Spearman's rank correlation of latent index and firing frequency (-1: latents in
+    decreasing order of frequency, 0: no order)."""
+    from scipy.stats import spearmanr
+
+    if frequencies.numel() < 2 or bool((frequencies == frequencies[0]).all()):
+        return math.nan
+    return float(spearmanr(range(frequencies.numel()), frequencies.numpy()).statistic)
+
+
+def build_frequency_ordering(frequencies: Any, run: str, source: str) -> Any:
+    """``frequency_ordering.png``: frequencies sorted in decreasing order against the same
+    frequencies by latent index, with Spearman(index, frequency) in the title."""
+    import torch
+
+    shown, _, _ = _shown(frequencies)
+    index = range(len(shown))
+    fig, ax = pyplot().subplots(figsize=(8, 4))
+    ax.plot(
+        index,
+        torch.sort(shown, descending=True).values.numpy(),
+        color="C1",
+        label="sorted by frequency",
+    )
+    ax.plot(index, shown.numpy(), ".", markersize=2, alpha=0.5, color="C0", label="by latent index")
+    ax.set_yscale("log")
+    ax.set_xlabel("rank (sorted) / latent index")
+    ax.set_ylabel("firing frequency (fraction of tokens)")
+    rho = ordering_spearman(frequencies)
+    ax.set_title(f"{run}: frequency ordering, Spearman(index, frequency) = {rho:.3f}")
+    ax.legend(fontsize="small")
+    fig.text(0.01, 0.005, f"source: {source}", fontsize="x-small", color="dimgray")
+    return fig

@@ -119,30 +119,19 @@ class DecoderConsistency:
     matched: int  # min(d_sae_a, d_sae_b)
 
 
-@torch.no_grad()
 def decoder_consistency(sae_a: Any, sae_b: Any, threshold: float = 0.9) -> DecoderConsistency:
-    """Match ``sae_a``'s latents to ``sae_b``'s one to one (Hungarian algorithm, scipy's
-    ``linear_sum_assignment``) maximising the total cosine similarity of their decoder
-    rows (``W_dec``, signed: a latent and its negation are different features), and report
-    the mean matched cosine and the share of matched pairs above ``threshold``.
-
-    Works for any two SAE-Lens SAEs with the same ``d_in`` (``d_sae`` may differ: the
-    smaller dictionary is matched in full). Every latent counts, dead ones included.
-    The assignment is ``O(d_sae^3)``: seconds at ``d_sae`` 2k, impractical beyond ~10k.
+    """Match ``sae_a``'s latents to ``sae_b``'s one to one by the cosine similarity of their
+    decoder rows and report the mean matched cosine and the share of matched pairs above
+    ``threshold``: :func:`sae_lens_ext.metrics.seed_consistency` (Hungarian algorithm,
+    signed cosine, every latent counted; the smaller dictionary matched in full) as a
+    :class:`DecoderConsistency`.
     """
-    from scipy.optimize import linear_sum_assignment
+    from sae_lens_ext.metrics import seed_consistency
 
-    a, b = sae_a.W_dec.detach().double().cpu(), sae_b.W_dec.detach().double().cpu()
-    if a.shape[-1] != b.shape[-1]:
-        raise ValueError(f"decoder_consistency: d_in differs ({a.shape[-1]} vs {b.shape[-1]})")
-    a = a / a.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    b = b / b.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    cos = a @ b.T
-    rows, cols = linear_sum_assignment(cos.numpy(), maximize=True)
-    matched = cos[torch.as_tensor(rows), torch.as_tensor(cols)]
+    result = seed_consistency(sae_a, sae_b, threshold=threshold)
     return DecoderConsistency(
-        mean_cosine=float(matched.mean()),
-        share_above=float((matched > threshold).double().mean()),
+        mean_cosine=result["mean_matched_cosine"],
+        share_above=result["share_above"],
         threshold=threshold,
-        matched=int(matched.numel()),
+        matched=result["matched"],
     )

@@ -1,0 +1,239 @@
+"""``sae-lens evaluate PATH_OR_HUB_ID --bench ...``: SAE-Bench's own evaluations on any
+SAE-Lens SAE (:func:`sae_lens_ext.bench.run_bench`), with the plugins' metrics on the same
+model's activations written beside SAE-Bench's files.
+
+Settings left unset take SAE-Bench's defaults; a ``sae-lens train`` folder's
+``runner_cfg.json`` supplies its model, model class, dataset and context size instead.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sae_lens_ext.errors import fail, one_line
+from sae_lens_ext.run.results import BENCH_DIR, RUNNER_CFG
+
+#: ``--bench`` given without a value, or ``--bench default``.
+DEFAULT = "default"
+
+
+@dataclass
+class BenchOptions:
+    """The ``--bench`` options of ``sae-lens evaluate`` (see ``sae-lens evaluate --help``)."""
+
+    benches: str
+    model_name: str | None = None
+    model_class_name: str | None = None
+    dataset: str | None = None
+    context_size: int | None = None
+    batch_size_prompts: int | None = None
+    llm_batch_size: int | None = None
+    sae_batch_size: int | None = None
+    device: str | None = None
+    dtype: str | None = None
+    random_seed: int | None = None
+    data_dir: str | None = None
+    bench_options: tuple[str, ...] = ()
+    output_dir: str | None = None
+    name: str | None = None
+    samples: int = 100_000
+
+
+def bench_names(value: str) -> list[str]:
+    """``core,absorption`` -> names; ``default`` -> the default set; ``all`` -> every bench."""
+    from sae_lens_ext.bench import BENCHES, DEFAULT_BENCHES
+
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if names == [DEFAULT]:
+        return list(DEFAULT_BENCHES)
+    if names == ["all"]:
+        return list(BENCHES)
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown or not names:
+        raise fail(
+            f"--bench {value}: unknown bench {', '.join(unknown) or '(none)'}; choose from "
+            f"{', '.join(BENCHES)}, or 'default' ({', '.join(DEFAULT_BENCHES)}) or 'all'"
+        )
+    return names
+
+
+def parse_bench_options(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``BENCH.FIELD=VALUE`` -> ``{bench: {field: value}}``; values are YAML, and a comma
+    list (or a single value for a list field) becomes a list: ``scr.n_values=2,5,10``."""
+    import yaml
+
+    from sae_lens_ext.bench import BENCHES, sae_bench_config_class
+
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        bench, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise fail(
+                f"--bench-option {item!r}: expected BENCH.FIELD=VALUE, e.g. scr.n_values=2,5"
+            )
+        if bench not in BENCHES:
+            raise fail(
+                f"--bench-option {item!r}: unknown bench {bench!r}; choose from {', '.join(BENCHES)}"
+            )
+        hints = typing.get_type_hints(sae_bench_config_class(bench))
+        is_list = typing.get_origin(hints.get(name)) in (list, tuple)
+        try:
+            if raw.strip().startswith(("[", "{")) or not (is_list or "," in raw):
+                value = yaml.safe_load(raw)
+            else:
+                value = [yaml.safe_load(part) for part in raw.split(",") if part.strip()]
+        except yaml.YAMLError as exc:
+            raise fail(f"--bench-option {item!r}: not a YAML value ({one_line(exc)})") from exc
+        overrides.setdefault(bench, {})[name] = value
+    return overrides
+
+
+def runner_defaults(folder: Path) -> dict[str, Any]:
+    """Model, model class, dataset and context size a ``sae-lens train`` folder recorded."""
+    import json
+
+    path = folder / RUNNER_CFG
+    if not path.is_file():
+        return {}
+    runner = json.loads(path.read_text())
+    return {
+        "model_name": runner.get("model_name"),
+        "model_class_name": runner.get("model_class_name"),
+        "dataset": runner.get("dataset_path") or None,
+        "context_size": runner.get("context_size"),
+    }
+
+
+def settings_for(target: str, options: BenchOptions) -> tuple[Any, Path]:
+    """SAE-Bench settings (unset: the run's recorded settings, then SAE-Bench's defaults)
+    and the output folder."""
+    from sae_lens_ext.bench import BenchSettings, check_benches
+    from sae_lens_ext.run.lm_config import check_device, looks_local
+
+    folder = Path(target)
+    local = folder.is_dir()
+    if local and (folder / "demo_data").is_dir():
+        raise fail(
+            f"PATH {target} is an SAE trained on synthetic data (`sae-lens demo`): SAE-Bench "
+            "evaluates SAEs of a language model; evaluate it without --bench"
+        )
+    recorded = runner_defaults(folder) if local else {}
+    given = ("model_name", "model_class_name", "dataset", "context_size")
+    merged = {**recorded, **{k: getattr(options, k) for k in given if getattr(options, k)}}
+    model, model_class = merged.get("model_name"), merged.get("model_class_name")
+    if model and Path(model).expanduser().exists() and model_class == "HookedTransformer":
+        raise fail(
+            f"--model_name {model} is a local folder, which HookedTransformer cannot load; "
+            "add --model_class_name AutoModelForCausalLM"
+        )
+    if model and looks_local(model) and not Path(model).expanduser().exists():
+        raise fail(f"--model_name {model}: no such folder (a model saved with save_pretrained)")
+    if options.device:
+        check_device("device", options.device)
+    settings = BenchSettings(
+        model_name=model,
+        dataset=merged.get("dataset"),
+        context_size=merged.get("context_size"),
+        **{
+            k: getattr(options, k)
+            for k in (
+                "batch_size_prompts",
+                "llm_batch_size",
+                "sae_batch_size",
+                "device",
+                "dtype",
+                "random_seed",
+                "data_dir",
+            )
+        },
+        overrides=parse_bench_options(options.bench_options),
+    )
+    try:
+        check_benches(bench_names(options.benches), settings)
+    except ValueError as exc:
+        raise fail(f"--bench-option: {one_line(exc)}") from exc
+    default_out = folder / BENCH_DIR if local else Path(BENCH_DIR)
+    return settings, Path(options.output_dir) if options.output_dir else default_out
+
+
+def plugin_metrics(samples: int) -> Any:
+    """``extra_metrics`` for :func:`~sae_lens_ext.bench.run_bench`: every plugin's
+    ``evaluation_metrics`` on ``samples`` tokens of the model's activations at the SAE's
+    hook, as whole sequences (core's dataset and context size)."""
+
+    def compute(run: Any) -> dict[str, Any]:
+        import torch
+        from sae_bench.evals.core.eval_config import CoreEvalConfig
+        from sae_lens.training.activations_store import ActivationsStore
+
+        from sae_lens_ext.metrics import EvalData, metrics_dict
+        from sae_lens_ext.plugins import load_plugins
+
+        defaults = CoreEvalConfig()
+        context = run.settings.context_size or defaults.context_size
+        store = ActivationsStore.from_sae(
+            run.model,
+            run.sae,
+            context_size=context,
+            dataset=run.settings.dataset or defaults.dataset,
+            dataset_trust_remote_code=True,
+        )
+        sequences, tokens = [], 0
+        with torch.no_grad():
+            while tokens < samples:
+                acts = store.get_activations(store.get_batch_tokens())
+                sequences.append(acts.reshape(acts.shape[0], acts.shape[1], -1).float().cpu())
+                tokens += acts.shape[0] * acts.shape[1]
+        data = EvalData(torch.cat(sequences), description=f"{run.model_name} {run.sae_hook_name}")
+        metrics = []
+        for contributed in load_plugins().hook.evaluation_metrics(sae=run.sae, data=data):
+            metrics.extend(contributed or [])
+        labels = {m.key: m.label or m.key for m in metrics if m.row() is not None}
+        return {**metrics_dict(metrics), "tokens": data.n_rows, "labels": labels}
+
+    return compute
+
+
+def evaluate_bench(target: str, options: BenchOptions) -> int:
+    """The body of ``sae-lens evaluate PATH_OR_HUB_ID --bench ...``."""
+    from sae_lens_ext.bench import BenchDataError, run_bench
+
+    benches = bench_names(options.benches)
+    settings, output_dir = settings_for(target, options)
+    try:
+        paths = run_bench(
+            target,
+            benches,
+            settings,
+            output_dir,
+            name=options.name,
+            extra_metrics=plugin_metrics(options.samples),
+        )
+    except BenchDataError as exc:
+        raise fail(str(exc)) from exc
+    print_bench_summary(paths)
+    return 0
+
+
+def print_bench_summary(paths: dict[str, Path]) -> None:
+    """One table of every scalar metric, by bench, then the files."""
+    import json
+
+    from sae_lens_ext.run.report import print_table
+    from sae_lens_ext.run.results import bench_metrics, format_number
+
+    rows = []
+    for bench, path in paths.items():
+        data = json.loads(path.read_text())
+        if bench == "sae_lens_ext":
+            values = {k: v for k, v in data["metrics"].items() if isinstance(v, (int, float))}
+        else:
+            values = bench_metrics(data)
+        rows += [(f"{bench}: {key}", format_number(value)) for key, value in values.items()]
+    print_table("SAE-Bench results (and the plugins' metrics)", rows)
+    for path in paths.values():
+        print(path)
