@@ -19,7 +19,6 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from sae_lens_ext import distributed
 from sae_lens_ext.errors import fail, holds_trained_sae, one_line, refuse_trained
 from sae_lens_ext.run.output import CHECKPOINTS_DIR, RunOutput
 
@@ -64,6 +63,8 @@ def demo(options: DemoOptions) -> int:
         flag="--output",
     )  # fmt: skip
     output.check()
+    from sae_lens_ext import distributed
+
     with distributed.process_group(options.device) as device:
         options.device = device
         return _train_and_report(options, setup, cfg_cls, samples, settings, output, t0)
@@ -78,6 +79,7 @@ def _train_and_report(
     output: RunOutput,
     t0: float,
 ) -> int:
+    from sae_lens_ext import distributed
     from sae_lens_ext.run.loop import seed_everything
     from sae_lens_ext.run.report import evaluate_and_save, print_results
 
@@ -224,6 +226,7 @@ def training_batches(data: Any, sae_cfg: Any, options: DemoOptions) -> Any:
     stream ``s`` of ``--data-streams`` is ``data.training_batches(rows, window, seed + s)``."""
     import torch
 
+    from sae_lens_ext import distributed
     from sae_lens_ext.streams import check_streams, stream_batches
     from sae_lens_ext.windows import BatchLayoutError, batch_window, validate_window_layout
 
@@ -258,6 +261,7 @@ def train_demo(
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
+    from sae_lens_ext import distributed
     from sae_lens_ext.run.loop import TrainingLoop
     from sae_lens_ext.run.progress import RunLogger
     from sae_lens_ext.windows import mark_layout_served
@@ -296,6 +300,8 @@ def train_demo(
 
 def parallel_note(options: DemoOptions) -> str:
     """`` (data-parallel: N processes, S data streams)`` under torchrun, else ``""``."""
+    from sae_lens_ext import distributed
+
     world = distributed.world_size()
     if world == 1:
         return ""

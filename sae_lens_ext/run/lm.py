@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sae_lens_ext import distributed
 from sae_lens_ext.errors import fail, one_line
 from sae_lens_ext.run import lm_config as checks
 from sae_lens_ext.run.output import METRICS_FILENAME, RunOutput, write_json
@@ -59,6 +58,7 @@ def train(
 
 def parse_config(args: list[str], config_file: str | None, data_streams: int = 0) -> Any:
     """Upstream's runner config from the flags, with every check that needs no model."""
+    from sae_lens_ext import distributed
     from sae_lens_ext.streams import check_streams
     from sae_lens_ext.windows import BatchLayoutError, batch_window, validate_window_layout
 
@@ -264,6 +264,7 @@ def training_data(runner: Any, n_streams: int) -> tuple[Any, Any]:
     beyond their ``state_dict`` (see the module docstring)."""
     import torch
 
+    from sae_lens_ext import distributed
     from sae_lens_ext.streams import stream_batches
     from sae_lens_ext.windows import mark_layout_served
 
@@ -322,6 +323,7 @@ def lm_streams(runner: Any, n_streams: int) -> Any:
     from datasets.distributed import split_dataset_by_node
     from sae_lens.training.activations_store import ActivationsStore
 
+    from sae_lens_ext import distributed
     from sae_lens_ext.windows import batch_window
 
     cfg = runner.cfg
@@ -343,7 +345,7 @@ def lm_streams(runner: Any, n_streams: int) -> Any:
         shard = split_dataset_by_node(dataset, rank=s, world_size=n_streams)
         store = ActivationsStore.from_config(runner.model, cfg, override_dataset=shard)
         store.train_batch_size_tokens = rows  # this stream's block of each batch
-        return StoreStream(store, window, rows, cfg)
+        return StoreStream(store, window, rows, cfg, seed=cfg.seed + s)
 
     return make_stream
 
@@ -353,7 +355,7 @@ class StoreStream(Iterator[Any]):
     served as upstream serves it (or in whole windows), with its dataset position in
     ``state_dict`` (restored through the store's public ``load``)."""
 
-    def __init__(self, store: Any, window: int, rows: int, cfg: Any) -> None:
+    def __init__(self, store: Any, window: int, rows: int, cfg: Any, seed: int) -> None:
         from sae_lens.training.prefetch import PrefetchingIterator
 
         from sae_lens_ext.windows import WindowShuffledLMBatches
@@ -362,7 +364,7 @@ class StoreStream(Iterator[Any]):
         self.batches: Any = store
         if window > 1:
             self.batches = WindowShuffledLMBatches(
-                store, window, rows, n_batches_in_buffer=cfg.n_batches_in_buffer, seed=cfg.seed
+                store, window, rows, n_batches_in_buffer=cfg.n_batches_in_buffer, seed=seed
             )
         if cfg.prefetch_llm_batches:
             size = 1 if isinstance(cfg.prefetch_llm_batches, bool) else cfg.prefetch_llm_batches
@@ -424,6 +426,8 @@ def run_lm(
 ) -> int:
     """Build the runner, train with the core loop, save atomically, print a summary (under
     torchrun: on every rank, data-parallel; rank 0 writes)."""
+    from sae_lens_ext import distributed
+
     with distributed.process_group(cfg.device) as device:
         for name in ("device", "llm_device", "act_store_device"):
             value = getattr(cfg, name, None)
@@ -437,6 +441,7 @@ def run_lm(
 def _train_lm(cfg: Any, output: RunOutput, *, log_every: int, progress: str, n_streams: int) -> int:
     from sae_lens.training.sae_trainer import SAETrainer
 
+    from sae_lens_ext import distributed
     from sae_lens_ext.run.loop import (
         InterruptFlag,
         TrainingLoop,
@@ -501,6 +506,8 @@ def _train_lm(cfg: Any, output: RunOutput, *, log_every: int, progress: str, n_s
 @contextlib.contextmanager
 def _wandb_run(cfg: Any) -> Iterator[None]:
     """A wandb run around training when ``--log_to_wandb True`` (as upstream's runner)."""
+    from sae_lens_ext import distributed
+
     if not cfg.logger.log_to_wandb or not distributed.is_main():
         yield
         return
@@ -520,6 +527,8 @@ def _wandb_run(cfg: Any) -> Iterator[None]:
 
 
 def run_summary(cfg: Any, loop: Any, seconds: float, n_streams: int = 1) -> dict[str, Any]:
+    from sae_lens_ext import distributed
+
     trainer, last = loop.trainer, loop.last_record
     return {
         "architecture": cfg.sae.architecture(),

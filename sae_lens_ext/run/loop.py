@@ -187,7 +187,8 @@ class TrainingLoop:
         """Train to ``total_training_samples``; return the SAE (scaling folded in)."""
         with self.interrupt:
             if resume_from is not None:
-                print(f"Resuming from {resume_from}", file=sys.stderr)
+                if distributed.is_main():
+                    print(f"Resuming from {resume_from}", file=sys.stderr)
                 self.resume_from(resume_from)
             self.sae.to(self.cfg.device)
             self.replicas.start()
@@ -195,20 +196,22 @@ class TrainingLoop:
                 self.estimate_normalization()
                 if self._resume_rng is not None:  # last: nothing may draw after this
                     set_rng_state(self._resume_rng)
-                if self.logger is not None:
-                    self.logger.start(
-                        self.trainer.n_training_samples, self.trainer.n_training_steps
-                    )
-                try:
-                    while self.trainer.n_training_samples < self.cfg.total_training_samples:
-                        self.train_step()
-                finally:
-                    if self.logger is not None:
-                        self.logger.close()
-                    self.stop.close()
+                self._train_steps()
                 return self.finish()
             finally:
                 self.replicas.stop()
+
+    def _train_steps(self) -> None:
+        trainer = self.trainer
+        if self.logger is not None:
+            self.logger.start(trainer.n_training_samples, trainer.n_training_steps)
+        try:
+            while trainer.n_training_samples < self.cfg.total_training_samples:
+                self.train_step()
+        finally:
+            if self.logger is not None:
+                self.logger.close()
+            self.stop.close()
 
     def estimate_normalization(self) -> None:
         """Upstream's activation normalisation estimate (as ``SAETrainer.fit`` does it),
