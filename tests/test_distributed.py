@@ -35,15 +35,15 @@ pytestmark = pytest.mark.e2e
 DRIVER = str(REPO / "tests" / "distributed_driver.py")
 TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 ENV = {"OMP_NUM_THREADS": "1"}
-DEMO = ["demo", "--eval-samples", "1000", "--progress", "none", "--set", "dtype=float64",
+DEMO = ["demo", "--eval-samples", "500", "--progress", "none", "--set", "dtype=float64",
         "--n-checkpoints", "1"]  # fmt: skip
 SMALL_BATCH = ["--batch-size", "256"]
 DEMO_RUNS = {
     "standard": [*DEMO, "--architecture", "standard", "--samples", "10240", *SMALL_BATCH],
     # few rows per step and a strong L1: latents die, and are resampled; the ordering
     # loss on all rows (ordering_rows=0: batch-decomposable, see docs/scale.md)
-    "freq_ordered": [*DEMO, "--architecture", "freq_ordered", "--samples", "15360",
-                     *SMALL_BATCH, "--d-sae", "2048", "--set", "resample_dead_every=4",
+    "freq_ordered": [*DEMO, "--architecture", "freq_ordered", "--samples", "7680",
+                     "--batch-size", "128", "--d-sae", "1024", "--set", "resample_dead_every=4",
                      "--set", "sort_latents_every=5", "--set", "ordering_rows=0",
                      "--set", "l1_coefficient=5", "--set", "frequency_decay=0.3"],
     "temporal_consistency": [*DEMO, "--architecture", "temporal_consistency",
