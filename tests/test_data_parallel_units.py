@@ -160,11 +160,45 @@ def _services(rank: int, port: int) -> None:
         guard.synchronize()
         with pytest.raises(FloatingPointError, match="training step 3: loss is not finite"):
             guard.check()
+        _replica_sync(rank)
         # a stop asked on one rank stops both, one step later, at the same step
         stop = distributed.StopAgreement()
         answers = [stop.poll(rank == 1 and step >= 2) for step in range(5)]
         stop.close()
         assert answers == [False, False, False, True, True]
+
+
+def _replica_sync(rank: int) -> None:
+    """The loop's per-step reductions on a stand-in trainer (3 latents)."""
+    from types import SimpleNamespace
+
+    from sae_lens_ext.run.replicas import ReplicaSync
+
+    torch.manual_seed(rank)  # different initialisations: start() gives rank 0's
+    trainer = SimpleNamespace(
+        sae=torch.nn.Linear(2, 3),
+        act_freq_scores=torch.tensor([5.0, 0.0, 1.0]),
+        n_forward_passes_since_fired=torch.tensor([0.0, 7.0, 3.0]),
+        n_training_samples=0,
+    )
+    sync = ReplicaSync(trainer)
+    sync.start()
+    sync.before_step()
+    # what upstream's step does with this rank's block of 4 rows: latent 1 fires on rank 1
+    # only (twice), latent 2 on neither, latent 0 on both (once each)
+    trainer.n_training_samples += 4
+    trainer.act_freq_scores += torch.tensor([1.0, 2.0 * rank, 0.0])
+    trainer.n_forward_passes_since_fired = torch.tensor([0.0, 8.0 - 8 * rank, 4.0])
+    sync.after_step(local_rows=4)
+    assert trainer.n_training_samples == 8  # the global batch
+    assert trainer.act_freq_scores.tolist() == [7.0, 2.0, 1.0]
+    assert trainer.n_forward_passes_since_fired.tolist() == [0.0, 0.0, 4.0]
+    sync.compare_permutation(torch.tensor([2, 0, 1]))
+    sync.check()  # same parameters, counters and permutation everywhere
+    sync.compare_permutation(torch.tensor([2, 0, 1]) if rank == 0 else torch.tensor([0, 2, 1]))
+    with pytest.raises(RuntimeError, match="permutation of the latents differed"):
+        sync.check()
+    sync.stop()
 
 
 def test_distributed_services_on_two_gloo_processes():

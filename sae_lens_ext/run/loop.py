@@ -307,6 +307,7 @@ class TrainingLoop:
         after = getattr(self.sae, "after_optimizer_step", None)
         permutation = after(self.trainer.optimizer) if after is not None else None
         if permutation is not None:
+            self.replicas.compare_permutation(permutation)
             trainer = self.trainer
             permute_latent_state(
                 [trainer.act_freq_scores, trainer.n_forward_passes_since_fired], permutation

@@ -17,7 +17,10 @@ training on the global batch), and its own block of each global batch.
 - after the architecture's after-step work: gives every rank rank 0's buffers (as DDP's
   ``broadcast_buffers``); an architecture whose buffer must see the global batch reduces
   its statistic itself (``sae_lens_ext.distributed.all_reduce_mean_``);
-- on checking steps: raises if the replicas differ (parameters, buffers, counters).
+- after a latent permutation (e.g. a periodic sort): records, on the device, whether the
+  ranks chose different permutations;
+- on checking steps: raises if they did, or if the replicas differ (parameters, buffers,
+  counters).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class ReplicaSync:
         self.world = distributed.world_size()
         self._remove_hooks: Callable[[], None] = lambda: None
         self._counts_before: torch.Tensor | None = None
+        self._permutations_differ: torch.Tensor | None = None
 
     def start(self) -> None:
         """Rank 0's parameters and buffers everywhere; gradient averaging on."""
@@ -84,6 +88,18 @@ class ReplicaSync:
         since.masked_fill_(packed[d_sae:] > 0, 0)
         self._counts_before = None
 
+    @torch.no_grad()
+    def compare_permutation(self, permutation: torch.Tensor) -> None:
+        """Note (device-side, checked by :meth:`check`) whether the ranks' permutations
+        differ: the same buffer must give every rank the same sort."""
+        if not self.active:
+            return
+        low = distributed.all_reduce_min_(permutation.clone())
+        high = distributed.all_reduce_max_(permutation.clone())
+        differ = (low != high).any()
+        seen = self._permutations_differ
+        self._permutations_differ = differ if seen is None else seen | differ
+
     def sync_buffers(self) -> None:
         if self.active:
             distributed.broadcast_module_(self.sae, parameters=False)
@@ -92,6 +108,11 @@ class ReplicaSync:
         """Raise if the replicas differ (logging steps only: one host sync)."""
         if not self.active:
             return
+        if self._permutations_differ is not None and bool(self._permutations_differ):
+            raise RuntimeError(
+                "data-parallel ranks diverged: an after-step permutation of the latents "
+                "differed across ranks (it was computed from per-rank state)"
+            )
         trainer = self.trainer
         named = [
             *self.sae.named_parameters(),
