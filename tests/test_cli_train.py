@@ -88,7 +88,7 @@ def test_ctrl_c_then_resume_is_bit_identical(
     reference, _ = demo_run
     args = [*CLI, *DEMO, "-o", "run", "--progress", "plain"]
     proc = subprocess.Popen(args, env=subprocess_env(ENV), cwd=tmp_path, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     assert proc.stderr is not None
     for line in proc.stderr:  # wait until training runs, then press Ctrl-C
         if line.startswith("step "):

@@ -68,7 +68,7 @@ class PrefixSampler:
         e = 1.0 - self.exponent
         return (lo**e + u * (hi**e - lo**e)) ** (1.0 / e)
 
-    def lengths(self, d_sae: int, rng: random.Random) -> list[int]:
+    def lengths(self, d_sae: int, rng: random.Random | TorchUniform) -> list[int]:
         """Sorted distinct prefix lengths in ``[1, d_sae)``."""
         draws = (
             self.quantile((g + rng.random()) / self.samples, d_sae) for g in range(self.samples)
@@ -86,14 +86,17 @@ def prefix_sampler(sae: Any, options: dict[str, str]) -> PrefixSampler:
     )
 
 
-def prefix_rng(sae: Any) -> random.Random:
-    """The SAE's own generator of prefix lengths, seeded once from torch's global RNG
-    (so ``torch.manual_seed`` makes a run reproducible)."""
-    rng = getattr(sae, "_prefix_rng", None)
-    if rng is None:
-        rng = random.Random(int(torch.randint(2**62, (), device="cpu")))
-        sae._prefix_rng = rng
-    return rng
+class TorchUniform:
+    """Uniform draws from torch's global CPU generator, which a run's checkpoint saves
+    and ``torch.manual_seed`` seeds: a resumed run draws the prefixes it would have."""
+
+    def random(self) -> float:
+        return float(torch.rand((), dtype=torch.float64))
+
+
+def prefix_rng(sae: Any) -> random.Random | TorchUniform:
+    """The generator of prefix lengths: ``sae._prefix_rng`` if set (tests), else torch's."""
+    return getattr(sae, "_prefix_rng", None) or TorchUniform()
 
 
 class _RunningSums(torch.autograd.Function):
