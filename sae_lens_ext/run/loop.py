@@ -11,9 +11,8 @@ upstream's ``MultiSAETrainer`` does (``step``, ``maybe_reset_sparsity``,
 2. the core's guards (:class:`~sae_lens_ext.guards.TrainingGuard`: device-side every
    step, checked on logging steps);
 3. logging (JSONL, progress, wandb when asked), checkpoints at step boundaries (with
-   the RNG states, those of generators the SAE keeps as attributes included, the data
-   provider's ``state_dict`` and the guard's state, written to a temp folder and
-   renamed), and Ctrl-C at a step boundary.
+   the RNG state, the data provider's ``state_dict`` and the guard's state, written to a
+   temp folder and renamed), and Ctrl-C at a step boundary.
 
 Under ``torchrun`` the same loop runs on every rank (see :mod:`sae_lens_ext.run.replicas`
 for what keeps the replicas identical): guards and replica checks run on the same steps
@@ -107,30 +106,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def module_rng_states(module: Any) -> dict[str, Any]:
-    """The states of the generators a module keeps as attributes (``random.Random``,
-    ``torch.Generator``), e.g. a loss term's private generator."""
-    states: dict[str, Any] = {}
-    for name, value in vars(module).items():
-        if isinstance(value, random.Random):
-            states[name] = ("python", value.getstate())
-        elif isinstance(value, torch.Generator):
-            states[name] = ("torch", value.get_state())
-    return states
-
-
-def set_module_rng_states(module: Any, states: dict[str, Any]) -> None:
-    """Restore what :func:`module_rng_states` saved (creating the generators if needed)."""
-    for name, (kind, state) in states.items():
-        if kind == "python":
-            generator: Any = getattr(module, name, None) or random.Random()
-            generator.setstate(state)
-        else:
-            generator = getattr(module, name, None) or torch.Generator()
-            generator.set_state(state)
-        setattr(module, name, generator)
-
-
 def seed_everything(seed: int) -> None:
     """Seed torch, numpy and random: initialisation and shuffling then repeat."""
     random.seed(seed)
@@ -192,7 +167,6 @@ class TrainingLoop:
             self.data.load_state_dict(data_state)  # type: ignore[attr-defined]
         self.guard.load_state_dict(state["guard"])
         self._resume_rng = state["rng"]
-        set_module_rng_states(self.sae, state.get("sae_rngs", {}))
         if self.on_resume is not None:
             self.on_resume(checkpoint)
 
@@ -383,7 +357,6 @@ class TrainingLoop:
         tmp_name = f".tmp-{name}-{os.getpid()}"
         state = {
             "rng": rng_state(),
-            "sae_rngs": module_rng_states(self.sae),
             "guard": self.guard.state_dict(),
             "data": data_by_rank[0],
             "data_by_rank": data_by_rank,
