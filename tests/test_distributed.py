@@ -12,7 +12,8 @@ imports torch and SAE-Lens once, ``tests/distributed_driver.py`` runs several co
 
 The runs: the demo for upstream ``standard``, ``freq_ordered`` (resampling, sort, ordering
 loss) and ``temporal_consistency`` (resampling) on synthetic data; ``sae-lens train`` on
-the tiny local model (live activations, ``standard``), and on its activations cached by
+the tiny local model (live activations: ``standard`` and ``temporal_consistency``, whose
+windows come from each rank's own activation stores), and on its activations cached by
 upstream's ``CacheActivationsRunner`` (``freq_ordered`` and ``temporal_consistency``).
 """
 
@@ -56,7 +57,8 @@ RESUME_RUN = [*DEMO[:-2], "--architecture", "freq_ordered", "--samples", "51200"
               "--set", "sort_latents_every=5", "--log-every", "10"]  # fmt: skip
 
 
-TRAIN_RUNS = ["lm_standard", "cached_freq_ordered", "cached_temporal_consistency"]
+TRAIN_RUNS = ["lm_standard", "lm_temporal_consistency", "cached_freq_ordered",
+              "cached_temporal_consistency"]  # fmt: skip
 
 
 def train_runs(tiny: TinyLM, cache: Path) -> dict[str, list[str]]:
@@ -73,6 +75,8 @@ def train_runs(tiny: TinyLM, cache: Path) -> dict[str, list[str]]:
     cached = ["--use_cached_activations", "True", "--cached_activations_path", str(cache)]
     return {
         "lm_standard": [*common, "--architecture", "standard", *live],
+        # windows of consecutive positions from each rank's own activation stores
+        "lm_temporal_consistency": [*common, "--architecture", "temporal_consistency", *live],
         "cached_freq_ordered": [*common, "--architecture", "freq_ordered", *cached,
                                 "--ordering_rows", "0"],
         "cached_temporal_consistency": [*common, "--architecture", "temporal_consistency",
