@@ -438,6 +438,22 @@ def run_lm(
         return _train_lm(cfg, output, log_every=log_every, progress=progress, n_streams=n_streams)
 
 
+def _main_logger(trainer_cfg: Any, output: RunOutput, log_every: int, progress: str) -> Any:
+    """The run's logger on rank 0 (or the only process); ``None`` on the other ranks."""
+    from sae_lens_ext import distributed
+    from sae_lens_ext.run.progress import RunLogger
+
+    if not distributed.is_main():
+        return None
+    return RunLogger(
+        output.log_path,
+        trainer_cfg.total_training_samples,
+        trainer_cfg.train_batch_size_samples,
+        log_every,
+        progress,
+    )
+
+
 def _train_lm(cfg: Any, output: RunOutput, *, log_every: int, progress: str, n_streams: int) -> int:
     from sae_lens.training.sae_trainer import SAETrainer
 
@@ -448,7 +464,6 @@ def _train_lm(cfg: Any, output: RunOutput, *, log_every: int, progress: str, n_s
         reconstruction_warning,
         seed_everything,
     )
-    from sae_lens_ext.run.progress import RunLogger
 
     t0 = time.perf_counter()
     seed_everything(cfg.seed)  # upstream's runner never uses cfg.seed
@@ -465,21 +480,10 @@ def _train_lm(cfg: Any, output: RunOutput, *, log_every: int, progress: str, n_s
         evaluator=runner.evaluator,
         save_checkpoint_fn=runner.save_checkpoint,
     )
-    logger = (
-        RunLogger(
-            output.log_path,
-            trainer_cfg.total_training_samples,
-            trainer_cfg.train_batch_size_samples,
-            log_every,
-            progress,
-        )
-        if distributed.is_main()
-        else None
-    )
     loop = TrainingLoop(
         trainer,
         data,
-        logger=logger,
+        logger=_main_logger(trainer_cfg, output, log_every, progress),
         interrupt=InterruptFlag(),
         on_resume=on_resume,
         check_every=log_every,
