@@ -14,7 +14,8 @@ machine's load; the table gives the median and the range.
 On CPUs the configurations are 1 process x 1 thread and N processes x 1 thread (gloo),
 and with ``--with-threads`` 1 process x N threads (the same cores used by threads; on a
 busy machine OpenMP threads that spin at barriers can make it far slower than 1 x 1).
-On GPUs: 1..N processes, one GPU each (NCCL).
+On GPUs: 1..N processes, one GPU each (NCCL). ``SAE_LENS_EXT_SMOKE=1`` (the docs test)
+shrinks the run to a few steps of the small size on one process: its figures mean nothing.
 """
 
 from __future__ import annotations
@@ -30,7 +31,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from smoke import smoke_argv
+
 REPO = Path(__file__).resolve().parent.parent
+LAUNCH_TIMEOUT_S = 900  # one measurement (a hung process group fails instead of waiting)
+#: ``SAE_LENS_EXT_SMOKE=1`` (the docs test): one short launch of one process (the
+#: 2-process path is tests/test_distributed.py's, where it costs a launch less)
+SMOKE = ["--sizes", "small", "--steps", "2", "--warmup", "1", "--repeats", "1", "--cores", "1"]
 SIZES = {  # name: (d_in, d_sae, global batch)
     "small": (64, 512, 1024),
     "large": (256, 4096, 4096),
@@ -144,7 +151,7 @@ def launch(args: argparse.Namespace, processes: int, threads: int, size: str) ->
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(
         [sys.executable, *launcher, *worker_args],
-        env=env, capture_output=True, text=True, check=False, cwd=REPO,
+        env=env, capture_output=True, text=True, check=False, cwd=REPO, timeout=LAUNCH_TIMEOUT_S,
     )  # fmt: skip
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -157,7 +164,7 @@ def configurations(args: argparse.Namespace) -> list[tuple[int, int]]:
     if args.device.startswith("cuda"):
         return [(n, 1) for n in args.gpus]
     n = args.cores
-    return [(1, 1), (n, 1), *([(1, n)] if args.with_threads else [])]
+    return list(dict.fromkeys([(1, 1), (n, 1), *([(1, n)] if args.with_threads else [])]))
 
 
 def main() -> None:
@@ -215,7 +222,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--data-streams", type=int, default=0, help="default: lcm of the process counts"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(smoke_argv(None, SMOKE))
     if not args.data_streams and not args.worker:
         counts = [p for p, _ in configurations(args)]
         args.data_streams = math.lcm(*counts)
