@@ -20,9 +20,11 @@ upstream's ``CacheActivationsRunner`` (``freq_ordered`` and ``temporal_consisten
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -101,15 +103,22 @@ def interrupt_mid_run(cwd: Path) -> subprocess.CompletedProcess[str]:
     args = [sys.executable, *TORCHRUN, "-m", "sae_lens_ext", *RESUME_RUN, "-o", "interrupted",
             "--progress", "plain"]  # fmt: skip
     proc = subprocess.Popen(args, env=subprocess_env(ENV), cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
     assert proc.stderr is not None
-    seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        if line.startswith("step "):
-            proc.send_signal(signal.SIGINT)
-            break
-    out, err = proc.communicate(timeout=300)
+    # a launch that never prints a step (or hangs after SIGINT) is killed, workers included
+    watchdog = threading.Timer(600, os.killpg, (proc.pid, signal.SIGKILL))
+    watchdog.start()
+    try:
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith("step "):
+                proc.send_signal(signal.SIGINT)
+                break
+        out, err = proc.communicate()
+    finally:
+        watchdog.cancel()
     return subprocess.CompletedProcess(args, proc.returncode, out, "".join(seen) + err)
 
 
