@@ -51,6 +51,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def grad_mode_kept():
+    """SAE-Bench's own run_eval switches gradients off for the whole process (the
+    ``sae_bench_entry_points`` fixture calls it): later test modules need them on."""
+    enabled = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(enabled)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     return build_world(tmp_path_factory.mktemp("bench_world"), d_model=D_IN)

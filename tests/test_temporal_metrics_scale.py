@@ -168,9 +168,13 @@ def test_hard_regime_generator_and_split_metrics():
     assert {"autocorr_error_persistent", "autocorr_error_transient"} <= set(metrics)
 
 
-def test_benchmark_sparse_coding_oracle_solves_the_nonnegative_lasso():
+def test_benchmark_sparse_coding_oracle_solves_the_nonnegative_lasso(monkeypatch):
     """With an orthonormal dictionary the non-negative lasso is a shifted ReLU of x D^T."""
-    from benchmarks.temporal_benchmark import nonnegative_lasso
+    from pathlib import Path
+
+    # as when the script runs: its folder first on the path (it imports `smoke` beside it)
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    from temporal_benchmark import nonnegative_lasso
 
     q, _ = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(0)))
     x = torch.randn(32, 8, generator=torch.Generator().manual_seed(1))

@@ -22,13 +22,15 @@ from sae_lens_ext_plugins.temporal_consistency.data import (
     SyntheticSequences,
 )
 from sae_lens_ext_plugins.temporal_consistency.metrics import encode_sequences, inference_sae
-from sae_lens_ext_plugins.temporal_consistency.train import shared_window, train_together
+from sae_lens_ext_plugins.temporal_consistency.train import train_together
 from sae_lens_ext_plugins.tsae.sae import (
     TSAE,
     TSAETrainingSAE,
     TSAETrainingSAEConfig,
     symmetric_contrastive_loss,
 )
+
+from sae_lens_ext.windows import batch_window, shared_window
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -105,7 +107,7 @@ def test_registered_next_to_upstream_and_declares_pairs():
     assert issubclass(TSAETrainingSAE, MatryoshkaBatchTopKTrainingSAE)
     cfg = TSAETrainingSAEConfig(d_in=8, d_sae=100)
     assert cfg.batch_window() == 2
-    assert shared_window({"tsae": cfg}) == 2
+    assert shared_window([batch_window(cfg), 1]) == 2
     assert cfg.matryoshka_widths == [20, 100]  # reference group_fractions [0.2, 0.8]
     assert cfg.weights() == pytest.approx([0.2, 0.8])  # reference script's group_weights
     assert (cfg.k, cfg.temporal_coefficient, cfg.aux_loss_coefficient) == (20, 0.1, 1 / 32)
