@@ -64,6 +64,24 @@ class TrainingGuard:
         self.steps += 1
         self.last_step = step
 
+    def synchronize(self) -> None:
+        """Under torchrun: make every rank's watch that of the global batch (the first
+        non-finite step of any rank, silent only while every rank's block was silent, fired
+        if any rank's did), so that :meth:`check` raises on all ranks or on none."""
+        from sae_lens_ext import distributed
+
+        if self._state is None or not distributed.is_distributed():
+            return
+        with torch.no_grad():
+            first_bad, bad_input, silent, ever = self._state.unbind()
+            never = torch.iinfo(torch.long).max
+            packed = torch.stack(
+                [torch.where(first_bad < 0, never, first_bad), silent, -bad_input, -ever]
+            )
+            distributed.all_reduce_min_(packed)
+            first = torch.where(packed[0] == never, -1, packed[0])
+            self._state.copy_(torch.stack([first, packed[1], -packed[2], -packed[3]]))
+
     def check(self) -> None:
         """Raise ``FloatingPointError`` / ``RuntimeError`` for what :meth:`observe` saw
         (one host-device sync)."""

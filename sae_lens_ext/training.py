@@ -330,16 +330,21 @@ class LossTermTrainingSAE(TrainingSAE[T_CFG]):
         dead = mask.nonzero().flatten()
         if dead.numel() == 0:
             return
+        from sae_lens_ext import distributed
         from sae_lens_ext.plugins import load_plugins
 
+        # under torchrun: the resampler sees the global batch on every rank (so the ranks'
+        # random generators advance alike) and rank 0's choice is applied everywhere
         request = ResampleRequest(
             sae=self,
             dead_latents=dead,
-            sae_in=step_input.sae_in.detach(),
-            sae_out=output.sae_out.detach(),
+            sae_in=distributed.all_gather_rows(step_input.sae_in.detach()),
+            sae_out=distributed.all_gather_rows(output.sae_out.detach()),
             step=step_input.n_training_steps,
         )
         result = load_plugins().hook.resample_dead_latents(request=request)
+        if distributed.is_distributed():
+            result = distributed.broadcast_object(_on_cpu(result))
         if result is None:
             return
         self._check_result(dead, result)
@@ -377,3 +382,18 @@ class LossTermTrainingSAE(TrainingSAE[T_CFG]):
                 param.data.index_copy_(dim, rows, result.values[name].to(param.device, param.dtype))
             reset_optimizer_rows(optimizer, param, dim, rows)
         self.n_resampled += dead.numel()
+
+
+def _on_cpu(result: ResampleResult | None) -> ResampleResult | None:
+    """``result`` with its tensors on the CPU (to travel between ranks)."""
+    if result is None:
+        return None
+
+    def cpu(value: Any) -> Any:
+        return value.cpu() if isinstance(value, torch.Tensor) else value
+
+    return ResampleResult(
+        values={k: v.cpu() for k, v in result.values.items()},
+        resampler=result.resampler,
+        info={k: cpu(v) for k, v in result.info.items()},
+    )

@@ -10,8 +10,10 @@ then ``N / w`` windows; rows ``[k*w, (k+1)*w)`` are positions ``o..o+w-1`` of on
   multiples, window <= context, no token filtering or mixing), run when a provider is
   built, before any model is loaded.
 - :class:`WindowShuffledBatches` serves such batches from ``(n_seq, seq_len, d_in)``
-  sequences, :class:`WindowShuffledLMBatches` from an upstream ``ActivationsStore``; both
-  shuffle whole windows and are resumable through ``state_dict``/``load_state_dict``.
+  sequences in memory; :class:`WindowBuffer` from any source of sequences read block by
+  block (:class:`WindowShuffledLMBatches`: an upstream ``ActivationsStore``;
+  :class:`sae_lens_ext.cached.CachedActivationBatches`: upstream's cached activations).
+  All shuffle whole windows and are resumable through ``state_dict``/``load_state_dict``.
 - :func:`check_step_layout` is what a loss term calls at each step: the cheap shape check
   every step, and once per SAE a look at the data source when it is not one of ours.
 """
@@ -164,15 +166,83 @@ class WindowShuffledBatches(Iterator[torch.Tensor]):
         self.epoch, self._queue = state["epoch"], state["queue"]
 
 
-class WindowShuffledLMBatches(Iterator[torch.Tensor]):
+class WindowBuffer(Iterator[torch.Tensor]):
+    """Batches of whole windows, shuffled across a buffer of sequences read from a source.
+
+    Subclasses implement :meth:`read` (the next ``(n_seq, seq_len, d_in)`` block of
+    sequences, positions in order; call it only from here). The buffer holds
+    ``n_reads_in_buffer`` reads cut into windows of ``window`` consecutive positions,
+    shuffled by window with a private generator; half of it is refreshed whenever it runs
+    low. ``window=1`` shuffles single positions (a token mixing buffer). Resumable:
+    ``state_dict()`` holds the generator, the buffer and the number of reads (a subclass
+    adds its source's position).
+    """
+
+    def __init__(
+        self, window: int, batch_size: int, n_reads_in_buffer: int = 8, seed: int = 0
+    ) -> None:
+        self.window, self.batch_size = max(1, window), batch_size
+        self.n_reads_in_buffer = max(2, n_reads_in_buffer)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.n_read = 0
+        self._buffer = self._shuffled([self._read_windows() for _ in range(self.n_reads_in_buffer)])
+        self.capacity = self._buffer.shape[0]  # windows in a full buffer
+        if batch_size // self.window > self.capacity // 2:
+            per_read = self.capacity // self.n_reads_in_buffer
+            needed = math.ceil(2 * (batch_size // self.window) / per_read)
+            raise BatchLayoutError(
+                f"n_batches_in_buffer={n_reads_in_buffer}: a batch of {batch_size} rows needs "
+                f"more than half the buffer of {self.capacity} windows; set "
+                f"n_batches_in_buffer to at least {needed}"
+            )
+
+    def read(self) -> torch.Tensor:
+        """The next ``(n_seq, seq_len, d_in)`` sequences of the source (override)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def _read_windows(self) -> torch.Tensor:
+        acts = self.read()
+        self.n_read += 1
+        return acts.reshape(-1, self.window, acts.shape[-1])  # (n_windows, w, d_in)
+
+    def _shuffled(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        buffer = torch.cat(parts)
+        order = torch.randperm(buffer.shape[0], generator=self.generator)
+        return buffer[order.to(buffer.device)]
+
+    def __iter__(self) -> WindowBuffer:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        k = self.batch_size // self.window
+        if self._buffer.shape[0] - k < self.capacity // 2:
+            fresh = [self._read_windows() for _ in range(self.n_reads_in_buffer // 2)]
+            self._buffer = self._shuffled([self._buffer, *fresh])
+        batch, self._buffer = self._buffer[:k], self._buffer[k:]
+        return batch.reshape(self.batch_size, -1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "generator": self.generator.get_state(),
+            "n_read": self.n_read,
+            "buffer": self._buffer.cpu(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.n_read = state["n_read"]
+        self._buffer = state["buffer"].to(self._buffer.device)
+
+
+class WindowShuffledLMBatches(WindowBuffer):
     """Window-shuffled batches of language-model activations from an upstream ``ActivationsStore``.
 
     Reads ``(store_batch_size_prompts, context_size, d_in)`` activations with the store's
     public ``get_batch_tokens`` and ``get_activations`` (whole sequences, no token
     filtering or mixing), keeps ``n_batches_in_buffer`` of them cut into windows, and
-    serves batches of whole windows shuffled across the buffer; half of the buffer is
-    refreshed whenever it runs low. Resumable: ``state_dict()`` holds the shuffle
-    generator and the buffer (the store's own checkpoint holds its dataset position).
+    serves batches of whole windows shuffled across the buffer (:class:`WindowBuffer`).
+    The store's own checkpoint holds its dataset position.
     """
 
     def __init__(
@@ -189,56 +259,14 @@ class WindowShuffledLMBatches(Iterator[torch.Tensor]):
             context_size=int(store.training_context_size),
             exclude_special_tokens=getattr(store, "exclude_special_tokens", None),
         )
-        self.store, self.window, self.batch_size = store, max(1, window), batch_size
-        self.n_batches_in_buffer = max(2, n_batches_in_buffer)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.n_read = 0
-        self._buffer = self._shuffled([self._read() for _ in range(self.n_batches_in_buffer)])
-        self.capacity = self._buffer.shape[0]  # windows in a full buffer
-        if batch_size // self.window > self.capacity // 2:
-            per_read = self.capacity // self.n_batches_in_buffer
-            needed = math.ceil(2 * (batch_size // self.window) / per_read)
-            raise BatchLayoutError(
-                f"n_batches_in_buffer={n_batches_in_buffer}: a batch of {batch_size} rows needs "
-                f"more than half the buffer of {self.capacity} windows; set "
-                f"n_batches_in_buffer to at least {needed}"
-            )
+        self.store = store
+        super().__init__(window, batch_size, n_batches_in_buffer, seed)
 
-    @torch.no_grad()
-    def _read(self) -> torch.Tensor:
+    def read(self) -> torch.Tensor:
         acts = self.store.get_activations(self.store.get_batch_tokens())
         acts = acts.reshape(acts.shape[0], acts.shape[1], -1).to(self.store.device)
         check_finite(acts, f"activations of LM batch {self.n_read}")
-        self.n_read += 1
-        return acts.reshape(-1, self.window, acts.shape[-1])  # (n_windows, w, d_in)
-
-    def _shuffled(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        buffer = torch.cat(parts)
-        order = torch.randperm(buffer.shape[0], generator=self.generator)
-        return buffer[order.to(buffer.device)]
-
-    def __iter__(self) -> WindowShuffledLMBatches:
-        return self
-
-    def __next__(self) -> torch.Tensor:
-        k = self.batch_size // self.window
-        if self._buffer.shape[0] - k < self.capacity // 2:
-            fresh = [self._read() for _ in range(self.n_batches_in_buffer // 2)]
-            self._buffer = self._shuffled([self._buffer, *fresh])
-        batch, self._buffer = self._buffer[:k], self._buffer[k:]
-        return batch.reshape(self.batch_size, -1)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "generator": self.generator.get_state(),
-            "n_read": self.n_read,
-            "buffer": self._buffer.cpu(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-        self.n_read = state["n_read"]
-        self._buffer = state["buffer"].to(self._buffer.device)
+        return acts
 
 
 # ---------------------------------------------------------------------------------------

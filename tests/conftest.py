@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
-from tests.helpers import OFFLINE_ENV, TinyLM, build_tiny_lm
+from tests.helpers import OFFLINE_ENV, TinyLM, build_tiny_lm, cache_tiny_lm_activations
 
 os.environ.update(OFFLINE_ENV)
 
@@ -15,6 +16,15 @@ os.environ.update(OFFLINE_ENV)
 def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> TinyLM:
     """A tiny local GPT-2 + tokenizer + JSONL dataset, built once per session."""
     return build_tiny_lm(tmp_path_factory.mktemp("tiny_lm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory, tiny_lm: TinyLM) -> Path:
+    """The tiny model's activations (128 contexts of 32 positions), cached by upstream's
+    ``CacheActivationsRunner``, built once per session."""
+    path = tmp_path_factory.mktemp("tiny_cache") / "cache"
+    cache_tiny_lm_activations(tiny_lm, path)
+    return path
 
 
 @pytest.fixture(scope="session")

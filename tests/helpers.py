@@ -208,6 +208,28 @@ def lm_runner_args(
     ]
 
 
+def cache_tiny_lm_activations(tiny: TinyLM, path: Path) -> None:
+    """128 contexts of 32 positions of the tiny model's hook, with upstream's runner."""
+    from sae_lens.cache_activations_runner import CacheActivationsRunner
+    from sae_lens.config import CacheActivationsRunnerConfig
+
+    cfg = CacheActivationsRunnerConfig(
+        dataset_path=str(tiny.dataset_dir),
+        model_name=str(tiny.model_dir),
+        model_class_name="AutoModelForCausalLM",
+        model_batch_size=8,
+        hook_name=tiny.hook_name,
+        d_in=tiny.d_in,
+        context_size=32,
+        training_tokens=128 * 32,
+        new_cached_activations_path=str(path),
+        device="cpu",
+        streaming=False,
+        buffer_size_gb=128 * 32 * tiny.d_in * 4 / 1e9 + 1e-6,
+    )
+    CacheActivationsRunner(cfg).run()
+
+
 PLUGIN_SOURCES = {
     "decoder_orthogonality": REPO / "plugins" / "example-decoder-orthogonality",
     "toy": REPO / "tests" / "plugins" / "toy_plugin",

@@ -17,6 +17,16 @@ def test_private_upstream_names_still_exist_with_the_signatures_we_call():
         assert list(inspect.signature(method).parameters) == ["self"], name
 
 
+def test_runner_methods_a_cached_run_reuses_read_only_cfg_and_sae():
+    """``run/lm.py``'s cached-activation runner skips upstream's constructor (no model, no
+    store): the methods it reuses must read nothing else from ``self``."""
+    from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
+
+    for name in ("save_final_sae", "_set_sae_metadata", "_compile_sae_if_needed"):
+        source = inspect.getsource(getattr(LanguageModelSAETrainingRunner, name))
+        assert set(re.findall(r"self\.(\w+)", source)) <= {"cfg", "sae"}, name
+
+
 def test_public_seams_of_the_loop_exist():
     from sae_lens.training.sae_trainer import SAETrainer
 

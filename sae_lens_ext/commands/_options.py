@@ -44,3 +44,16 @@ def run_options(log_every: int) -> Callable[[Callable[..., Any]], Callable[..., 
         return f
 
     return decorate
+
+
+def data_streams_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--data-streams``: the independent streams every batch is made of."""
+    return click.option(
+        "--data-streams",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        help="Independent data streams each batch is made of, an equal block from each "
+        "(0: one per process). Under torchrun each process serves its share of them, so "
+        "the data, and the trained SAE, are the same on any number of processes dividing it.",
+    )(f)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sae_lens_ext.commands._options import run_options
+from sae_lens_ext.commands._options import data_streams_option, run_options
 from sae_lens_ext.errors import debug_option
 
 HELP = """Train an SAE on ground-truth synthetic data, offline, and report how well it recovers it.
@@ -19,6 +19,10 @@ ground-truth MCC, explained variance, L0, dead latents, shrinkage and more.
 Writes the SAE (cfg.json, sae_weights.safetensors), metrics.json,
 training_log.jsonl, plots/ and the data's ground truth (demo_data/) to
 --output, so `sae-lens evaluate` can draw fresh data later. Needs no network.
+
+\b
+Data-parallel on N processes (one SAE, each process a block of every batch):
+  torchrun --nproc_per_node N -m sae_lens_ext demo ...
 """
 
 
@@ -105,6 +109,7 @@ training_log.jsonl, plots/ and the data's ground truth (demo_data/) to
     help="torch CPU threads (0: torch's default). One thread is fastest for these "
     "small matrices on a shared machine.",
 )
+@data_streams_option
 @debug_option
 def demo_command(**options: object) -> int:
     from sae_lens_ext.run.demo import DemoOptions, demo

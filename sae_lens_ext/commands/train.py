@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import click
 
-from sae_lens_ext.commands._options import run_options
+from sae_lens_ext.commands._options import data_streams_option, run_options
 from sae_lens_ext.errors import debug_option
 
 HELP = """Train an SAE on a language model's activations (upstream SAE-Lens runner).
@@ -35,6 +35,12 @@ checkpoints go to <output_path>/checkpoints (or exactly --checkpoint_path);
 losses are written to <output_path>/training_log.jsonl; Ctrl-C saves a
 checkpoint that --resume continues from; an output folder holding a trained
 SAE is refused unless --overwrite.
+
+\b
+Data-parallel on N processes (one SAE; each process a shard of the data):
+  torchrun --nproc_per_node N -m sae_lens_ext train <the same flags>
+Cached activations (upstream's CacheActivationsRunner output), any architecture:
+  --use_cached_activations True --cached_activations_path DIR
 """
 
 
@@ -60,6 +66,7 @@ SAE is refused unless --overwrite.
     is_flag=True,
     help="List every upstream option for --architecture (slow) and exit.",
 )
+@data_streams_option
 @debug_option
 @click.argument("upstream_args", nargs=-1, type=click.UNPROCESSED)
 def train_command(
@@ -69,6 +76,7 @@ def train_command(
     log_every: int,
     progress: str,
     help_options: bool,
+    data_streams: int,
     upstream_args: tuple[str, ...],
 ) -> int:
     from sae_lens_ext.run.lm import train
@@ -81,4 +89,5 @@ def train_command(
         log_every=log_every,
         progress=progress,
         help_options=help_options,
+        data_streams=data_streams,
     )

@@ -4,6 +4,11 @@ What is architecture-specific comes from the plugins: config defaults and data t
 the ``demo_setup`` hook, extra metrics through ``evaluation_metrics``, figures through
 ``run_figures``. An architecture whose plugin implements none of them trains on SAE-Lens's
 ``SyntheticModel`` with upstream defaults and gets the generic metrics and figures.
+
+Under ``torchrun`` (see :mod:`sae_lens_ext.distributed`) every rank trains on its block of
+each global batch of ``--batch-size`` rows (``--data-streams``, :mod:`sae_lens_ext.streams`:
+the data are the same for any number of processes dividing it), and rank 0 alone
+evaluates and writes the output.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class DemoOptions:
     device: str
     threads: int
     data_seed: int | None = None  # the ground truth's seed (default: ``seed``)
+    data_streams: int = 0
 
     @property
     def resolved_data_seed(self) -> int:
@@ -55,9 +61,6 @@ def demo(options: DemoOptions) -> int:
     out = Path(options.output)
     if not options.overwrite and holds_trained_sae(out):  # before the slow imports
         refuse_trained(out, "--output")
-    from sae_lens_ext.run.loop import seed_everything
-    from sae_lens_ext.run.report import evaluate_and_save, print_results
-
     t0 = time.perf_counter()
     setup, cfg_cls, samples, settings = plan(options)
     output = RunOutput(
@@ -65,6 +68,27 @@ def demo(options: DemoOptions) -> int:
         flag="--output",
     )  # fmt: skip
     output.check()
+    from sae_lens_ext import distributed
+
+    with distributed.process_group(options.device) as device:
+        options.device = device
+        return _train_and_report(options, setup, cfg_cls, samples, settings, output, t0)
+
+
+def _train_and_report(
+    options: DemoOptions,
+    setup: Any,
+    cfg_cls: type[Any],
+    samples: int,
+    settings: dict[str, Any],
+    output: RunOutput,
+    t0: float,
+) -> int:
+    from sae_lens_ext import distributed
+    from sae_lens_ext.run.loop import seed_everything
+    from sae_lens_ext.run.report import evaluate_and_save, print_results
+
+    out = output.folder
     seed_everything(options.seed)
     try:
         sae_cfg = cfg_cls(d_in=options.d_in, d_sae=options.d_sae, device=options.device, **settings)
@@ -76,6 +100,8 @@ def demo(options: DemoOptions) -> int:
     lr = options.lr or setup.lr or DEMO_LR
     with output.running():
         sae, trainer = train_demo(sae, batches, output, options, samples, lr)
+        if not distributed.is_main():
+            return 0  # rank 0 evaluates and writes
         run_info = {
             "architecture": options.architecture,
             **{k: getattr(options, k) for k in ("d_in", "d_sae", "n_features", "seed")},
@@ -83,6 +109,9 @@ def demo(options: DemoOptions) -> int:
             "training_samples": trainer.n_training_samples,
             "training_steps": trainer.n_training_steps,
             "lr": lr,
+            "resampled_latents": getattr(sae, "n_resampled", 0),
+            "processes": distributed.world_size(),
+            "data_streams": options.data_streams or distributed.world_size(),
             "sae_config": settings,
             "train_time_s": round(time.perf_counter() - t0, 2),
         }
@@ -200,13 +229,34 @@ def make_data(setup: Any, options: DemoOptions, samples: int) -> Any:
 
 
 def training_batches(data: Any, sae_cfg: Any, options: DemoOptions) -> Any:
-    """The data's batches, in whole windows of the SAE's batch window."""
+    """This process's block of each batch, in whole windows of the SAE's batch window:
+    stream ``s`` of ``--data-streams`` is ``data.training_batches(rows, window, seed + s)``."""
+    import torch
+
+    from sae_lens_ext import distributed
+    from sae_lens_ext.streams import check_streams, stream_batches
     from sae_lens_ext.windows import BatchLayoutError, batch_window, validate_window_layout
 
     window = batch_window(sae_cfg)
+    n_streams = options.data_streams or distributed.world_size()
+    device = torch.device(options.device)
+
+    def make_stream(s: int, rows: int) -> Any:
+        return data.training_batches(rows, window, options.seed + s)
+
     try:
         validate_window_layout(window, batch_size=options.batch_size, batch_setting="--batch-size")
-        return data.training_batches(options.batch_size, window, options.seed)
+        check_streams(
+            options.batch_size, n_streams, distributed.world_size(), window,
+            batch_setting="--batch-size",
+        )  # fmt: skip
+        return stream_batches(
+            make_stream,
+            options.batch_size,
+            n_streams,
+            seed=options.seed,
+            cuda_device=device if device.type == "cuda" else None,
+        )
     except BatchLayoutError as exc:
         raise fail(str(exc)) from exc
 
@@ -218,6 +268,7 @@ def train_demo(
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
+    from sae_lens_ext import distributed
     from sae_lens_ext.run.loop import TrainingLoop
     from sae_lens_ext.run.progress import RunLogger
     from sae_lens_ext.windows import mark_layout_served
@@ -239,13 +290,26 @@ def train_demo(
     )
     trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=batches)
     mark_layout_served(sae)
-    logger = RunLogger(
-        output.log_path, samples, options.batch_size, options.log_every, options.progress
+    logger = (
+        RunLogger(output.log_path, samples, options.batch_size, options.log_every, options.progress)
+        if distributed.is_main()
+        else None
     )
-    loop = TrainingLoop(trainer, batches, logger=logger)
-    print(
-        f"Training a {options.architecture} SAE (d_in {options.d_in}, d_sae {options.d_sae}) "
-        f"on {samples:,} synthetic samples",
-        file=sys.stderr,
-    )
+    loop = TrainingLoop(trainer, batches, logger=logger, check_every=options.log_every)
+    if distributed.is_main():
+        print(
+            f"Training a {options.architecture} SAE (d_in {options.d_in}, d_sae "
+            f"{options.d_sae}) on {samples:,} synthetic samples{parallel_note(options)}",
+            file=sys.stderr,
+        )
     return loop.run(output.resume_from), trainer
+
+
+def parallel_note(options: DemoOptions) -> str:
+    """`` (data-parallel: N processes, S data streams)`` under torchrun, else ``""``."""
+    from sae_lens_ext import distributed
+
+    world = distributed.world_size()
+    if world == 1:
+        return ""
+    return f" (data-parallel: {world} processes, {options.data_streams or world} data streams)"

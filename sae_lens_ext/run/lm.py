@@ -1,9 +1,20 @@
 """``sae-lens train``: upstream's language-model runner, built through its constructor and
-trained by the core's :class:`~sae_lens_ext.run.loop.TrainingLoop`."""
+trained by the core's :class:`~sae_lens_ext.run.loop.TrainingLoop`.
+
+Data (:func:`training_data`): in one process with one data stream, upstream's
+``ActivationsStore`` as upstream's runner uses it (or, for a window architecture, whole
+windows from it). With ``--data-streams S`` > 1, under ``torchrun``, or with cached
+activations, each global batch is made of ``S`` streams (:mod:`sae_lens_ext.streams`):
+stream ``s`` reads shard ``s`` of the token dataset (its own ``ActivationsStore``) or of
+the cached rows (:mod:`sae_lens_ext.cached`), and each rank serves its share of them.
+Cached activations need neither the language model nor a token dataset
+(:class:`CachedActivationsRunner`).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
 import time
@@ -25,6 +36,7 @@ def train(
     log_every: int,
     progress: str,
     help_options: bool,
+    data_streams: int = 0,
 ) -> int:
     """The body of ``sae-lens train`` (see ``sae-lens train --help``)."""
     if config_file is not None:
@@ -36,16 +48,18 @@ def train(
         return checks.print_upstream_help(args)
     if not args:
         raise fail("no options given; see 'sae-lens train --help' for an example")
-    cfg = parse_config(args, config_file)
+    cfg = parse_config(args, config_file, data_streams)
     output = RunOutput(
         Path(cfg.output_path), _checkpoint_dir(cfg), overwrite=overwrite, resume=resume
     )
     output.check()
-    return run_lm(cfg, output, log_every=log_every, progress=progress)
+    return run_lm(cfg, output, log_every=log_every, progress=progress, data_streams=data_streams)
 
 
-def parse_config(args: list[str], config_file: str | None) -> Any:
+def parse_config(args: list[str], config_file: str | None, data_streams: int = 0) -> Any:
     """Upstream's runner config from the flags, with every check that needs no model."""
+    from sae_lens_ext import distributed
+    from sae_lens_ext.streams import check_streams
     from sae_lens_ext.windows import BatchLayoutError, batch_window, validate_window_layout
 
     checks.check_context_flag(args)
@@ -61,6 +75,7 @@ def parse_config(args: list[str], config_file: str | None) -> Any:
     checks.check_devices(cfg)
     checks.check_paths(cfg)
     window = batch_window(cfg.sae)
+    n_streams = data_streams or distributed.launched_world_size()
     try:
         validate_window_layout(
             window,
@@ -68,10 +83,38 @@ def parse_config(args: list[str], config_file: str | None) -> Any:
             context_size=_sliced_context(cfg),
             exclude_special_tokens=cfg.exclude_special_tokens,
         )
+        check_streams(
+            cfg.train_batch_size_tokens, n_streams, distributed.launched_world_size(), window
+        )
     except BatchLayoutError as exc:
         raise fail(str(exc)) from exc
     checks.fit_buffer(cfg, args, window)
+    if cfg.use_cached_activations:
+        check_cache(cfg, window, n_streams)
     return cfg
+
+
+def check_cache(cfg: Any, window: int, n_streams: int) -> None:
+    """The cached activations fit the run (hook, width, context, window, buffer)."""
+    from sae_lens_ext.cached import CacheLayoutError, open_cache, validate_cache
+    from sae_lens_ext.windows import BatchLayoutError
+
+    if not cfg.cached_activations_path:
+        raise fail("--use_cached_activations True needs --cached_activations_path DIR")
+    try:
+        _, layout = open_cache(cfg.cached_activations_path, cfg.hook_name)
+        validate_cache(
+            layout,
+            d_in=cfg.sae.d_in,
+            context_size=cfg.context_size,
+            window=window,
+            batch_size=cfg.train_batch_size_tokens,
+            n_streams=n_streams,
+            rows_per_read=cfg.store_batch_size_prompts,
+            n_reads_in_buffer=cfg.n_batches_in_buffer,
+        )
+    except (CacheLayoutError, BatchLayoutError) as exc:
+        raise fail(str(exc)) from exc
 
 
 def _checkpoint_dir(cfg: Any) -> Path | None:
@@ -125,11 +168,14 @@ def load_model(cfg: Any) -> Any:
 
 
 def build_runner(cfg: Any) -> Any:
-    """Upstream's ``LanguageModelSAETrainingRunner``, through its public constructor."""
+    """Upstream's ``LanguageModelSAETrainingRunner``, through its public constructor (for
+    cached activations: :func:`cached_activations_runner`)."""
     from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
 
     if cfg.from_pretrained_path is not None and not Path(cfg.from_pretrained_path).exists():
         raise fail(f"--from_pretrained_path {cfg.from_pretrained_path}: no such folder")
+    if cfg.use_cached_activations:
+        return cached_activations_runner(cfg)
     model = load_model(cfg)
     check_context(cfg, model)
     try:
@@ -139,6 +185,33 @@ def build_runner(cfg: Any) -> Any:
         raise checks.hub_error(
             "dataset_path", cfg.dataset_path, exc, "--dataset_path ./data-dir --streaming False"
         ) from exc
+
+
+def cached_activations_runner(cfg: Any) -> Any:
+    """Upstream's runner for a run on cached activations: its SAE construction, metadata,
+    SAE compilation and final save, without the language model and token dataset its
+    constructor loads (its activation store demands a ``dataset_path`` even when it reads
+    a cache; here the data come from :mod:`sae_lens_ext.cached`, and the wandb evaluator,
+    which runs the model, is off)."""
+    from sae_lens.constants import RUNNER_CFG_FILENAME
+    from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
+    from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
+
+    class CachedActivationsRunner(LanguageModelSAETrainingRunner):
+        def __init__(self, cfg: Any) -> None:  # no super().__init__: no model, no store
+            self.cfg, self.model, self.activations_store, self.evaluator = cfg, None, None, None
+            if cfg.from_pretrained_path is not None:
+                self.sae = TrainingSAE.load_from_disk(cfg.from_pretrained_path, cfg.device)
+            else:
+                sae_cfg = TrainingSAEConfig.from_dict(cfg.get_training_sae_cfg_dict())
+                self.sae = TrainingSAE.from_dict(sae_cfg.to_dict())
+            self.sae.to(cfg.device)
+
+        def save_checkpoint(self, checkpoint_path: Path | None) -> None:
+            if checkpoint_path is not None:  # the data position is in the loop's state
+                (checkpoint_path / RUNNER_CFG_FILENAME).write_text(json.dumps(self.cfg.to_dict()))
+
+    return CachedActivationsRunner(cfg)
 
 
 def check_context(cfg: Any, model: Any) -> None:
@@ -186,6 +259,144 @@ def check_d_in(runner: Any) -> None:
         )
 
 
+def training_data(runner: Any, n_streams: int) -> tuple[Any, Any]:
+    """This process's training batches and what restores their position on ``--resume``
+    beyond their ``state_dict`` (see the module docstring)."""
+    import torch
+
+    from sae_lens_ext import distributed
+    from sae_lens_ext.streams import stream_batches
+    from sae_lens_ext.windows import mark_layout_served
+
+    cfg = runner.cfg
+    if not cfg.use_cached_activations and n_streams == 1 and distributed.world_size() == 1:
+        return data_provider(runner), runner.activations_store.load_from_checkpoint
+    make = (
+        cached_streams(runner, n_streams)
+        if cfg.use_cached_activations
+        else lm_streams(runner, n_streams)
+    )
+    device = torch.device(cfg.act_store_device or cfg.device)
+    data = stream_batches(
+        make,
+        cfg.train_batch_size_tokens,
+        n_streams,
+        seed=cfg.seed,
+        cuda_device=device if device.type == "cuda" else None,
+        private_rng=not cfg.prefetch_llm_batches,
+    )
+    mark_layout_served(runner.sae)
+    return data, None
+
+
+def cached_streams(runner: Any, n_streams: int) -> Any:
+    """``make_stream(s, rows)``: cached rows of shard ``s``, in shuffled whole windows."""
+    from sae_lens.util import str_to_dtype
+
+    from sae_lens_ext.cached import CachedActivationBatches, open_cache, stream_shard
+    from sae_lens_ext.windows import batch_window
+
+    cfg = runner.cfg
+    dataset, _ = open_cache(cfg.cached_activations_path, cfg.hook_name)
+    window = batch_window(runner.sae.cfg)
+
+    def make_stream(s: int, rows: int) -> Any:
+        return CachedActivationBatches(
+            stream_shard(dataset, s, n_streams),
+            cfg.hook_name,
+            window,
+            rows,
+            rows_per_read=cfg.store_batch_size_prompts,
+            n_reads_in_buffer=cfg.n_batches_in_buffer,
+            seed=cfg.seed + s,
+            device=cfg.act_store_device or cfg.device,
+            dtype=str_to_dtype(cfg.dtype),
+        )
+
+    return make_stream
+
+
+def lm_streams(runner: Any, n_streams: int) -> Any:
+    """``make_stream(s, rows)``: an ``ActivationsStore`` on shard ``s`` of the token
+    dataset (``datasets.distributed.split_dataset_by_node``), serving ``rows`` rows."""
+    from datasets import load_dataset
+    from datasets.distributed import split_dataset_by_node
+    from sae_lens.training.activations_store import ActivationsStore
+
+    from sae_lens_ext import distributed
+    from sae_lens_ext.windows import batch_window
+
+    cfg = runner.cfg
+    with distributed.main_first():  # rank 0 prepares the dataset cache, then the others
+        try:
+            dataset = load_dataset(
+                cfg.dataset_path,
+                split="train",
+                streaming=cfg.streaming,
+                trust_remote_code=cfg.dataset_trust_remote_code,
+            )
+        except Exception as exc:
+            raise checks.hub_error(
+                "dataset_path", cfg.dataset_path, exc, "--dataset_path ./data-dir --streaming False"
+            ) from exc
+    window = batch_window(runner.sae.cfg)
+
+    def make_stream(s: int, rows: int) -> Any:
+        shard = split_dataset_by_node(dataset, rank=s, world_size=n_streams)
+        store = ActivationsStore.from_config(runner.model, cfg, override_dataset=shard)
+        store.train_batch_size_tokens = rows  # this stream's block of each batch
+        return StoreStream(store, window, rows, cfg, seed=cfg.seed + s)
+
+    return make_stream
+
+
+class StoreStream(Iterator[Any]):
+    """One data stream of LM activations: an ``ActivationsStore`` on a dataset shard,
+    served as upstream serves it (or in whole windows), with its dataset position in
+    ``state_dict`` (restored through the store's public ``load``)."""
+
+    def __init__(self, store: Any, window: int, rows: int, cfg: Any, seed: int) -> None:
+        from sae_lens.training.prefetch import PrefetchingIterator
+
+        from sae_lens_ext.windows import WindowShuffledLMBatches
+
+        self.store, self.window = store, window
+        self.batches: Any = store
+        if window > 1:
+            self.batches = WindowShuffledLMBatches(
+                store, window, rows, n_batches_in_buffer=cfg.n_batches_in_buffer, seed=seed
+            )
+        if cfg.prefetch_llm_batches:
+            size = 1 if isinstance(cfg.prefetch_llm_batches, bool) else cfg.prefetch_llm_batches
+            self.batches = PrefetchingIterator(iter(self.batches), prefetch=size)
+
+    def __next__(self) -> Any:
+        return next(self.batches)
+
+    def state_dict(self) -> dict[str, Any]:
+        window_state = getattr(self.batches, "state_dict", None)
+        return {
+            "store": self.store.state_dict(),
+            "window": window_state() if self.window > 1 and callable(window_state) else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        if state["window"] is not None and hasattr(self.batches, "load_state_dict"):
+            self.batches.load_state_dict(state["window"])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = str(Path(tmp) / "store.safetensors")
+            save_file(state["store"], path)
+            self.store.load(path)  # fast-forwards the dataset to the saved position
+
+    def close(self) -> None:
+        if hasattr(self.batches, "close"):
+            self.batches.close()
+
+
 def data_provider(runner: Any) -> Any:
     """What the SAE trains on: whole windows for window architectures, else upstream's store."""
     from sae_lens.training.prefetch import PrefetchingIterator
@@ -210,24 +421,57 @@ def data_provider(runner: Any) -> Any:
     return runner.activations_store
 
 
-def run_lm(cfg: Any, output: RunOutput, *, log_every: int, progress: str) -> int:
-    """Build the runner, train with the core loop, save atomically, print a summary."""
+def run_lm(
+    cfg: Any, output: RunOutput, *, log_every: int, progress: str, data_streams: int = 0
+) -> int:
+    """Build the runner, train with the core loop, save atomically, print a summary (under
+    torchrun: on every rank, data-parallel; rank 0 writes)."""
+    from sae_lens_ext import distributed
+
+    with distributed.process_group(cfg.device) as device:
+        for name in ("device", "llm_device", "act_store_device"):
+            value = getattr(cfg, name, None)
+            if isinstance(value, str) and value.startswith("cuda"):
+                setattr(cfg, name, distributed.rank_device(value))
+        cfg.device = device
+        n_streams = data_streams or distributed.world_size()
+        return _train_lm(cfg, output, log_every=log_every, progress=progress, n_streams=n_streams)
+
+
+def _main_logger(trainer_cfg: Any, output: RunOutput, log_every: int, progress: str) -> Any:
+    """The run's logger on rank 0 (or the only process); ``None`` on the other ranks."""
+    from sae_lens_ext import distributed
+    from sae_lens_ext.run.progress import RunLogger
+
+    if not distributed.is_main():
+        return None
+    return RunLogger(
+        output.log_path,
+        trainer_cfg.total_training_samples,
+        trainer_cfg.train_batch_size_samples,
+        log_every,
+        progress,
+    )
+
+
+def _train_lm(cfg: Any, output: RunOutput, *, log_every: int, progress: str, n_streams: int) -> int:
     from sae_lens.training.sae_trainer import SAETrainer
 
+    from sae_lens_ext import distributed
     from sae_lens_ext.run.loop import (
         InterruptFlag,
         TrainingLoop,
         reconstruction_warning,
         seed_everything,
     )
-    from sae_lens_ext.run.progress import RunLogger
 
     t0 = time.perf_counter()
     seed_everything(cfg.seed)  # upstream's runner never uses cfg.seed
-    runner = build_runner(cfg)
+    with distributed.main_first():  # rank 0 downloads and caches first
+        runner = build_runner(cfg)
     check_d_in(runner)
     runner._set_sae_metadata()  # private upstream name: see docs/internals.md
-    data = data_provider(runner)
+    data, on_resume = training_data(runner, n_streams)
     trainer_cfg = cfg.to_sae_trainer_config()
     trainer = SAETrainer(
         cfg=trainer_cfg,
@@ -236,25 +480,21 @@ def run_lm(cfg: Any, output: RunOutput, *, log_every: int, progress: str) -> int
         evaluator=runner.evaluator,
         save_checkpoint_fn=runner.save_checkpoint,
     )
-    logger = RunLogger(
-        output.log_path,
-        trainer_cfg.total_training_samples,
-        trainer_cfg.train_batch_size_samples,
-        log_every,
-        progress,
-    )
     loop = TrainingLoop(
         trainer,
         data,
-        logger=logger,
+        logger=_main_logger(trainer_cfg, output, log_every, progress),
         interrupt=InterruptFlag(),
-        on_resume=runner.activations_store.load_from_checkpoint,
+        on_resume=on_resume,
+        check_every=log_every,
     )
     runner._compile_sae_if_needed()  # private upstream name: see docs/internals.md
     try:
         with output.running(), _wandb_run(cfg):
             sae = loop.run(output.resume_from)
-            metrics = run_summary(cfg, loop, time.perf_counter() - t0)
+            if not distributed.is_main():
+                return 0  # rank 0 writes the SAE
+            metrics = run_summary(cfg, loop, time.perf_counter() - t0, n_streams)
             with output.staging() as tmp:
                 runner.save_final_sae(
                     sae, str(tmp), log_feature_sparsity=trainer.log_feature_sparsity
@@ -270,7 +510,9 @@ def run_lm(cfg: Any, output: RunOutput, *, log_every: int, progress: str) -> int
 @contextlib.contextmanager
 def _wandb_run(cfg: Any) -> Iterator[None]:
     """A wandb run around training when ``--log_to_wandb True`` (as upstream's runner)."""
-    if not cfg.logger.log_to_wandb:
+    from sae_lens_ext import distributed
+
+    if not cfg.logger.log_to_wandb or not distributed.is_main():
         yield
         return
     import wandb
@@ -288,10 +530,15 @@ def _wandb_run(cfg: Any) -> Iterator[None]:
         wandb.finish()
 
 
-def run_summary(cfg: Any, loop: Any, seconds: float) -> dict[str, Any]:
+def run_summary(cfg: Any, loop: Any, seconds: float, n_streams: int = 1) -> dict[str, Any]:
+    from sae_lens_ext import distributed
+
     trainer, last = loop.trainer, loop.last_record
     return {
         "architecture": cfg.sae.architecture(),
+        "processes": distributed.world_size(),
+        "data_streams": n_streams,
+        "cached_activations": bool(cfg.use_cached_activations),
         "training_samples": trainer.n_training_samples,
         "training_steps": trainer.n_training_steps,
         "last_step": last,

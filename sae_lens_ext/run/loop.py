@@ -13,6 +13,12 @@ upstream's ``MultiSAETrainer`` does (``step``, ``maybe_reset_sparsity``,
 3. logging (JSONL, progress, wandb when asked), checkpoints at step boundaries (with
    the RNG state, the data provider's ``state_dict`` and the guard's state, written to a
    temp folder and renamed), and Ctrl-C at a step boundary.
+
+Under ``torchrun`` the same loop runs on every rank (see :mod:`sae_lens_ext.run.replicas`
+for what keeps the replicas identical): guards and replica checks run on the same steps
+everywhere (every ``check_every`` steps and the last), a Ctrl-C on any rank stops all
+ranks at the same step, and rank 0 alone writes checkpoints (holding every rank's data
+position) while the others wait.
 """
 
 from __future__ import annotations
@@ -29,10 +35,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from sae_lens_ext.errors import TrainingInterrupted
+from sae_lens_ext import distributed
+from sae_lens_ext.errors import TrainingInterrupted, fail
 from sae_lens_ext.guards import TrainingGuard
 from sae_lens_ext.optim import permute_latent_state
 from sae_lens_ext.run.progress import RunLogger
+from sae_lens_ext.run.replicas import ReplicaSync
 
 LOOP_STATE_FILENAME = "loop_state.pt"
 DEFAULT_MAX_SILENT_STEPS = 200
@@ -49,6 +57,8 @@ class InterruptFlag:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        if not distributed.is_main():
+            return  # rank 0 says it
         print(
             "\nInterrupt: stopping after this step (Ctrl-C again to quit now)",
             file=sys.stderr,
@@ -114,6 +124,9 @@ class TrainingLoop:
         interrupt: the Ctrl-C flag (installed by :meth:`run`).
         on_resume: extra state to restore from a checkpoint (e.g. the LM activation
             store's dataset position).
+        check_every: under torchrun, guards and replica checks run every this many steps
+            (default: the logger's ``log_every``); in one process they run whenever the
+            logger makes a record.
     """
 
     def __init__(
@@ -124,10 +137,14 @@ class TrainingLoop:
         logger: RunLogger | None = None,
         interrupt: InterruptFlag | None = None,
         on_resume: Callable[[Path], None] | None = None,
+        check_every: int | None = None,
     ) -> None:
         self.trainer, self.sae, self.cfg = trainer, trainer.sae, trainer.cfg
         self.data, self.logger, self.on_resume = data, logger, on_resume
         self.interrupt = interrupt or InterruptFlag()
+        self.replicas = ReplicaSync(trainer)
+        self.stop = distributed.StopAgreement()
+        self.check_every = check_every or (logger.log_every if logger is not None else 50)
         self.guard = TrainingGuard(
             getattr(self.sae.cfg, "max_silent_steps", DEFAULT_MAX_SILENT_STEPS)
         )
@@ -145,40 +162,63 @@ class TrainingLoop:
         self.sae.load_weights_from_checkpoint(checkpoint)
         self.thresholds = [t for t in self.thresholds if t >= self.trainer.n_training_samples]
         state = torch.load(checkpoint / LOOP_STATE_FILENAME, weights_only=False)
-        if state.get("data") is not None:
-            self.data.load_state_dict(state["data"])  # type: ignore[attr-defined]
+        data_state = self._rank_data_state(state, checkpoint)
+        if data_state is not None:
+            self.data.load_state_dict(data_state)  # type: ignore[attr-defined]
         self.guard.load_state_dict(state["guard"])
         self._resume_rng = state["rng"]
         if self.on_resume is not None:
             self.on_resume(checkpoint)
+
+    @staticmethod
+    def _rank_data_state(state: dict[str, Any], checkpoint: Path) -> Any:
+        """This rank's data position in a checkpoint (written by as many processes)."""
+        by_rank = state.get("data_by_rank", [state.get("data")])
+        if len(by_rank) != distributed.world_size():
+            raise fail(
+                f"--resume: {checkpoint} was written by {len(by_rank)} process(es), each with "
+                f"its own data position; resume with {len(by_rank)} (torchrun "
+                f"--nproc_per_node {len(by_rank)})"
+            )
+        return by_rank[distributed.rank()]
 
     # --- the loop --------------------------------------------------------------------------
     def run(self, resume_from: Path | None = None) -> Any:
         """Train to ``total_training_samples``; return the SAE (scaling folded in)."""
         with self.interrupt:
             if resume_from is not None:
-                print(f"Resuming from {resume_from}", file=sys.stderr)
+                if distributed.is_main():
+                    print(f"Resuming from {resume_from}", file=sys.stderr)
                 self.resume_from(resume_from)
             self.sae.to(self.cfg.device)
-            self.estimate_normalization()
-            if self._resume_rng is not None:  # last: nothing may draw after this
-                set_rng_state(self._resume_rng)
-            if self.logger is not None:
-                self.logger.start(self.trainer.n_training_samples, self.trainer.n_training_steps)
+            self.replicas.start()
             try:
-                while self.trainer.n_training_samples < self.cfg.total_training_samples:
-                    self.train_step()
+                self.estimate_normalization()
+                if self._resume_rng is not None:  # last: nothing may draw after this
+                    set_rng_state(self._resume_rng)
+                self._train_steps()
+                return self.finish()
             finally:
-                if self.logger is not None:
-                    self.logger.close()
-        return self.finish()
+                self.replicas.stop()
+
+    def _train_steps(self) -> None:
+        trainer = self.trainer
+        if self.logger is not None:
+            self.logger.start(trainer.n_training_samples, trainer.n_training_steps)
+        try:
+            while trainer.n_training_samples < self.cfg.total_training_samples:
+                self.train_step()
+        finally:
+            if self.logger is not None:
+                self.logger.close()
+            self.stop.close()
 
     def estimate_normalization(self) -> None:
         """Upstream's activation normalisation estimate (as ``SAETrainer.fit`` does it),
         on batches that stop promptly on Ctrl-C."""
         trainer, sae_cfg = self.trainer, self.sae.cfg
         scaler, n = trainer.activation_scaler, self.cfg.n_batches_for_norm_estimate
-        data = _Interruptible(self.data, self.interrupt)
+        data = self.replicas.normalization_batches(_Interruptible(self.data, self.interrupt))
         mode = sae_cfg.normalize_activations
         if mode == "expected_average_only_in" and scaler.scaling_factor is None:
             scaler.estimate_scaling_factor(
@@ -190,10 +230,14 @@ class TrainingLoop:
             )
 
     def train_step(self) -> None:
-        trainer = self.trainer
+        trainer, replicas = self.trainer, self.replicas
         sparsity_log = trainer.maybe_reset_sparsity()
-        output = trainer.step(next(self.data))
+        batch = next(self.data)
+        replicas.before_step()
+        output = trainer.step(batch)
+        replicas.after_step(batch.shape[0])
         self.after_optimizer_step()
+        replicas.sync_buffers()
         self.guard.observe(
             trainer.n_training_steps,
             output.loss,
@@ -207,18 +251,34 @@ class TrainingLoop:
         record = self.logger.update(trainer, output) if self.logger is not None else None
         if record is not None:
             self.last_record = record
-            self.guard.check()
+        if self._check_due(record):
+            self.check()
         if self.thresholds and trainer.n_training_samples > self.thresholds[0]:
-            self.guard.check()  # never checkpoint a diverged SAE
+            self.check()  # never checkpoint a diverged SAE
             self.save_checkpoint(str(trainer.n_training_samples))
             self.thresholds.pop(0)
-        if (
-            self.interrupt.requested
-            and trainer.n_training_samples < self.cfg.total_training_samples
-        ):
-            self.guard.check()
+        stop = self.stop.poll(self.interrupt.requested)
+        if stop and trainer.n_training_samples < self.cfg.total_training_samples:
+            self.check()
             checkpoint = self.save_checkpoint(str(trainer.n_training_samples))
             raise TrainingInterrupted(trainer.n_training_steps, checkpoint)
+
+    def _check_due(self, record: dict[str, Any] | None) -> bool:
+        """One process: whenever a record was made. Several: on the same steps on every
+        rank (collectives), every ``check_every`` steps and at the last step."""
+        if not self.replicas.active:
+            return record is not None
+        trainer = self.trainer
+        return (
+            trainer.n_training_steps % self.check_every == 0
+            or trainer.n_training_samples >= self.cfg.total_training_samples
+        )
+
+    def check(self) -> None:
+        """The guards (over all ranks) and, under torchrun, that the replicas agree."""
+        self.guard.synchronize()
+        self.guard.check()
+        self.replicas.check()
 
     def after_optimizer_step(self) -> None:
         """The architecture's after-step work; permute the trainer's per-latent state along
@@ -226,6 +286,7 @@ class TrainingLoop:
         after = getattr(self.sae, "after_optimizer_step", None)
         permutation = after(self.trainer.optimizer) if after is not None else None
         if permutation is not None:
+            self.replicas.compare_permutation(permutation)
             trainer = self.trainer
             permute_latent_state(
                 [trainer.act_freq_scores, trainer.n_forward_passes_since_fired], permutation
@@ -234,7 +295,7 @@ class TrainingLoop:
     def log_to_wandb(self, output: Any, sparsity_log: dict[str, Any]) -> None:
         """What ``SAETrainer.fit`` logs to wandb, from its public pieces (when asked)."""
         logger_cfg = self.cfg.logger
-        if not logger_cfg.log_to_wandb:
+        if not logger_cfg.log_to_wandb or not distributed.is_main():
             return
         import wandb
 
@@ -254,8 +315,9 @@ class TrainingLoop:
     def finish(self) -> Any:
         """After the last step: guards, the last sparsity window, folded scaling, metadata."""
         trainer, sae = self.trainer, self.sae
+        self.guard.synchronize()
         self.guard.check_finished(trainer.n_training_steps)
-        if self.cfg.logger.log_to_wandb:
+        if self.cfg.logger.log_to_wandb and distributed.is_main():
             import wandb
 
             final = trainer.full_sparsity_window_log()
@@ -281,22 +343,35 @@ class TrainingLoop:
     # --- checkpoints ---------------------------------------------------------------------
     def save_checkpoint(self, name: str) -> Path | None:
         """Upstream's checkpoint plus this loop's state, written to a temp folder and
-        renamed into place (a crash while saving never leaves a checkpoint --resume takes)."""
+        renamed into place (a crash while saving never leaves a checkpoint --resume takes).
+        Under torchrun every rank's data position is gathered and rank 0 writes."""
         if self.cfg.checkpoint_path is None:
             return None
         base = Path(self.cfg.checkpoint_path)
-        tmp_name = f".tmp-{name}-{os.getpid()}"
-        state = {"rng": rng_state(), "guard": self.guard.state_dict()}
         state_dict = getattr(self.data, "state_dict", None)
-        state["data"] = state_dict() if callable(state_dict) else None
+        by_rank = distributed.gather_objects(state_dict() if callable(state_dict) else None)
+        final = base / name
+        if distributed.is_main():
+            assert by_rank is not None
+            self._write_checkpoint(base, name, by_rank)
+        distributed.barrier()
+        self.last_checkpoint = final
+        return final
+
+    def _write_checkpoint(self, base: Path, name: str, data_by_rank: list[Any]) -> None:
+        tmp_name = f".tmp-{name}-{os.getpid()}"
+        state = {
+            "rng": rng_state(),
+            "guard": self.guard.state_dict(),
+            "data": data_by_rank[0],
+            "data_by_rank": data_by_rank,
+        }
         self.trainer.save_checkpoint(tmp_name, base_path=base)
         torch.save(state, base / tmp_name / LOOP_STATE_FILENAME)
         final = base / name
         if final.exists():
             shutil.rmtree(final)
         os.replace(base / tmp_name, final)
-        self.last_checkpoint = final
-        return final
 
 
 def reconstruction_warning(record: dict[str, Any]) -> str | None:

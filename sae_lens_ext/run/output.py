@@ -135,7 +135,17 @@ class RunOutput:
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
         """:meth:`begin`; then :meth:`commit` if the body succeeds, else :meth:`abort`
-        (an interruption becomes the one-line error with exit code 130)."""
+        (an interruption becomes the one-line error with exit code 130). On a
+        data-parallel rank other than 0 nothing is written, and an interruption exits
+        quietly with code 130 (rank 0 says where the checkpoint is)."""
+        from sae_lens_ext import distributed
+
+        if not distributed.is_main():
+            try:
+                yield
+            except TrainingInterrupted:
+                raise SystemExit(INTERRUPTED) from None
+            return
         self.begin()
         try:
             yield

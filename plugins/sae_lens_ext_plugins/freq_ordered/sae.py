@@ -39,6 +39,7 @@ from sae_lens.saes.sae import (
 )
 from torch import nn
 
+from sae_lens_ext.distributed import all_reduce_mean_
 from sae_lens_ext.loss_terms import LossTermSpec
 from sae_lens_ext.optim import permute_optimizer_rows
 from sae_lens_ext.resampling import ResampleResult, request_after_step
@@ -496,6 +497,7 @@ class FreqOrderedTrainingSAE(
         acts = feature_acts.detach().reshape(-1, self.cfg.d_sae)
         # a 1-byte mask and a column sum: fewer memory passes than sign() or a float mask
         fired = acts.ne(0).sum(0, dtype=torch.float32) / max(acts.shape[0], 1)
+        all_reduce_mean_(fired)  # data-parallel: the global batch's rates (no-op otherwise)
         t = self.frequency_updates
         decay = (t / (t + 1.0)).clamp(max=self.cfg.frequency_decay)
         new = decay * self.latent_frequency.float() + (1 - decay) * fired
