@@ -65,9 +65,7 @@ def train_together(
         lr, lr_scheduler_name, lr_warm_up_steps: upstream ``SAETrainer`` settings
             (e.g. ``"cosineannealing"`` with warm-up).
     """
-    from sae_lens.config import SAETrainerConfig
     from sae_lens.registry import get_sae_training_class
-    from sae_lens.training.sae_trainer import SAETrainer
 
     if training_steps < 1:
         raise ValueError(
@@ -85,19 +83,10 @@ def train_together(
         torch.manual_seed(seed + i)
         sae = get_sae_training_class(cfg.architecture())[0](cfg)
         mark_layout_served(sae)
-        trainer_cfg = SAETrainerConfig(
-            total_training_samples=training_steps * batch_size,
-            train_batch_size_samples=batch_size,
-            lr=lr,
-            lr_end=lr / 10,
-            lr_scheduler_name=lr_scheduler_name,
-            lr_warm_up_steps=lr_warm_up_steps,
-            device=device,
-            dead_feature_window=max(1, training_steps // 4),
-            feature_sampling_window=max(1, training_steps),
+        schedule = {"lr": lr, "lr_scheduler_name": lr_scheduler_name}
+        trainers[name] = make_trainer(
+            sae, provider, training_steps, batch_size, device, lr_warm_up_steps, **schedule
         )
-        trainers[name] = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=provider)
-        trainers[name].sae.to(device)
         results[name] = TrainResult(sae=sae)
     for step in range(training_steps):
         batch = next(provider)
@@ -108,15 +97,51 @@ def train_together(
             trainer.n_training_steps += 1
             results[name].n_steps += 1
             if step % log_every == 0 or step == training_steps - 1:
-                with torch.no_grad():
-                    row = {"step": step, "loss": float(output.loss)}
-                    row.update({k: float(v) for k, v in output.losses.items()})
-                    row["l0"] = float((output.feature_acts != 0).float().sum(-1).mean())
-                results[name].history.append(row)
+                results[name].history.append(history_row(step, output))
     for trainer in trainers.values():
         trainer.set_final_sae_metadata()
         trainer.sae.eval()
     return results
+
+
+def make_trainer(
+    sae: Any,
+    provider: Any,
+    training_steps: int,
+    batch_size: int,
+    device: str,
+    lr_warm_up_steps: int,
+    *,
+    lr: float,
+    lr_scheduler_name: str,
+) -> Any:
+    """Upstream's ``SAETrainer`` for ``training_steps`` steps of ``batch_size`` rows."""
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=training_steps * batch_size,
+        train_batch_size_samples=batch_size,
+        lr=lr,
+        lr_end=lr / 10,
+        lr_scheduler_name=lr_scheduler_name,
+        lr_warm_up_steps=lr_warm_up_steps,
+        device=device,
+        dead_feature_window=max(1, training_steps // 4),
+        feature_sampling_window=max(1, training_steps),
+    )
+    trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=provider)
+    trainer.sae.to(device)
+    return trainer
+
+
+def history_row(step: int, output: Any) -> dict[str, float]:
+    """One logged row of a training history: loss, each loss term and L0."""
+    with torch.no_grad():
+        row = {"step": step, "loss": float(output.loss)}
+        row.update({k: float(v) for k, v in output.losses.items()})
+        row["l0"] = float((output.feature_acts != 0).float().sum(-1).mean())
+    return row
 
 
 def train_on_sequences(cfg: Any, sequences: Any, **kwargs: Any) -> TrainResult:
