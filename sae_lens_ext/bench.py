@@ -94,6 +94,42 @@ class BenchDataError(RuntimeError):
     """A dataset or model an evaluation needs could not be loaded."""
 
 
+# Benches that encode single-token activations taken out of their prompts (2-D rows from
+# different prompts; SAE-Bench 0.6.0's k-sparse probing and absorption calculator, and
+# sae-probes). The others encode whole sequences (batch, seq, d_in).
+SINGLE_TOKEN_BENCHES = ("absorption", "sparse_probing_sae_probes")
+
+
+class OutOfContextError(ValueError):
+    """Benches that would feed single tokens to an SAE whose encoder reads several
+    consecutive positions together: its code of such rows is not defined."""
+
+
+def encoder_window(cfg: Any) -> int:
+    """Consecutive positions the SAE's encoder reads together: its config's
+    ``architecture_window()`` (see docs/hooks.md), 1 without one."""
+    window = getattr(cfg, "architecture_window", None)
+    return int(window()) if callable(window) else 1
+
+
+def out_of_context_benches(cfg: Any, benches: Sequence[str]) -> list[str]:
+    """The ``benches`` that cannot evaluate an SAE of config ``cfg`` (see
+    :data:`SINGLE_TOKEN_BENCHES`): none unless its encoder window is over 1."""
+    if encoder_window(cfg) <= 1:
+        return []
+    return [bench for bench in benches if bench in SINGLE_TOKEN_BENCHES]
+
+
+def out_of_context_reason(cfg: Any, benches: Sequence[str]) -> str:
+    """Why ``benches`` (from :func:`out_of_context_benches`) cannot run, in one line."""
+    return (
+        f"{', '.join(benches)}: SAE-Bench encodes single tokens taken out of their prompts "
+        f"there, but this SAE's encoder reads {encoder_window(cfg)} consecutive positions "
+        "together (its cfg's architecture_window(), e.g. attention); its code of a lone token "
+        "is not defined (core, sparse_probing, scr and tpp encode whole sequences)"
+    )
+
+
 @dataclass
 class BenchSettings:
     """How to run the evaluations. ``None`` means SAE-Bench's own default.
@@ -208,7 +244,10 @@ def run_bench(
     settings = settings or BenchSettings()
     check_benches(benches, settings)
     paths: dict[str, Path] = {}
-    with prepared_run(sae, settings, output_dir, name=name) as run, _grad_mode_restored():
+    with (
+        prepared_run(sae, settings, output_dir, name=name, benches=benches) as run,
+        _grad_mode_restored(),
+    ):
         for bench in benches:
             with _tokenizer_restored(run.model.tokenizer):  # sae-probes changes its sides
                 paths[bench] = RUNNERS[bench](run)
@@ -252,12 +291,17 @@ def prepared_run(
     output_dir: str | Path,
     *,
     name: str | None = None,
+    benches: Sequence[str] = (),
 ) -> Iterator[BenchRun]:
-    """The SAE and its model, set up as SAE-Bench expects them, for the ``with`` block."""
+    """The SAE and its model, set up as SAE-Bench expects them, for the ``with`` block;
+    :class:`OutOfContextError` (before the model loads) if ``benches`` cannot evaluate it."""
     from sae_bench.sae_bench_utils import general_utils, get_eval_uuid
 
     device = settings.device or _default_device()
     sae_obj, release, sae_id = load_sae(sae, device=device, name=name)
+    unfit = out_of_context_benches(sae_obj.cfg, benches)
+    if unfit:
+        raise OutOfContextError(f"{out_of_context_reason(sae_obj.cfg, unfit)}; leave them out")
     metadata = sae_obj.cfg.metadata
     model_name = _resolve_path(settings.model_name or metadata.model_name)
     if not metadata.hook_name:

@@ -200,7 +200,7 @@ def plugin_metrics(samples: int) -> Any:
 
 def evaluate_bench(target: str, options: BenchOptions) -> int:
     """The body of ``sae-lens evaluate PATH_OR_HUB_ID --bench ...``."""
-    from sae_lens_ext.bench import BenchDataError, run_bench
+    from sae_lens_ext.bench import BenchDataError, OutOfContextError, run_bench
 
     benches = bench_names(options.benches)
     settings, output_dir = settings_for(target, options)
@@ -215,6 +215,8 @@ def evaluate_bench(target: str, options: BenchOptions) -> int:
         )
     except BenchDataError as exc:
         raise fail(str(exc)) from exc
+    except OutOfContextError as exc:
+        raise fail(f"--bench {exc}") from exc
     print_bench_summary(paths)
     return 0
 

@@ -330,6 +330,19 @@ def missing_benches(folder: Path, benches: list[str]) -> list[str]:
     return [b for b in benches if not any((folder / BENCH_DIR / b).glob("*_eval_results.json"))]
 
 
+def fit_benches(variant: Variant, benches: list[str]) -> list[str]:
+    """``benches`` without those that cannot evaluate the variant's SAE (saying why)."""
+    from sae_lens import SAE
+
+    from sae_lens_ext.bench import out_of_context_benches, out_of_context_reason
+
+    cfg = SAE.load_from_disk(variant.folder).cfg if benches else None
+    unfit = out_of_context_benches(cfg, benches)
+    if unfit:
+        print(f"sweep: {variant.name}: skipped {out_of_context_reason(cfg, unfit)}")
+    return [bench for bench in benches if bench not in unfit]
+
+
 def evaluate_lm_variants(sweep: Sweep) -> None:
     """``sae-lens evaluate`` of every trained variant that lacks it (``evaluation.json``),
     then the SAE-Bench benches of ``evaluate: bench:`` that it lacks."""
@@ -357,7 +370,7 @@ def evaluate_lm_variants(sweep: Sweep) -> None:
         if not (variant.folder / EVALUATION_FILENAME).is_file():
             print(f"sweep: {variant.name}: evaluating")
             evaluate(str(variant.folder), samples=samples, seed=1234, as_json=False)
-        todo = missing_benches(variant.folder, benches)
+        todo = missing_benches(variant.folder, fit_benches(variant, benches))
         if todo:
             print(f"sweep: {variant.name}: SAE-Bench {', '.join(todo)}")
             options = BenchOptions(
