@@ -3,7 +3,7 @@
 # the figures, copy the figures and tables into docs/report/. Offline; runs/report/ keeps
 # every run folder. Measured for the report on 2 CPU cores shared with other jobs: 11, 15
 # and 13 minutes for the synthetic studies, 28 to train the tiny model's ladder, then about
-# 18 per variant for SAE-Bench (2.5 hours for all eight). Finished variants are skipped
+# half a minute per variant for SAE-Bench on an idle core. Finished variants are skipped
 # (`sae-lens sweep` skips them), so an interrupted script can be rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
