@@ -162,9 +162,14 @@ class Sandbox:
             }
         )
 
-    def run(self, argv: list[str], where: str) -> None:
+    def run(self, argv: list[str], where: str, env: dict[str, str] | None = None) -> None:
         proc = subprocess.run(
-            argv, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=900
+            argv,
+            cwd=self.root,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
         assert proc.returncode == 0, (
             f"{where}: {shlex.join(argv)[:300]} exited {proc.returncode}\n"
@@ -172,6 +177,10 @@ class Sandbox:
         )
 
     def shell(self, tokens: list[str], where: str) -> None:
+        env = {}  # NAME=value before the program, as the shell reads it
+        while tokens and re.fullmatch(r"[A-Za-z_]\w*=.*", tokens[0]):
+            name, _, value = tokens.pop(0).partition("=")
+            env[name] = value
         tokens = localize(tokens, self.tiny)
         program = tokens[0].removeprefix(".venv/bin/")
         if program == "bash" and tokens[1] in ("scripts/setup.sh", "scripts/test.sh"):
@@ -187,7 +196,7 @@ class Sandbox:
             argv = [sys.executable, *tokens[1:]]
         else:
             raise AssertionError(f"{where}: no rule to run {program!r}; mark the block doc-test")
-        self.run(argv, where)
+        self.run(argv, where, env)
 
     def python(self, body: str, where: str) -> None:
         hub = f"from tests.test_cli_hub import install_fake_hub\ninstall_fake_hub({str(self.root / '.hub')!r})\n"
