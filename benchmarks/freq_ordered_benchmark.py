@@ -197,26 +197,14 @@ def make_sae(row: Row, setup: Setup) -> Any:
 
 
 def trainer_for(sae: Any, setup: Setup, data: Callable[[int], torch.Tensor]) -> SAETrainer:
-    cfg = SAETrainerConfig(
-        n_checkpoints=0,
-        checkpoint_path=None,
-        save_final_checkpoint=False,
+    cfg = SAETrainerConfig(  # upstream's defaults otherwise: constant lr, no checkpoints
         total_training_samples=setup.samples,
-        device="cpu",
-        autocast=False,
+        train_batch_size_samples=setup.batch_size,
         lr=setup.lr,
         lr_end=setup.lr,
-        lr_scheduler_name="constant",
-        lr_warm_up_steps=0,
-        adam_beta1=0.9,
-        adam_beta2=0.999,
-        lr_decay_steps=0,
-        n_restart_cycles=1,
-        train_batch_size_samples=setup.batch_size,
         dead_feature_window=200,
         feature_sampling_window=1000,
         logger=LoggingConfig(log_to_wandb=False),
-        n_batches_for_norm_estimate=10,
     )
     return SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
 

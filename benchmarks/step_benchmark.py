@@ -86,24 +86,12 @@ class Row:
 def trainer_config(batch: int, device: str, autocast: bool) -> Any:
     from sae_lens.config import LoggingConfig, SAETrainerConfig
 
-    return SAETrainerConfig(
-        n_checkpoints=0,
-        checkpoint_path=None,
-        save_final_checkpoint=False,
+    return SAETrainerConfig(  # upstream's defaults otherwise: constant lr 3e-4, no checkpoints
         total_training_samples=10**12,
+        train_batch_size_samples=batch,
+        lr_end=3e-4,  # SAETrainer needs it set (the runners' configs set it)
         device=device,
         autocast=autocast,
-        lr=3e-4,
-        lr_end=3e-4,
-        lr_scheduler_name="constant",
-        lr_warm_up_steps=0,
-        adam_beta1=0.9,
-        adam_beta2=0.999,
-        lr_decay_steps=0,
-        n_restart_cycles=1,
-        train_batch_size_samples=batch,
-        dead_feature_window=1000,
-        feature_sampling_window=2000,
         logger=LoggingConfig(log_to_wandb=False),
     )
 

@@ -66,6 +66,23 @@ def refuse_trained(output: Path, flag: str) -> NoReturn:
     )
 
 
+def read_yaml_mapping(path: str, setting: str, expected: str) -> dict:
+    """The mapping in YAML (or JSON) file ``path``, given as ``setting``; else one line,
+    exit 2: the file is missing, not YAML, or not a mapping (``expected`` says what)."""
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise fail(f"{setting} {path}: no such file")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise fail(f"{setting} {path}: not valid YAML ({one_line(exc)})") from exc
+    if not isinstance(data, dict):
+        raise fail(f"{setting} {path}: expected {expected}")
+    return data
+
+
 def one_line(text: object) -> str:
     """Collapse a message onto one line."""
     return " ".join(str(text).split())

@@ -235,26 +235,14 @@ STEPS, BATCH = 250, 256
 def train_on_ground_truth(data: torch.Tensor, **kw) -> FreqOrderedTrainingSAE:
     torch.manual_seed(0)
     sae = FreqOrderedTrainingSAE(FreqOrderedTrainingSAEConfig(d_in=32, d_sae=128, **kw))
-    cfg = SAETrainerConfig(
-        n_checkpoints=0,
-        checkpoint_path=None,
-        save_final_checkpoint=False,
+    cfg = SAETrainerConfig(  # upstream's defaults otherwise: constant lr, no checkpoints
         total_training_samples=STEPS * BATCH,
-        device="cpu",
-        autocast=False,
+        train_batch_size_samples=BATCH,
         lr=3e-3,
         lr_end=3e-3,
-        lr_scheduler_name="constant",
-        lr_warm_up_steps=0,
-        adam_beta1=0.9,
-        adam_beta2=0.999,
-        lr_decay_steps=0,
-        n_restart_cycles=1,
-        train_batch_size_samples=BATCH,
         dead_feature_window=200,
         feature_sampling_window=1000,
         logger=LoggingConfig(log_to_wandb=False),
-        n_batches_for_norm_estimate=10,
     )
     trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
     for i in range(STEPS):

@@ -7,43 +7,57 @@ from typing import Any
 
 import click
 
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
-def run_options(log_every: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``--resume``, ``--overwrite``, ``--log-every`` (default ``log_every``) and ``--progress``."""
 
+def _stacked(options: list[Decorator]) -> Decorator:
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
-        for option in reversed(
-            [
-                click.option(
-                    "--resume",
-                    is_flag=True,
-                    help="Continue from the last checkpoint of the output.",
-                ),
-                click.option(
-                    "--overwrite",
-                    is_flag=True,
-                    help="Replace an output folder that already holds a trained SAE or checkpoints.",
-                ),
-                click.option(
-                    "--log-every",
-                    type=click.IntRange(min=1),
-                    default=log_every,
-                    show_default=True,
-                    help="Write losses to training_log.jsonl every this many steps.",
-                ),
-                click.option(
-                    "--progress",
-                    type=click.Choice(["auto", "bar", "plain", "none"]),
-                    default="auto",
-                    show_default=True,
-                    help="A rich bar on a terminal, plain lines otherwise (auto).",
-                ),
-            ]
-        ):
+        for option in reversed(options):
             f = option(f)
         return f
 
     return decorate
+
+
+def progress_options(log_every: int, log_file: str = "training_log.jsonl") -> Decorator:
+    """``--log-every`` (default ``log_every``, written to ``log_file``) and ``--progress``."""
+    return _stacked(
+        [
+            click.option(
+                "--log-every",
+                type=click.IntRange(min=1),
+                default=log_every,
+                show_default=True,
+                help=f"Write losses to {log_file} every this many steps.",
+            ),
+            click.option(
+                "--progress",
+                type=click.Choice(["auto", "bar", "plain", "none"]),
+                default="auto",
+                show_default=True,
+                help="A rich bar on a terminal, plain lines otherwise (auto).",
+            ),
+        ]
+    )
+
+
+def run_options(log_every: int) -> Decorator:
+    """``--resume``, ``--overwrite`` and :func:`progress_options`."""
+    return _stacked(
+        [
+            click.option(
+                "--resume",
+                is_flag=True,
+                help="Continue from the last checkpoint of the output.",
+            ),
+            click.option(
+                "--overwrite",
+                is_flag=True,
+                help="Replace an output folder that already holds a trained SAE or checkpoints.",
+            ),
+            progress_options(log_every),
+        ]
+    )
 
 
 def data_streams_option(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from sae_lens_ext.commands._options import progress_options
 from sae_lens_ext.errors import debug_option
 
 HELP = """Train and evaluate a ladder or grid of variants on the same data, resumably.
@@ -47,19 +48,7 @@ figures with `sae-lens compare OUTPUT/*/`.
     is_flag=True,
     help="List the variants, what is done and the shared passes; train nothing.",
 )
-@click.option(
-    "--log-every",
-    type=click.IntRange(min=1),
-    default=20,
-    show_default=True,
-    help="Write losses to each variant's training_log.jsonl every this many steps.",
-)
-@click.option(
-    "--progress",
-    type=click.Choice(["auto", "bar", "plain", "none"]),
-    default="auto",
-    show_default=True,
-)
+@progress_options(log_every=20, log_file="each variant's training_log.jsonl")
 @debug_option
 def sweep_command(
     sweep_file: str,

@@ -8,11 +8,13 @@ Settings left unset take SAE-Bench's defaults; a ``sae-lens train`` folder's
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sae_lens_ext.bench import BenchSettings
 from sae_lens_ext.errors import fail, one_line
 from sae_lens_ext.run.results import BENCH_DIR, RUNNER_CFG
 
@@ -20,22 +22,13 @@ from sae_lens_ext.run.results import BENCH_DIR, RUNNER_CFG
 DEFAULT = "default"
 
 
-@dataclass
-class BenchOptions:
-    """The ``--bench`` options of ``sae-lens evaluate`` (see ``sae-lens evaluate --help``)."""
+@dataclass(kw_only=True)
+class BenchOptions(BenchSettings):
+    """The ``--bench`` options of ``sae-lens evaluate`` (see ``sae-lens evaluate --help``):
+    SAE-Bench's settings (``overrides`` from ``bench_options``) and the command's own."""
 
-    benches: str
-    model_name: str | None = None
+    benches: str = DEFAULT
     model_class_name: str | None = None
-    dataset: str | None = None
-    context_size: int | None = None
-    batch_size_prompts: int | None = None
-    llm_batch_size: int | None = None
-    sae_batch_size: int | None = None
-    device: str | None = None
-    dtype: str | None = None
-    random_seed: int | None = None
-    data_dir: str | None = None
     bench_options: tuple[str, ...] = ()
     output_dir: str | None = None
     name: str | None = None
@@ -111,7 +104,7 @@ def runner_defaults(folder: Path) -> dict[str, Any]:
 def settings_for(target: str, options: BenchOptions) -> tuple[Any, Path]:
     """SAE-Bench settings (unset: the run's recorded settings, then SAE-Bench's defaults)
     and the output folder."""
-    from sae_lens_ext.bench import BenchSettings, check_benches
+    from sae_lens_ext.bench import check_benches
     from sae_lens_ext.run.lm_config import check_device, looks_local
 
     folder = Path(target)
@@ -134,23 +127,15 @@ def settings_for(target: str, options: BenchOptions) -> tuple[Any, Path]:
         raise fail(f"--model_name {model}: no such folder (a model saved with save_pretrained)")
     if options.device:
         check_device("device", options.device)
+    chosen = {f.name: getattr(options, f.name) for f in dataclasses.fields(BenchSettings)}
     settings = BenchSettings(
-        model_name=model,
-        dataset=merged.get("dataset"),
-        context_size=merged.get("context_size"),
         **{
-            k: getattr(options, k)
-            for k in (
-                "batch_size_prompts",
-                "llm_batch_size",
-                "sae_batch_size",
-                "device",
-                "dtype",
-                "random_seed",
-                "data_dir",
-            )
-        },
-        overrides=parse_bench_options(options.bench_options),
+            **chosen,
+            "model_name": model,
+            "dataset": merged.get("dataset"),
+            "context_size": merged.get("context_size"),
+            "overrides": parse_bench_options(options.bench_options),
+        }
     )
     try:
         check_benches(bench_names(options.benches), settings)

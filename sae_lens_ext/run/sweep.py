@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sae_lens_ext.errors import INTERRUPTED, CliError, fail, one_line
+from sae_lens_ext.errors import INTERRUPTED, CliError, fail, read_yaml_mapping
 
 SWEEP_KEYS = {
     "kind",
@@ -108,17 +108,8 @@ class Sweep:
 
 def load_sweep(path: str, output: str | None = None, sets: tuple[str, ...] = ()) -> Sweep:
     """Parse and expand a sweep file; ``sets`` (``KEY=VALUE``) change ``base``."""
-    import yaml
-
     file = Path(path)
-    if not file.is_file():
-        raise fail(f"SWEEP {path}: no such file")
-    try:
-        spec = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as exc:
-        raise fail(f"{path}: not valid YAML ({one_line(exc)})") from exc
-    if not isinstance(spec, dict):
-        raise fail(f"{path}: expected a mapping with base: and variants: or grid:")
+    spec = read_yaml_mapping(path, "SWEEP", "a mapping with base: and variants: or grid:")
     unknown = sorted(set(spec) - SWEEP_KEYS)
     if unknown:
         raise fail(

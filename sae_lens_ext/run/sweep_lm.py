@@ -357,7 +357,8 @@ def evaluate_lm_variants(sweep: Sweep) -> None:
         bench_names(",".join(bench) if isinstance(bench, list) else str(bench)) if bench else []
     )
     extra = bench_option_strings(settings.pop("bench_options", {}) or {})
-    known = {f.name for f in dataclasses.fields(BenchOptions)} - {"benches", "bench_options"}
+    not_keys = {"benches", "bench_options", "overrides"}  # the keys above set these
+    known = {f.name for f in dataclasses.fields(BenchOptions)} - not_keys
     unknown = sorted(set(settings) - known)
     if unknown:
         raise fail(

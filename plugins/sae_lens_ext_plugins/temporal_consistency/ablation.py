@@ -85,21 +85,28 @@ def run_ablation(
     )
     eval_on = eval_sequences if eval_sequences is not None else sequences
     reference = results["standard"].median_step_seconds if baseline else math.nan
-    rows = []
-    for name, result in results.items():
-        cfg = cfgs[name]
-        rows.append(
-            {
-                "name": name,
-                "window": getattr(cfg, "temporal_window", None),
-                "coefficient": getattr(cfg, "temporal_coefficient", None),
-                **evaluate_on_sequences(result.sae, eval_on, max_lag=max_lag),
-                "n_steps": result.n_steps,
-                "step_ms": 1e3 * result.median_step_seconds,
-                "step_time_ratio": result.median_step_seconds / reference,
-            }
+    return [
+        grid_row(
+            name,
+            cfgs[name],
+            evaluate_on_sequences(result.sae, eval_on, max_lag=max_lag),
+            n_steps=result.n_steps,
+            step_ms=1e3 * result.median_step_seconds,
+            step_time_ratio=result.median_step_seconds / reference,
         )
-    return rows
+        for name, result in results.items()
+    ]
+
+
+def grid_row(name: str, cfg: Any, metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """One row of an ablation table: the SAE's name, window and coefficient, its metrics."""
+    return {
+        "name": name,
+        "window": getattr(cfg, "temporal_window", None),
+        "coefficient": getattr(cfg, "temporal_coefficient", None),
+        **metrics,
+        **extra,
+    }
 
 
 def run_lm_ablation(
@@ -123,7 +130,6 @@ def run_lm_ablation(
         sae_config: training-config fields (``d_in`` and ``d_sae`` required).
         n_eval_sequences: held-out sequences read after training for the metrics.
     """
-    import torch
     from sae_lens.config import LoggingConfig
     from sae_lens.multi_sae_training_runner import (
         MultiSAETrainingRunner,
@@ -146,23 +152,27 @@ def run_lm_ablation(
         rc["output_path"] = str(Path(rc["output_path"]))
     runner = MultiSAETrainingRunner(MultiSAETrainingRunnerConfig(saes=cfgs, **rc))
     saes = runner.run()
+    eval_acts = held_out_sequences(runner, n_eval_sequences)
+    return [
+        grid_row(
+            name,
+            cfgs[name],
+            evaluate_on_sequences(sae, eval_acts, max_lag=max_lag),
+            n_steps=sae.guard.steps,
+        )
+        for name, sae in saes.items()
+    ]
+
+
+def held_out_sequences(runner: Any, n: int) -> Any:
+    """``n`` sequences of activations the runner's store reads after training."""
+    import torch
+
     store = runner.activations_store
     hook = next(iter(runner.cfg.hook_names_per_sae.values()))
     seqs: list[torch.Tensor] = []
     with torch.no_grad():
-        while sum(s.shape[0] for s in seqs) < n_eval_sequences:
+        while sum(s.shape[0] for s in seqs) < n:
             tokens = store.get_batch_tokens()
             seqs.append(store.get_multi_hook_activations(tokens)[hook].float().cpu())
-    eval_acts = torch.cat(seqs)[:n_eval_sequences]
-    rows = []
-    for name, sae in saes.items():
-        rows.append(
-            {
-                "name": name,
-                "window": cfgs[name].temporal_window,
-                "coefficient": cfgs[name].temporal_coefficient,
-                **evaluate_on_sequences(sae, eval_acts, max_lag=max_lag),
-                "n_steps": sae.guard.steps,
-            }
-        )
-    return rows
+    return torch.cat(seqs)[:n]
