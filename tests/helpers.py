@@ -65,6 +65,44 @@ def run_module(
     return proc
 
 
+RUN_CLI = """
+import contextlib, io, json, sys
+from sae_lens_ext.cli import cli
+results = []
+for args in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cli.main(args, prog_name="sae-lens")
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+    results.append([code, out.getvalue(), err.getvalue()])
+print("RESULTS", json.dumps(results))
+"""
+
+
+def run_cli_commands(
+    commands: list[list[str]],
+    *,
+    cwd: str | Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 1800,
+) -> list[list]:
+    """``sae-lens`` commands through the real entry point, in one fresh interpreter
+    (offline, imports paid once): ``[exit code, stdout, stderr]`` of each."""
+    proc = subprocess.run(
+        [PYTHON, "-c", RUN_CLI, json.dumps(commands)],
+        env=subprocess_env(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert "RESULTS" in proc.stdout, proc.stderr[-4000:]
+    return json.loads(proc.stdout.split("RESULTS ", 1)[1])
+
+
 @dataclass(frozen=True)
 class TinyLM:
     """A tiny local GPT-2 checkpoint, its tokenizer and a local JSONL dataset."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, TinyLM, run_python
+from tests.helpers import REPO, TinyLM, run_cli_commands
 
 FORBIDDEN = re.compile(r"freq_ordered|temporal_consistency|sae_lens_ext_plugins")
 
@@ -24,29 +24,9 @@ def test_the_core_names_no_plugin():
     assert hits == []
 
 
-RUN_COMMANDS = """
-import contextlib, io, json, sys, warnings
-warnings.simplefilter("ignore")
-from sae_lens_ext.cli import cli
-results = []
-for args in json.loads(sys.argv[1]):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            cli.main(args, prog_name="sae-lens")
-            code = 0
-        except SystemExit as exc:
-            code = exc.code
-    results.append([code, out.getvalue(), err.getvalue()])
-print("RESULTS", json.dumps(results))
-"""
-
-
 def run_commands(commands: list[list[str]], env: dict[str, str], cwd: Path) -> list[list]:
     """Run ``sae-lens`` commands through the real entry point in one fresh process."""
-    code = RUN_COMMANDS.replace("json.loads(sys.argv[1])", repr(commands))
-    proc = run_python(code, env={**env, "OMP_NUM_THREADS": "1"}, cwd=cwd)
-    results = json.loads(proc.stdout.split("RESULTS ", 1)[1])
+    results = run_cli_commands(commands, cwd=cwd, env={**env, "OMP_NUM_THREADS": "1"}, timeout=600)
     for args, (rc, _, err) in zip(commands, results, strict=True):
         assert rc == 0, (args, err[-3000:])
     return results

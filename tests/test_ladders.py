@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from tests.bench_world import World, build_world
-from tests.helpers import subprocess_env
+from tests.helpers import run_cli_commands, subprocess_env
 
 pytestmark = pytest.mark.e2e
 
@@ -228,32 +228,6 @@ ABSORPTION_SCR = [
     "--bench-option", "scr.n_values=2,5,10,20",
 ]  # fmt: skip
 
-RUN_CLI = """
-import contextlib, io, json, sys
-from sae_lens_ext.cli import cli
-results = []
-for args in json.loads(sys.argv[1]):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            cli.main(args, prog_name="sae-lens")
-            code = 0
-        except SystemExit as exc:
-            code = exc.code
-    results.append([code, out.getvalue(), err.getvalue()])
-print("RESULTS", json.dumps(results))
-"""
-
-
-def run_cli(commands: list[list[str]], cwd: Path) -> list[list]:
-    """``sae-lens`` commands through the real entry point, in one fresh process."""
-    proc = subprocess.run(
-        [sys.executable, "-c", RUN_CLI, json.dumps(commands)], env=subprocess_env(ENV),
-        cwd=cwd, capture_output=True, text=True, timeout=1800,
-    )  # fmt: skip
-    assert "RESULTS" in proc.stdout, proc.stderr[-4000:]
-    return json.loads(proc.stdout.split("RESULTS ", 1)[1])
-
 
 @pytest.fixture(scope="module")
 def lm_runs(world: World, tmp_path_factory: pytest.TempPathFactory) -> dict:
@@ -279,7 +253,11 @@ def lm_runs(world: World, tmp_path_factory: pytest.TempPathFactory) -> dict:
          "--output-dir", "no-data"],
         ["evaluate", "out/ordered", "--model_name", "x"],
     ]  # fmt: skip
-    return {"root": root, "out": root / "out", "results": run_cli(commands, root)}
+    return {
+        "root": root,
+        "out": root / "out",
+        "results": run_cli_commands(commands, cwd=root, env=ENV),
+    }
 
 
 def test_lm_sweep_trains_variants_in_one_pass_exactly_as_train_does(lm_runs) -> None:
