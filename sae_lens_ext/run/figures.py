@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sae_lens_ext.run.results import is_number
+
 if TYPE_CHECKING:
     from sae_lens_ext.run.results import RunResults
 
@@ -62,10 +64,6 @@ def save_figure(fig: Any, path: Path) -> Path:
     return path
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _grid(n: int, cols: int, width: float, height: float) -> tuple[Any, list[Any]]:
     cols = max(1, min(cols, n))
     rows = math.ceil(n / cols)
@@ -88,10 +86,10 @@ def bar_panel(
     width = 0.8 / len(series)
     for j, (label, values) in enumerate(series):
         offset = (j - (len(series) - 1) / 2) * width
-        legend = label if any(_finite(v) for v, _ in values) else f"{label} ({NA})"
+        legend = label if any(is_number(v) for v, _ in values) else f"{label} ({NA})"
         for i, (value, marked) in enumerate(values):
             x = i + offset
-            if not _finite(value):
+            if not is_number(value):
                 ax.annotate(
                     NA,
                     (x, 0),
@@ -113,7 +111,7 @@ def bar_panel(
     ax.axhline(0, color="black", linewidth=0.5)
     ax.grid(axis="y", alpha=0.3)
     ax.margins(y=0.15)
-    if not any(_finite(v) for _, values in series for v, _ in values):
+    if not any(is_number(v) for _, values in series for v, _ in values):
         ax.set_ylim(0, 1)  # nothing to scale to: keep the n/a marks in view
         ax.text(
             0.5,
@@ -154,7 +152,7 @@ def build_bar_figure(
         drawn = []
         for s in series:
             values, fallback = _values(runs, s.keys)
-            used = {f for v, f in zip(values, fallback, strict=True) if _finite(v)}
+            used = {f for v, f in zip(values, fallback, strict=True) if is_number(v)}
             sources |= used if len(s.keys) > 1 else set()
             mixed = len(used) > 1
             drawn.append(
@@ -261,16 +259,7 @@ def build_absorption_metrics(runs: Sequence[RunResults]) -> Any:
     for i, run in enumerate(runs):
         details = run.bench.get("absorption", {}).get("eval_result_details") or []
         points = [(d["first_letter"], d["mean_absorption_fraction"]) for d in details]
-        if points:
-            ax.plot(
-                *zip(*sorted(points), strict=True),
-                "o-",
-                color=f"C{i}",
-                label=run.name,
-                markersize=3,
-            )
-        else:
-            ax.plot([], [], color=f"C{i}", label=f"{run.name} ({NA})")
+        run_line(ax, i, run.name, sorted(points), markersize=3)
     ax.set_title("Absorption by first letter")
     ax.set_xlabel("first letter")
     ax.set_ylabel("mean absorption fraction")
@@ -278,6 +267,15 @@ def build_absorption_metrics(runs: Sequence[RunResults]) -> Any:
     ax.legend(fontsize="x-small")
     fig.suptitle("Feature absorption (SAE-Bench)")
     return fig
+
+
+def run_line(ax: Any, i: int, name: str, points: list[tuple[Any, Any]], **style: Any) -> None:
+    """Run ``i``'s line through ``points`` (in x order); without points, only its legend
+    entry, marked n/a."""
+    if points:
+        ax.plot(*zip(*points, strict=True), "o-", color=f"C{i}", label=name, **style)
+    else:
+        ax.plot([], [], color=f"C{i}", label=f"{name} ({NA})")
 
 
 def scr_thresholds(runs: Sequence[RunResults], prefix: str) -> list[int]:
@@ -303,11 +301,7 @@ def build_scr_threshold_comparison(runs: Sequence[RunResults]) -> Any:
         thresholds = scr_thresholds(runs, prefix)
         for i, run in enumerate(runs):
             points = [(n, run.values.get(f"scr.{prefix}{n}")) for n in thresholds]
-            points = [(n, v) for n, v in points if _finite(v)]
-            if points:
-                ax.plot(*zip(*points, strict=True), "o-", color=f"C{i}", label=run.name)
-            else:
-                ax.plot([], [], color=f"C{i}", label=f"{run.name} ({NA})")
+            run_line(ax, i, run.name, [(n, v) for n, v in points if is_number(v)])
         ax.set_xscale("log")
         ax.set_xticks(thresholds, [str(n) for n in thresholds])
         ax.minorticks_off()
@@ -363,13 +357,13 @@ def build_training_curves(logs: dict[str, list[dict[str, Any]]]) -> Any:
     fig, axes = _grid(len(panels), 3, 4.2, 3.2)
     for ax, (key, title, ylabel) in zip(axes, panels, strict=True):
         for i, (name, records) in enumerate(logs.items()):
-            pts = [(r["step"], r[key]) for r in records if _finite(r.get(key))]
+            pts = [(r["step"], r[key]) for r in records if is_number(r.get(key))]
             if pts:
                 ax.plot(*zip(*pts, strict=True), color=f"C{i}", label=name)
         ax.set_title(title)
         ax.set_xlabel("training step")
         ax.set_ylabel(ylabel)
-        values = [r[key] for rs in logs.values() for r in rs if _finite(r.get(key))]
+        values = [r[key] for rs in logs.values() for r in rs if is_number(r.get(key))]
         if key.endswith("loss") and values and min(values) > 0 and max(values) > 20 * min(values):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
