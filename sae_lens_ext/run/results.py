@@ -132,18 +132,21 @@ class RunResults:
         log10 = load_file(path)["sparsity"].float().flatten()
         return torch.where(log10 <= DEAD_LOG10, torch.zeros_like(log10), 10.0**log10)
 
+    @cached_property
+    def runner(self) -> dict[str, Any] | None:
+        """The run's ``runner_cfg.json`` (``sae-lens train`` runs), or ``None``."""
+        return _read_json(self.folder / RUNNER_CFG)
+
     def seed(self) -> int | None:
-        runner = _read_json(self.folder / RUNNER_CFG)
-        if runner is not None:
-            return runner.get("seed")
+        if self.runner is not None:
+            return self.runner.get("seed")
         return self.metrics.get("seed")
 
     def training_signature(self) -> str | None:
         """What was trained, but for the seed (JSON): equal for runs that differ only in
         their seed. ``None`` when the folder does not say."""
-        runner = _read_json(self.folder / RUNNER_CFG)
-        if runner is not None:
-            kept = {k: v for k, v in runner.items() if k not in RUNNER_VOLATILE_KEYS}
+        if self.runner is not None:
+            kept = {k: v for k, v in self.runner.items() if k not in RUNNER_VOLATILE_KEYS}
         elif "training_samples" in self.metrics:
             kept = {k: self.metrics.get(k) for k in DEMO_TRAINING_KEYS}
             kept["data_seed"] = self.metrics.get("data_seed", self.metrics.get("seed"))
@@ -153,6 +156,7 @@ class RunResults:
 
 
 def is_number(value: Any) -> bool:
+    """A finite int or float, not a bool: a value the tables and figures show."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

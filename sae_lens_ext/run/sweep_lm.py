@@ -371,7 +371,7 @@ def evaluate_lm_variants(sweep: Sweep) -> None:
         if not (variant.folder / EVALUATION_FILENAME).is_file():
             print(f"sweep: {variant.name}: evaluating")
             evaluate(str(variant.folder), samples=samples, seed=1234, as_json=False)
-        todo = missing_benches(variant.folder, fit_benches(variant, benches))
+        todo = fit_benches(variant, missing_benches(variant.folder, benches))
         if todo:
             print(f"sweep: {variant.name}: SAE-Bench {', '.join(todo)}")
             options = BenchOptions(
