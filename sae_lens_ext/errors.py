@@ -66,20 +66,28 @@ def refuse_trained(output: Path, flag: str) -> NoReturn:
     )
 
 
-def read_yaml_mapping(path: str, setting: str, expected: str) -> dict:
-    """The mapping in YAML (or JSON) file ``path``, given as ``setting``; else one line,
-    exit 2: the file is missing, not YAML, or not a mapping (``expected`` says what)."""
-    import yaml
-
+def read_mapping(path: str | Path, setting: str, expected: str) -> dict:
+    """The mapping in a YAML file, or a JSON file (name ending ``.json``), given as
+    ``setting`` (empty: a file the command found itself); else one line, exit 2: the file is
+    missing, cannot be parsed, or is not a mapping (``expected`` says what it should hold)."""
     file = Path(path)
+    where = f"{setting} {path}" if setting else str(path)
     if not file.is_file():
-        raise fail(f"{setting} {path}: no such file")
+        raise fail(f"{where}: no such file")
+    if file.suffix == ".json":
+        import json
+
+        kind, error, load = "JSON", json.JSONDecodeError, json.loads
+    else:
+        import yaml
+
+        kind, error, load = "YAML", yaml.YAMLError, yaml.safe_load
     try:
-        data = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as exc:
-        raise fail(f"{setting} {path}: not valid YAML ({one_line(exc)})") from exc
+        data = load(file.read_text())
+    except (error, UnicodeDecodeError) as exc:
+        raise fail(f"{where}: not valid {kind} ({one_line(exc)})") from exc
     if not isinstance(data, dict):
-        raise fail(f"{setting} {path}: expected {expected}")
+        raise fail(f"{where}: expected {expected}")
     return data
 
 

@@ -83,6 +83,8 @@ def prepare(root: Path, tiny: TinyLM) -> None:
     shutil.copytree(root / "runs" / "done", root / "runs" / "truncated-weights")
     weights = root / "runs" / "truncated-weights" / "sae_weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
+    shutil.copytree(root / "runs" / "done", root / "runs" / "bad-runner-cfg")
+    (root / "runs" / "bad-runner-cfg" / "runner_cfg.json").write_text('{"model_name": ')
 
 
 def snapshot(root: Path) -> dict[str, int]:

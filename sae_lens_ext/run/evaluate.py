@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sae_lens_ext.errors import fail
+from sae_lens_ext.errors import fail, read_mapping
 from sae_lens_ext.metrics import EvalData, Metric, metrics_dict
 from sae_lens_ext.run.output import load_saved_sae
-from sae_lens_ext.run.results import EVALUATION_FILENAME
+from sae_lens_ext.run.results import EVALUATION_FILENAME, RUNNER_CFG
 
 
 def evaluate(path: str, *, samples: int, seed: int, as_json: bool) -> int:
@@ -29,11 +29,11 @@ def evaluate(path: str, *, samples: int, seed: int, as_json: bool) -> int:
         metrics = _synthetic(sae, load_demo_data(folder / DATA_DIR), samples, seed)
     elif (folder / "synthetic_model").is_dir():  # demo folders of release 0.1.0
         metrics = _synthetic(sae, SyntheticModelData.load_files(folder), samples, seed)
-    elif (folder / "runner_cfg.json").is_file():
+    elif (folder / RUNNER_CFG).is_file():
         metrics = _language_model(sae, folder, samples)
     else:
         raise fail(
-            f"PATH {path}: no {DATA_DIR}/ or runner_cfg.json to tell what data to evaluate on; "
+            f"PATH {path}: no {DATA_DIR}/ or {RUNNER_CFG} to tell what data to evaluate on; "
             "evaluate SAEs written by `sae-lens demo` or `sae-lens train`"
         )
     from sae_lens_ext.run.output import write_json
@@ -68,7 +68,8 @@ def _language_model(sae: Any, folder: Path, tokens: int) -> list[Metric]:
     from sae_lens_ext.plugins import load_plugins
     from sae_lens_ext.run.lm import model_and_store
 
-    cfg, model, store = model_and_store(json.loads((folder / "runner_cfg.json").read_text()))
+    runner_cfg = read_mapping(folder / RUNNER_CFG, "", "a JSON object (the run's runner config)")
+    cfg, model, store = model_and_store(runner_cfg)
     sae = sae.to(cfg.device)
     batches = max(1, tokens // (cfg.store_batch_size_prompts * cfg.context_size))
     eval_cfg = EvalConfig(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_lens_ext.bench import BenchSettings
-from sae_lens_ext.errors import fail, one_line
+from sae_lens_ext.errors import fail, one_line, read_mapping
 from sae_lens_ext.run.results import BENCH_DIR, RUNNER_CFG
 
 #: ``--bench`` given without a value, or ``--bench default``.
@@ -87,12 +87,10 @@ def parse_bench_options(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 
 def runner_defaults(folder: Path) -> dict[str, Any]:
     """Model, model class, dataset and context size a ``sae-lens train`` folder recorded."""
-    import json
-
     path = folder / RUNNER_CFG
     if not path.is_file():
         return {}
-    runner = json.loads(path.read_text())
+    runner = read_mapping(path, "", "a JSON object (the run's runner config)")
     return {
         "model_name": runner.get("model_name"),
         "model_class_name": runner.get("model_class_name"),

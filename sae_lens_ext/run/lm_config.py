@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sae_lens_ext.errors import fail, holds_trained_sae, one_line, read_yaml_mapping, refuse_trained
+from sae_lens_ext.errors import fail, holds_trained_sae, one_line, read_mapping, refuse_trained
 
 _DATA_SUFFIXES = (".json", ".jsonl", ".txt", ".csv", ".parquet", ".arrow")
 _NETWORK_WORDS = (
@@ -43,7 +43,7 @@ _NETWORK_TYPES = (
 # --------------------------------------------------------------------------------------
 def config_file_options(path: str) -> dict[str, Any]:
     """The upstream options of a YAML/JSON file (``sae:``/``logger:`` sections flattened)."""
-    data = read_yaml_mapping(path, "--config", "a mapping of option names to values")
+    data = read_mapping(path, "--config", "a mapping of option names to values")
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if key in ("sae", "logger") and isinstance(value, dict):

@@ -26,7 +26,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from sae_lens_ext.errors import fail, one_line
+from sae_lens_ext.errors import fail, read_mapping
 
 EVALUATION_FILENAME = "evaluation.json"
 BENCH_DIR = "eval_results"
@@ -172,13 +172,7 @@ def bench_metrics(result: dict[str, Any]) -> dict[str, float]:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise fail(f"{path}: not valid JSON ({one_line(exc)})") from exc
-    return data if isinstance(data, dict) else None
+    return read_mapping(path, "", "a JSON object") if path.is_file() else None
 
 
 def read_bench_results(folder: Path) -> dict[str, dict[str, Any]]:

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sae_lens_ext.errors import INTERRUPTED, CliError, fail, read_yaml_mapping
+from sae_lens_ext.errors import INTERRUPTED, CliError, fail, read_mapping
 
 SWEEP_KEYS = {
     "kind",
@@ -109,7 +109,7 @@ class Sweep:
 def load_sweep(path: str, output: str | None = None, sets: tuple[str, ...] = ()) -> Sweep:
     """Parse and expand a sweep file; ``sets`` (``KEY=VALUE``) change ``base``."""
     file = Path(path)
-    spec = read_yaml_mapping(path, "SWEEP", "a mapping with base: and variants: or grid:")
+    spec = read_mapping(path, "SWEEP", "a mapping with base: and variants: or grid:")
     unknown = sorted(set(spec) - SWEEP_KEYS)
     if unknown:
         raise fail(
