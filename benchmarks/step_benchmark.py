@@ -253,9 +253,25 @@ def measure(size: tuple[int, int, int], dtype: str, specs: dict[str, Any],
         )
         if args.explain_memory and at_peak:
             explain(row.name, at_peak, size)
+        if args.profile:
+            profile_step(row, batches[0], args.profile)
     for r in results:
         r["peak_ratio"] = r["peak_mib"] / results[0]["peak_mib"]
     return results
+
+
+def profile_step(row: Row, batch: torch.Tensor, top: int) -> None:
+    """The ``top`` ops (inductor's fused kernels by name) of one step by self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if batch.is_cuda:
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        one_step(row, batch)
+    key = "self_cuda_time_total" if batch.is_cuda else "self_cpu_time_total"
+    print(f"\n{row.name}, one step:")
+    print(prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=90))
 
 
 def quartiles(values: list[float]) -> tuple[float, float]:
@@ -316,6 +332,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--extra", action="store_true", help="add prefix, normalized, tsae rows")
     parser.add_argument("--explain-memory", action="store_true")
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="print each row's top N ops of a step"
+    )
     parser.add_argument("--json", default=None, help="write the results here")
     smaller = ["--sizes", "64x512x256", "--dtypes", "fp32", "--rounds", "2", "--warm-up", "2"]
     return parser.parse_args(smoke_argv(argv, smaller))
@@ -324,6 +343,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.profile:  # name inductor's CPU kernels in the profile
+        import torch._inductor.config as inductor_config
+
+        inductor_config.cpp.enable_kernel_profile = True
     import sae_lens  # noqa: F401  (registers the plugin architectures)
 
     specs = {**ROWS, **(EXTRA_ROWS if args.extra else {})}
