@@ -331,6 +331,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="reuse inductor's on-disk cache (default: a fresh one, so compile times are cold)",
     )
     parser.add_argument("--extra", action="store_true", help="add prefix, normalized, tsae rows")
+    parser.add_argument(
+        "--rows", default="", help="only these rows, comma-separated (standard is always kept)"
+    )
     parser.add_argument("--explain-memory", action="store_true")
     parser.add_argument(
         "--profile", type=int, default=0, metavar="N", help="print each row's top N ops of a step"
@@ -338,6 +341,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", default=None, help="write the results here")
     smaller = ["--sizes", "64x512x256", "--dtypes", "fp32", "--rounds", "2", "--warm-up", "2"]
     return parser.parse_args(smoke_argv(argv, smaller))
+
+
+def select_rows(args: argparse.Namespace) -> dict[str, tuple[str, dict[str, Any], bool]]:
+    """The rows asked for (``standard`` always first: every ratio is to it)."""
+    specs = {**ROWS, **(EXTRA_ROWS if args.extra else {})}
+    specs.update(COMPILED_ROWS if args.compile else {})
+    if args.rows:
+        wanted = ["standard", *(n.strip() for n in args.rows.split(",") if n.strip() != "standard")]
+        unknown = [n for n in wanted if n not in specs]
+        if unknown:
+            raise SystemExit(f"--rows: unknown {unknown}; rows: {', '.join(specs)}")
+        specs = {n: specs[n] for n in wanted}
+    return specs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -349,8 +365,7 @@ def main(argv: list[str] | None = None) -> None:
         inductor_config.cpp.enable_kernel_profile = True
     import sae_lens  # noqa: F401  (registers the plugin architectures)
 
-    specs = {**ROWS, **(EXTRA_ROWS if args.extra else {})}
-    specs.update(COMPILED_ROWS if args.compile else {})
+    specs = select_rows(args)
     if args.compile and not args.warm_compile_cache:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="step_benchmark_")
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
