@@ -332,14 +332,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--extra", action="store_true", help="add prefix, normalized, tsae rows")
     parser.add_argument(
-        "--rows", default="", help="only these rows, comma-separated (standard is always kept)"
+        "--rows", action="append", default=[], help="only this row (repeat; standard is kept)"
     )
     parser.add_argument("--explain-memory", action="store_true")
     parser.add_argument(
         "--profile", type=int, default=0, metavar="N", help="print each row's top N ops of a step"
     )
     parser.add_argument("--json", default=None, help="write the results here")
-    smaller = ["--sizes", "64x512x256", "--dtypes", "fp32", "--rounds", "2", "--warm-up", "2"]
+    smaller = ["--sizes", "64x512x256", "--dtypes", "fp32", "--rounds", "2", "--warm-up", "2",
+               "--warm-compile-cache"]  # fmt: skip
     return parser.parse_args(smoke_argv(argv, smaller))
 
 
@@ -348,7 +349,7 @@ def select_rows(args: argparse.Namespace) -> dict[str, tuple[str, dict[str, Any]
     specs = {**ROWS, **(EXTRA_ROWS if args.extra else {})}
     specs.update(COMPILED_ROWS if args.compile else {})
     if args.rows:
-        wanted = ["standard", *(n.strip() for n in args.rows.split(",") if n.strip() != "standard")]
+        wanted = ["standard", *(n for n in args.rows if n != "standard")]
         unknown = [n for n in wanted if n not in specs]
         if unknown:
             raise SystemExit(f"--rows: unknown {unknown}; rows: {', '.join(specs)}")
