@@ -85,6 +85,9 @@ def prepare(root: Path, tiny: TinyLM) -> None:
     weights.write_bytes(weights.read_bytes()[:100])
     shutil.copytree(root / "runs" / "done", root / "runs" / "bad-runner-cfg")
     (root / "runs" / "bad-runner-cfg" / "runner_cfg.json").write_text('{"model_name": ')
+    (root / "runs" / "bad-runner-cfg" / "training_log.jsonl").write_text(
+        '{"step": 0, "loss": 1.5}\n'
+    )
 
 
 def snapshot(root: Path) -> dict[str, int]:

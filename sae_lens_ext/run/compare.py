@@ -161,13 +161,17 @@ def write_seed_consistency(rows: list[dict[str, Any]], out: Path) -> list[Path]:
 
 
 def compare(runs: list[str], output: str) -> int:
-    """The body of ``sae-lens compare`` (and its alias ``plots``)."""
+    """The body of ``sae-lens compare`` (and its alias ``plots``). Everything is written
+    into a staged folder first: a run that cannot be read leaves ``output`` as it was."""
+    from sae_lens_ext.run.output import staged_folder
+
     results = read_runs([Path(r) for r in runs])
     out = Path(output)
-    written = write_figures(results, out)
-    written += write_results_table(results, out)
-    consistency = seed_consistency_rows(results)
-    written += write_seed_consistency(consistency, out)
+    with staged_folder(out) as tmp:
+        written = write_figures(results, tmp)
+        written += write_results_table(results, tmp)
+        consistency = seed_consistency_rows(results)
+        written += write_seed_consistency(consistency, tmp)
     for row in consistency:
         print(
             f"seed consistency {row['run_a']} vs {row['run_b']}: mean matched cosine "
@@ -175,5 +179,5 @@ def compare(runs: list[str], output: str) -> int:
             f"above {row['threshold']}, Spearman of matched indices {row['index_spearman']:.3f}"
         )
     for path in written:
-        print(path)
+        print(out / path.relative_to(tmp))
     return 0

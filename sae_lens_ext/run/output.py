@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -157,24 +158,9 @@ class RunOutput:
             raise
         self.commit()
 
-    @contextlib.contextmanager
-    def staging(self) -> Iterator[Path]:
-        """A temp folder inside the output; on success its files replace those of the
-        output, each with ``os.replace`` (atomic on one filesystem), ``cfg.json`` last."""
-        tmp = self.folder / f"{TMP_PREFIX}final-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            yield tmp
-            files = sorted(
-                (p for p in tmp.rglob("*") if p.is_file()), key=lambda p: p.name == "cfg.json"
-            )
-            for src in files:
-                dst = self.folder / src.relative_to(tmp)
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(src, dst)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    def staging(self) -> contextlib.AbstractContextManager[Path]:
+        """:func:`staged_folder` of the output folder (``cfg.json`` moved in last)."""
+        return staged_folder(self.folder)
 
     def commit(self) -> None:
         """The run succeeded: delete the previous run's files."""
@@ -205,6 +191,25 @@ class RunOutput:
         for path in reversed(self._created):  # innermost first
             with contextlib.suppress(OSError):
                 path.rmdir()  # only if empty
+
+
+@contextlib.contextmanager
+def staged_folder(folder: Path, last: str = "cfg.json") -> Iterator[Path]:
+    """A hidden temporary folder inside ``folder`` (beside it while ``folder`` does not
+    exist) to write into. On success its files move into ``folder`` (created now), each
+    with ``os.replace`` (atomic on one filesystem), files named ``last`` last; on failure
+    it is removed and ``folder`` is as it was: no half-written or empty folder is left."""
+    parent = next(p for p in (folder, *folder.parents) if p.is_dir())
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{folder.name}-", dir=parent))
+    try:
+        yield tmp
+        files = sorted((p for p in tmp.rglob("*") if p.is_file()), key=lambda p: p.name == last)
+        for src in files:
+            dst = folder / src.relative_to(tmp)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _remove(path: Path) -> None:
@@ -262,7 +267,13 @@ def _json_default(obj: Any) -> Any:
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
-    """The records of a ``training_log.jsonl``."""
+    """The records of a ``training_log.jsonl``; a line that is not JSON is one line, exit 2."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            records += [json.loads(line)] if line.strip() else []
+        except json.JSONDecodeError as exc:
+            raise fail(f"{path}: line {number} is not valid JSON ({one_line(exc)})") from exc
+    return records
