@@ -84,3 +84,21 @@ def test_resume_and_refusals(tmp_path: Path) -> None:
     assert resume.check() == previous_run_state
     with pytest.raises(CliError, match="--resume: no checkpoint in"):
         RunOutput(tmp_path / "new", tmp_path / "new" / "ck", overwrite=False, resume=True).check()
+
+
+def test_resume_drops_a_torn_last_log_line_and_refuses_a_broken_one(tmp_path: Path) -> None:
+    """A run killed while writing a log line leaves it half-written: ``--resume`` drops it
+    with the lines past its checkpoint; a bad line elsewhere is one line naming the file."""
+    from sae_lens_ext.run.output import read_log
+    from sae_lens_ext.run.progress import truncate_log
+
+    log = tmp_path / "training_log.jsonl"
+    log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    with pytest.raises(CliError, match=r"training_log.jsonl: line 3 is not valid JSON"):
+        read_log(log)
+    truncate_log(log, max_step=1)
+    assert read_log(log) == [{"step": 1, "loss": 2.0}]
+    log.write_text('{"step": 1}\n{"ste\n{"step": 2}\n')
+    with pytest.raises(CliError, match=r"line 2 is not valid JSON"):
+        truncate_log(log, max_step=2)
+    assert log.read_text() == '{"step": 1}\n{"ste\n{"step": 2}\n'  # left as it was

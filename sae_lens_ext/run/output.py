@@ -270,10 +270,21 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     """The records of a ``training_log.jsonl``; a line that is not JSON is one line, exit 2."""
     if not path.exists():
         return []
+    return parse_log_lines(path, [line for line in path.read_text().splitlines() if line.strip()])
+
+
+def parse_log_lines(
+    path: Path, lines: list[str], *, torn_tail_ok: bool = False
+) -> list[dict[str, Any]]:
+    """The records of the log ``path``'s non-empty ``lines``. ``torn_tail_ok``: a last line
+    that is not JSON (the run was killed while writing it) is dropped; any other such line
+    is one line, exit 2, naming the file and line."""
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         try:
-            records += [json.loads(line)] if line.strip() else []
+            records.append(json.loads(line))
         except json.JSONDecodeError as exc:
+            if torn_tail_ok and number == len(lines):
+                break
             raise fail(f"{path}: line {number} is not valid JSON ({one_line(exc)})") from exc
     return records
