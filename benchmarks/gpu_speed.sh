@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Issue 14's GPU figures in one command (a few minutes on an H100 or H200): the CUDA
-# sync-debug test of a training step, then step time and peak memory of every built-in
-# architecture against upstream's standard SAE at the issue's LM sizes (fp32 and bf16
-# autocast, eager), compiled rows in bf16 (with cold compile times), and the ReLU-mask
-# kernel. Figures go to stdout and $OUT (default runs/gpu-speed): gpu_speed.log and one JSON
+# sync-debug test of a training step (tests/test_speed.py; its CPU twins run in CI), then
+# step time and peak memory of every built-in architecture against upstream's standard SAE
+# at the issue's LM sizes (fp32 and bf16 autocast, eager), compiled rows in bf16 (with cold
+# compile times), and the ReLU-mask kernel. Figures go to stdout and $OUT (default runs/gpu-speed): gpu_speed.log and one JSON
 # file per benchmark run. The most important come first, so a run cut short keeps them.
 #
 # On a machine without network whose Python already holds torch (the device tool's), make
@@ -32,8 +32,7 @@ run() {  # a step of this script: echoed, run, all its output in the log
         { FAILED=1; echo "FAILED: $*" | tee -a "$LOG"; }
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$LOG"
-run "$PY" -c "import torch, sae_lens; print('torch', torch.__version__, 'sae-lens', sae_lens.__version__, 'cuda', torch.cuda.is_available())"
-run "$PY" -m pytest -q -p no:cacheprovider tests/test_speed.py -k sync
+run "$PY" -m pytest -q -p no:cacheprovider tests/test_speed.py -k no_cuda_sync
 STEP=("$PY" benchmarks/step_benchmark.py --rounds 15 --warm-up 3)
 run "${STEP[@]}" --sizes 768x16384x4096,2304x65536x4096 --dtypes fp32,bf16 --json "$OUT/eager.json"
 run "${STEP[@]}" --sizes 768x16384x4096 --dtypes bf16 --compile --json "$OUT/compiled_768.json"

@@ -309,10 +309,15 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def machine(device: str) -> str:
+    from importlib.metadata import version
+
+    versions = f"torch {torch.__version__}, sae-lens {version('sae-lens')}"
     if device == "cuda":
-        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+        return f"{torch.cuda.get_device_name()}, {versions}"
     threads = torch.get_num_threads()
-    return f"{platform.processor() or platform.machine()} CPU, {threads} torch thread(s), torch {torch.__version__}"
+    return (
+        f"{platform.processor() or platform.machine()} CPU, {threads} torch thread(s), {versions}"
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
