@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sae_lens_ext.errors import fail, read_mapping
+from sae_lens_ext.errors import fail
 from sae_lens_ext.metrics import EvalData, Metric, metrics_dict
 from sae_lens_ext.run.output import load_saved_sae
-from sae_lens_ext.run.results import EVALUATION_FILENAME, RUNNER_CFG
+from sae_lens_ext.run.results import EVALUATION_FILENAME, RUNNER_CFG, read_runner_cfg
 
 
 def evaluate(path: str, *, samples: int, seed: int, as_json: bool) -> int:
@@ -68,8 +68,7 @@ def _language_model(sae: Any, folder: Path, tokens: int) -> list[Metric]:
     from sae_lens_ext.plugins import load_plugins
     from sae_lens_ext.run.lm import model_and_store
 
-    runner_cfg = read_mapping(folder / RUNNER_CFG, "", "a JSON object (the run's runner config)")
-    cfg, model, store = model_and_store(runner_cfg)
+    cfg, model, store = model_and_store(read_runner_cfg(folder))
     sae = sae.to(cfg.device)
     batches = max(1, tokens // (cfg.store_batch_size_prompts * cfg.context_size))
     eval_cfg = EvalConfig(

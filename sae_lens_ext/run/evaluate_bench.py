@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from sae_lens_ext.bench import BenchSettings
-from sae_lens_ext.errors import fail, one_line, read_mapping
-from sae_lens_ext.run.results import BENCH_DIR, RUNNER_CFG
+from sae_lens_ext.errors import fail, one_line
+from sae_lens_ext.run.results import BENCH_DIR, read_runner_cfg
 
 #: ``--bench`` given without a value, or ``--bench default``.
 DEFAULT = "default"
@@ -87,10 +87,9 @@ def parse_bench_options(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 
 def runner_defaults(folder: Path) -> dict[str, Any]:
     """Model, model class, dataset and context size a ``sae-lens train`` folder recorded."""
-    path = folder / RUNNER_CFG
-    if not path.is_file():
+    runner = read_runner_cfg(folder)
+    if runner is None:
         return {}
-    runner = read_mapping(path, "", "a JSON object (the run's runner config)")
     return {
         "model_name": runner.get("model_name"),
         "model_class_name": runner.get("model_class_name"),

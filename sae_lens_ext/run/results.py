@@ -135,7 +135,7 @@ class RunResults:
     @cached_property
     def runner(self) -> dict[str, Any] | None:
         """The run's ``runner_cfg.json`` (``sae-lens train`` runs), or ``None``."""
-        return _read_json(self.folder / RUNNER_CFG)
+        return read_runner_cfg(self.folder)
 
     def seed(self) -> int | None:
         if self.runner is not None:
@@ -173,6 +173,17 @@ def bench_metrics(result: dict[str, Any]) -> dict[str, float]:
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     return read_mapping(path, "", "a JSON object") if path.is_file() else None
+
+
+def read_runner_cfg(folder: Path) -> dict[str, Any] | None:
+    """The ``runner_cfg.json`` a ``sae-lens train`` folder holds (``None`` without one); a
+    malformed one is one line, exit 2."""
+    path = folder / RUNNER_CFG
+    return (
+        read_mapping(path, "", "a JSON object (the run's runner config)")
+        if path.is_file()
+        else None
+    )
 
 
 def read_bench_results(folder: Path) -> dict[str, dict[str, Any]]:
