@@ -268,23 +268,22 @@ def _json_default(obj: Any) -> Any:
 
 def read_log(path: Path) -> list[dict[str, Any]]:
     """The records of a ``training_log.jsonl``; a line that is not JSON is one line, exit 2."""
+    return [record for _, record in read_log_lines(path)]
+
+
+def read_log_lines(path: Path, *, torn_tail_ok: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """Each non-empty line of the log ``path`` (none if it does not exist) with its record.
+    ``torn_tail_ok``: a last line that is not JSON (the run was killed while writing it) is
+    dropped; any other such line is one line, exit 2, naming the file and line."""
     if not path.exists():
         return []
-    return parse_log_lines(path, [line for line in path.read_text().splitlines() if line.strip()])
-
-
-def parse_log_lines(
-    path: Path, lines: list[str], *, torn_tail_ok: bool = False
-) -> list[dict[str, Any]]:
-    """The records of the log ``path``'s non-empty ``lines``. ``torn_tail_ok``: a last line
-    that is not JSON (the run was killed while writing it) is dropped; any other such line
-    is one line, exit 2, naming the file and line."""
-    records = []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    pairs = []
     for number, line in enumerate(lines, 1):
         try:
-            records.append(json.loads(line))
+            pairs.append((line, json.loads(line)))
         except json.JSONDecodeError as exc:
             if torn_tail_ok and number == len(lines):
                 break
             raise fail(f"{path}: line {number} is not valid JSON ({one_line(exc)})") from exc
-    return records
+    return pairs

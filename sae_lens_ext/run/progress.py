@@ -180,12 +180,10 @@ def truncate_log(path: Path, max_step: int) -> None:
     """Drop log lines past ``max_step`` (written after the checkpoint a run resumes from)."""
     if not path.exists():
         return
-    from sae_lens_ext.run.output import parse_log_lines
+    from sae_lens_ext.run.output import read_log_lines
 
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = parse_log_lines(path, lines, torn_tail_ok=True)  # killed mid-line: dropped
-    pairs = zip(lines, records, strict=False)  # shorter by the dropped line, if any
-    kept = [line for line, record in pairs if record["step"] <= max_step]
+    lines = read_log_lines(path, torn_tail_ok=True)  # a line cut off by a kill: dropped
+    kept = [line for line, record in lines if record["step"] <= max_step]
     tmp = path.with_name(f".tmp-{path.name}")
     tmp.write_text("".join(line + "\n" for line in kept))
     tmp.replace(path)
