@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 from smoke import smoke_argv
+from step_benchmark import clock
 
 from sae_lens_ext.host_memory import keep_freed_host_memory
 
@@ -60,10 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, cols = (int(v) for v in args.size.split("x"))
     h = torch.randn(rows, cols, device=args.device).to(torch.bfloat16)
     b = torch.randn(cols, device=args.device)
-    cuda = args.device == "cuda"
-    now = (
-        (lambda: (torch.cuda.synchronize(), time.perf_counter())[1]) if cuda else time.process_time
-    )
+    now = clock(args.device)
     fns = {name: torch.compile(f) if compiled else f for name, (f, compiled) in VARIANTS.items()}
     times: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():  # compile and warm up
