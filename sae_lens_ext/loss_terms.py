@@ -77,6 +77,11 @@ class LossTerm:
     batch_window: Callable[[Callable[[str, Any], Any]], int] | None = None
     """If the term needs consecutive positions together in a batch: given the option
     lookup ``option(key, default)``, the number of positions (see :mod:`sae_lens_ext.windows`)."""
+    sparse_aware: bool = False
+    """``fn`` also works on a sparse step, where ``ctx.feature_acts`` may be a sparse COO tensor
+    whose codes :func:`sae_lens_ext.sparse.codes_of` gives (it reads them through those). A
+    term that leaves it False gets a dense, differentiable ``feature_acts`` on sparse steps
+    too, at the cost of writing it (see :mod:`sae_lens_ext.sparse`)."""
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):

@@ -40,6 +40,7 @@ from sae_lens_ext.resampling import (
     is_waiting,
     request_after_step,
 )
+from sae_lens_ext.sparse import codes_of, decoder_weighted_l1
 
 #: Under SAE-Lens's own runners, the guards are checked every this many steps.
 GUARD_CHECK_EVERY = 100
@@ -83,8 +84,12 @@ def decoder_weighted_sparsity(
     temporary or saved tensor (:class:`_NonNegativeL1`; same value up to summation order).
     Its gradient at a zero activation is the slope ``||W_dec[i]|| / N`` where upstream's is
     the subgradient 0; the ReLU's backward zeroes both, so every parameter gets upstream's
-    gradient."""
+    gradient. On a sparse step (:func:`sae_lens_ext.sparse.codes_of`) it is read from the
+    active entries."""
     norms = sae.W_dec.norm(dim=1)
+    codes = codes_of(feature_acts)
+    if codes is not None:
+        return decoder_weighted_l1(codes, norms, p)
     if nonnegative and p == 1:
         return _NonNegativeL1.apply(feature_acts.reshape(-1, feature_acts.shape[-1]), norms)
     return (feature_acts * norms).norm(p=p, dim=-1).mean()

@@ -47,6 +47,7 @@ def register_loss_terms(register):
             frequency_ordering_loss,
             "rearrangement gap: lower-indexed latents should fire more often",
             options=("frequency_temperature", "ordering_rows"),
+            sparse_aware=True,
         )
     )
     register(
@@ -54,6 +55,7 @@ def register_loss_terms(register):
             "adaptive_l1",
             adaptive_l1_loss,
             "L1 on acts * decoder norms, scaled by reconstruction cosine similarity",
+            sparse_aware=True,
         )
     )
     register(
@@ -62,6 +64,7 @@ def register_loss_terms(register):
             prefix_reconstruction_loss,
             "mean reconstruction loss of random prefixes (first k latents) of the latent order",
             options=PREFIX_OPTIONS,
+            sparse_aware=True,
         )
     )
 

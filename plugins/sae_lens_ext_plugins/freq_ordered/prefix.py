@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from sae_lens_ext.loss_terms import LossContext, parse_options
+from sae_lens_ext.sparse import codes_of, decode_sparse
 
 PREFIX_TERM = "prefix_reconstruction"
 PREFIX_OPTIONS = ("prefix_samples", "prefix_min_fraction", "prefix_exponent")
@@ -159,9 +160,14 @@ def running_reconstructions(
 ) -> list[torch.Tensor]:
     """``acts[:, :k] @ W_dec[:k] + b_dec`` for each ``k`` in ``lengths`` (increasing), then
     (``full``) the whole reconstruction, as running sums of block products: one decoder
-    pass in all, forward and backward (``lengths[-1] / d_sae`` of one without ``full``)."""
-    acts = feature_acts.reshape(-1, feature_acts.shape[-1])
-    edges = [0, *lengths, acts.shape[-1]] if full else [0, *lengths]
+    pass in all, forward and backward (``lengths[-1] / d_sae`` of one without ``full``). On a
+    sparse step, from the active entries (:func:`sae_lens_ext.sparse.decode_sparse`)."""
+    d_sae = feature_acts.shape[-1]
+    edges = [0, *lengths, d_sae] if full else [0, *lengths]
+    codes = codes_of(feature_acts)
+    if codes is not None:
+        return decode_sparse(codes, W_dec, b_dec, edges=edges)  # type: ignore[return-value]
+    acts = feature_acts.reshape(-1, d_sae)
     return list(_RunningSums.apply(acts, W_dec, b_dec, edges))
 
 

@@ -43,6 +43,15 @@ from sae_lens_ext.distributed import all_reduce_mean_
 from sae_lens_ext.loss_terms import LossTermSpec
 from sae_lens_ext.optim import permute_optimizer_rows
 from sae_lens_ext.resampling import ResampleResult, request_after_step
+from sae_lens_ext.sparse import (
+    AffineMap,
+    ReLU,
+    SparseEncoder,
+    SparseStepFields,
+    SparseStepMixin,
+    codes_of,
+    encoder_input,
+)
 from sae_lens_ext.training import (
     LossTermTrainingSAE,
     LossTermTrainingSAEConfig,
@@ -188,22 +197,35 @@ class FreqOrderedEncoderMixin:
         out = out.reshape(*lead, -1, d)
         return out[..., : out.shape[-2] - pad, :] if pad else out
 
-    def pre_activations(self, sae_in: torch.Tensor) -> torch.Tensor:
-        """Pre-activations (what the ReLU sees) of the processed input ``x - b_dec``."""
+    def encoder_input(self, sae_in: torch.Tensor) -> torch.Tensor:
+        """What ``W_enc`` reads: ``x - b_dec``, plus attention's output with ``attention``."""
+        return sae_in + self.attend(sae_in) if self.cfg.attention else sae_in
+
+    def affine_pre_activations(self, enc_in: torch.Tensor, sae_in: torch.Tensor) -> torch.Tensor:
+        """``enc_in @ W_enc + b_enc`` (+ the skip projection of ``sae_in``): the pre-activations
+        before the LayerNorm."""
         cfg = self.cfg
-        enc_in = sae_in + self.attend(sae_in) if cfg.attention else sae_in
         hidden = enc_in @ self.W_enc + self.b_enc
         if cfg.skip_projection:
             hidden = hidden + cfg.skip_scale * (sae_in @ self.W_skip)
+        return hidden
+
+    def pre_activations(self, sae_in: torch.Tensor) -> torch.Tensor:
+        """Pre-activations (what the ReLU sees) of the processed input ``x - b_dec``."""
+        cfg = self.cfg
+        hidden = self.affine_pre_activations(self.encoder_input(sae_in), sae_in)
         if cfg.layer_norm:
             hidden = F.layer_norm(hidden, (cfg.d_sae,), self.ln_weight, self.ln_bias, LN_EPS)
         return hidden
 
-    def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def check_input_width(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.cfg.d_in and not self.hook_z_reshaping_mode:  # type: ignore[attr-defined]
             raise ValueError(
                 f"d_in: the SAE expects inputs of width d_in={self.cfg.d_in}, got {x.shape[-1]}"
             )
+
+    def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.check_input_width(x)
         sae_in = self.process_sae_in(x)  # type: ignore[attr-defined]
         hidden_pre = self.hook_sae_acts_pre(self.pre_activations(sae_in))  # type: ignore[attr-defined]
         feature_acts = self.hook_sae_acts_post(self.activation_fn(hidden_pre))  # type: ignore[attr-defined]
@@ -291,7 +313,9 @@ class FreqOrderedSAE(FreqOrderedEncoderMixin, SAE[FreqOrderedSAEConfig]):
 
 
 @dataclass(kw_only=True)
-class FreqOrderedTrainingSAEConfig(LossTermTrainingSAEConfig, FreqOrderedArchitectureFields):
+class FreqOrderedTrainingSAEConfig(
+    LossTermTrainingSAEConfig, FreqOrderedArchitectureFields, SparseStepFields
+):
     """Training config of ``freq_ordered``. Defaults are the benchmarked recommendation
     (docs/benchmarks-freq-ordered.md).
 
@@ -325,6 +349,9 @@ class FreqOrderedTrainingSAEConfig(LossTermTrainingSAEConfig, FreqOrderedArchite
         prefix_min_fraction: shortest prefix drawn, as a fraction of ``d_sae``.
         prefix_exponent: prefix lengths follow ``p(k) ~ k^-prefix_exponent`` on
             ``[prefix_min_fraction * d_sae, d_sae)`` (1: log-uniform, 0: uniform).
+        sparse_step: ``"auto"`` (default), ``"dense"`` or ``"sparse"``: whether a step
+            computes the decoder and the backward from the active latents only (same
+            gradients; see ``sae_lens_ext.sparse``). ``layer_norm`` needs the dense step.
         resample_dead_every: inherited; resample dead latents every this many
             steps through the ``resample_dead_latents`` hook (log run 4). With
             sorting on, a latent counts as dead only if SAE-Lens's trainer says so
@@ -379,6 +406,7 @@ class FreqOrderedTrainingSAEConfig(LossTermTrainingSAEConfig, FreqOrderedArchite
                 f"{name}.frequency_temperature must be > 0, got {self.frequency_temperature}"
             )
         self.validate_architecture_fields()
+        self.check_sparse_step()
         super().__post_init__()
 
     @classmethod
@@ -399,9 +427,13 @@ class FreqOrderedTrainingSAEConfig(LossTermTrainingSAEConfig, FreqOrderedArchite
 
 
 class FreqOrderedTrainingSAE(
-    NestedDecodeMixin, FreqOrderedEncoderMixin, LossTermTrainingSAE[FreqOrderedTrainingSAEConfig]
+    NestedDecodeMixin,
+    SparseStepMixin,
+    FreqOrderedEncoderMixin,
+    LossTermTrainingSAE[FreqOrderedTrainingSAEConfig],
 ):
-    """Training class of ``freq_ordered``: plain L1 (unless adaptive) + plugin loss terms."""
+    """Training class of ``freq_ordered``: plain L1 (unless adaptive) + plugin loss terms.
+    Its step is sparse once the codes are (``sparse_step``, :mod:`sae_lens_ext.sparse`)."""
 
     def __init__(self, cfg: FreqOrderedTrainingSAEConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)
@@ -411,6 +443,36 @@ class FreqOrderedTrainingSAE(
     def initialize_weights(self) -> None:
         super().initialize_weights()
         self.init_freq_ordered_parameters()
+
+    # --- the sparse step -------------------------------------------------------------------
+    def sparse_step_unsupported(self) -> str | None:
+        if self.cfg.layer_norm:
+            return "layer_norm normalises each row over all latents"
+        return None
+
+    def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.sparse_now:
+            return self.encode_sparse_step(x)
+        return super().encode_with_hidden_pre(x)
+
+    def sparse_encoder(self, x: torch.Tensor) -> SparseEncoder:
+        """ReLU of an affine map of ``x - b_dec`` (with attention: of its output, whose
+        gradient then flows on through the attention)."""
+        self.check_input_width(x)
+        sae_in = self.process_sae_in(x)
+        if self.cfg.attention:
+            enc_in = self.encoder_input(sae_in)
+            inputs, shift = (enc_in, sae_in), None
+        else:
+            enc_in, shift = encoder_input(self, x, sae_in)
+            inputs = (enc_in, enc_in)
+        weights, coefficients = (self.W_enc,), (1.0,)
+        if self.cfg.skip_projection:
+            weights, coefficients = (self.W_enc, self.W_skip), (1.0, self.cfg.skip_scale)
+        with torch.no_grad():
+            hidden = self.hook_sae_acts_pre(self.affine_pre_activations(enc_in, sae_in))
+        affine = AffineMap(inputs[: len(weights)], weights, self.b_enc, coefficients, shift)
+        return SparseEncoder(hidden, affine, ReLU())
 
     @torch.compiler.disable
     def begin_step(self, step_input: TrainStepInput) -> TrainStepInput:
@@ -494,9 +556,13 @@ class FreqOrderedTrainingSAE(
         """Fold this batch's firing rates into the buffer: a running mean over the first
         ``1 / (1 - frequency_decay)`` steps, an EMA with that decay afterwards (device
         ops only: no host-device sync)."""
-        acts = feature_acts.detach().reshape(-1, self.cfg.d_sae)
-        # a 1-byte mask and a column sum: fewer memory passes than sign() or a float mask
-        fired = acts.ne(0).sum(0, dtype=torch.float32) / max(acts.shape[0], 1)
+        codes = codes_of(feature_acts)
+        if codes is not None:  # a sparse step: count the entries
+            fired = codes.firing() / max(codes.n_rows, 1)
+        else:
+            acts = feature_acts.detach().reshape(-1, self.cfg.d_sae)
+            # a 1-byte mask and a column sum: fewer memory passes than sign() or a float mask
+            fired = acts.ne(0).sum(0, dtype=torch.float32) / max(acts.shape[0], 1)
         all_reduce_mean_(fired)  # data-parallel: the global batch's rates (no-op otherwise)
         t = self.frequency_updates
         decay = (t / (t + 1.0)).clamp(max=self.cfg.frequency_decay)
