@@ -60,6 +60,7 @@ def register_loss_terms(register):
             "t and t+stride inside windows of temporal_window consecutive rows "
             "(temporal_loss_form=normalized: normalised squared change)",
             options=("temporal_window", "temporal_stride", "temporal_loss_form"),
+            sparse_aware=True,
             batch_window=temporal_batch_window,
         )
     )

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from sae_lens_ext.loss_terms import LossContext
+from sae_lens_ext.sparse import codes_of, window_variation
 from sae_lens_ext.windows import BatchLayoutError, check_step_layout
 
 EPS = 1e-6
@@ -146,10 +147,15 @@ def temporal_consistency_loss(ctx: LossContext) -> torch.Tensor:
     default) or :func:`normalized_penalty` (``temporal_loss_form=normalized``)."""
     window, stride = window_settings(ctx)
     form = str(ctx.option("temporal_loss_form", "tv"))
+    codes = codes_of(ctx.feature_acts)  # a sparse step: the active entries
     if form == "tv":
-        loss = variation_penalty(ctx.feature_acts, window, stride, ctx.sae.W_dec.norm(dim=1))
+        norms = ctx.sae.W_dec.norm(dim=1)
+        if codes is not None:
+            return window_variation(codes, window, stride, norms)
+        loss = variation_penalty(ctx.feature_acts, window, stride, norms)
     elif form == "normalized":
-        loss = normalized_penalty(ctx.feature_acts, window, stride)
+        acts = ctx.feature_acts if codes is None else codes.dense()
+        loss = normalized_penalty(acts, window, stride)
     else:
         raise ValueError(f"temporal_loss_form must be one of {LOSS_FORMS}, got {form!r}")
     return loss

@@ -18,6 +18,14 @@ from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 from torch import nn
 
 from sae_lens_ext.loss_terms import LossTermSpec
+from sae_lens_ext.sparse import (
+    AffineMap,
+    ReLU,
+    SparseEncoder,
+    SparseStepFields,
+    SparseStepMixin,
+    encoder_input,
+)
 from sae_lens_ext.training import (
     LossTermTrainingSAE,
     LossTermTrainingSAEConfig,
@@ -89,7 +97,7 @@ class TemporalConsistencySAE(StandardSAE):
 
 
 @dataclass(kw_only=True)
-class TemporalConsistencyTrainingSAEConfig(LossTermTrainingSAEConfig):
+class TemporalConsistencyTrainingSAEConfig(LossTermTrainingSAEConfig, SparseStepFields):
     """Training config.
 
     Args:
@@ -110,6 +118,9 @@ class TemporalConsistencyTrainingSAEConfig(LossTermTrainingSAEConfig):
         temporal_contrastive_fraction: share of latents (the first ones) it acts on; in this
             per-token SAE they are an arbitrary subset, not a trained group.
         temporal_contrastive_temperature: its softmax temperature.
+        sparse_step: ``"auto"`` (default), ``"dense"`` or ``"sparse"``: whether a step
+            computes the decoder and the backward from the active latents only (same
+            gradients; see ``sae_lens_ext.sparse``). GELU codes need the dense step.
     """
 
     activation_fn: Literal["relu", "gelu"] = "relu"
@@ -156,6 +167,7 @@ class TemporalConsistencyTrainingSAEConfig(LossTermTrainingSAEConfig):
                 "temporal_contrastive_temperature must be > 0, got "
                 f"{self.temporal_contrastive_temperature}"
             )
+        self.check_sparse_step()
         super().__post_init__()
 
     @classmethod
@@ -175,9 +187,12 @@ class TemporalConsistencyTrainingSAEConfig(LossTermTrainingSAEConfig):
         ]
 
 
-class TemporalConsistencyTrainingSAE(LossTermTrainingSAE[TemporalConsistencyTrainingSAEConfig]):
+class TemporalConsistencyTrainingSAE(
+    SparseStepMixin, LossTermTrainingSAE[TemporalConsistencyTrainingSAEConfig]
+):
     """Training class: L1 penalty + enabled temporal loss terms (the core guards every
-    architecture against runs that never fire)."""
+    architecture against runs that never fire). Its step is sparse once the codes are
+    (``sparse_step``, :mod:`sae_lens_ext.sparse`)."""
 
     b_enc: nn.Parameter
 
@@ -189,8 +204,24 @@ class TemporalConsistencyTrainingSAE(LossTermTrainingSAE[TemporalConsistencyTrai
         return make_activation_fn(self.cfg.activation_fn)
 
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.sparse_now:
+            return self.encode_sparse_step(x)
         hidden_pre = self.hook_sae_acts_pre(self.process_sae_in(x) @ self.W_enc + self.b_enc)
         return self.hook_sae_acts_post(self.activation_fn(hidden_pre)), hidden_pre
+
+    def sparse_step_unsupported(self) -> str | None:
+        if self.cfg.activation_fn != "relu":
+            return f"{self.cfg.activation_fn} codes are not sparse"
+        return None
+
+    def sparse_encoder(self, x: torch.Tensor) -> SparseEncoder:
+        sae_in = self.process_sae_in(x)
+        enc_in, shift = encoder_input(self, x, sae_in)
+        with torch.no_grad():
+            hidden = self.hook_sae_acts_pre(enc_in @ self.W_enc + self.b_enc)
+        return SparseEncoder(
+            hidden, AffineMap((enc_in,), (self.W_enc,), self.b_enc, shift=shift), ReLU()
+        )
 
     def base_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
         return {"l1": TrainCoefficientConfig(self.cfg.l1_coefficient, self.cfg.l1_warm_up_steps)}

@@ -24,6 +24,7 @@ decoder norms folded), as upstream's ``matryoshka_batchtopk`` does; the saved co
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -38,6 +39,20 @@ from sae_lens.saes.matryoshka_batchtopk_sae import (
 )
 from sae_lens.saes.sae import SAEConfig, TrainStepInput, TrainStepOutput
 from sae_lens.saes.topk_sae import act_times_W_dec
+
+from sae_lens_ext.sparse import (
+    AffineMap,
+    BatchTopK,
+    SparseCodes,
+    SparseEncoding,
+    SparseStepFields,
+    SparseStepSwitch,
+    decode_sparse,
+    encode_sparse,
+    encoder_input,
+    gram,
+    has_hooks,
+)
 
 ARCHITECTURE = "tsae"
 PAIR = 2  # rows per window: positions t and t + 1
@@ -68,7 +83,7 @@ class TSAE(JumpReLUSAE):
 
 
 @dataclass
-class TSAETrainingSAEConfig(MatryoshkaBatchTopKTrainingSAEConfig):
+class TSAETrainingSAEConfig(MatryoshkaBatchTopKTrainingSAEConfig, SparseStepFields):
     """Training config; defaults are the reference's ``train_temporal.py``.
 
     Args:
@@ -82,6 +97,9 @@ class TSAETrainingSAEConfig(MatryoshkaBatchTopKTrainingSAEConfig):
             ``temp_alpha = 0.1``).
         aux_loss_coefficient: weight of the auxiliary dead-latent loss (reference
             ``auxk_alpha = 1/32``).
+        sparse_step: ``"auto"`` (default), ``"dense"`` or ``"sparse"``: whether a step
+            computes the decoders and the backward from the active latents only (same
+            gradients; see ``sae_lens_ext.sparse``).
     """
 
     k: float = 20
@@ -110,6 +128,7 @@ class TSAETrainingSAEConfig(MatryoshkaBatchTopKTrainingSAEConfig):
         for name in ("temporal_coefficient", "aux_loss_coefficient"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        self.check_sparse_step()
         super().__post_init__()
 
     @classmethod
@@ -134,7 +153,11 @@ class TSAETrainingSAEConfig(MatryoshkaBatchTopKTrainingSAEConfig):
 def symmetric_contrastive_loss(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
     """The reference's temporal term: ``L = current @ previous.T`` (``(B, B)`` raw dot
     products), ``(CE(L, arange) + CE(L.T, arange)) / 2``."""
-    logits = current @ previous.T
+    return symmetric_cross_entropy(current @ previous.T)
+
+
+def symmetric_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """``(CE(L, arange) + CE(L.T, arange)) / 2`` of a square matrix of logits."""
     labels = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
@@ -153,6 +176,7 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
         super().__init__(cfg, use_error_term)
         self.n_trained_steps = 0
         self._loaded = False
+        self.sparse_switch = SparseStepSwitch(cfg.sparse_step)
 
     def split_pairs(self, sae_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(current, previous)``: rows ``2i + 1`` (position ``t + 1``) and ``2i`` (``t``)."""
@@ -166,21 +190,64 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         current, previous = self.split_pairs(step_input.sae_in)
+        if self.choose_sparse_step():
+            return self.sparse_forward_pass(step_input, current, previous)
         acts, hidden_pre = self.encode_with_hidden_pre(current)
         acts_previous, _ = self.encode_with_hidden_pre(previous)
         self.update_topk_threshold(acts)
-        mse_loss, sae_out = self.matryoshka_mse_loss(current, acts)
+        mse_loss, sae_out = self.matryoshka_mse_loss(current, self._iterable_decode(acts, True))
         high = slice(0, self.cfg.matryoshka_widths[0])
         temporal = symmetric_contrastive_loss(acts[:, high], acts_previous[:, high])
         aux = self.reference_aux_loss(current, sae_out, hidden_pre, step_input.dead_neuron_mask)
+        # codes of every row, so that upstream's firing statistics count the whole batch
+        feature_acts = torch.cat([acts, acts_previous]).detach()
+        self.sparse_switch.observe_dense(feature_acts, step_input.n_training_steps)
+        return self.step_output(current, sae_out, feature_acts, hidden_pre, mse_loss, temporal, aux)
+
+    @torch.compiler.disable
+    def choose_sparse_step(self) -> bool:
+        """This step's path (:mod:`sae_lens_ext.sparse`; Python state only)."""
+        return self.sparse_switch.choose() and not has_hooks(self)
+
+    @torch.compiler.disable  # the entry counts vary: eager
+    def sparse_forward_pass(
+        self, step_input: TrainStepInput, current: torch.Tensor, previous: torch.Tensor
+    ) -> TrainStepOutput:
+        """The same step from the active entries: both halves' codes, the Matryoshka decodes,
+        the temporal logits and the auxiliary decode touch only the entries."""
+        encoded = self.encode_sparse_half(current)
+        codes, codes_previous = encoded.codes, self.encode_sparse_half(previous).codes
+        self.sparse_switch.observe_codes(codes)
+        self.update_topk_threshold(codes.values.detach())
+        mse_loss, sae_out = self.matryoshka_mse_loss(current, self.sparse_levels(codes))
+        width = self.cfg.matryoshka_widths[0]
+        logits = gram(codes.first_latents(width), codes_previous.first_latents(width))
+        temporal = symmetric_cross_entropy(logits)
+        aux = self.reference_aux_loss(
+            current, sae_out, encoded.hidden_pre, step_input.dead_neuron_mask, encoded
+        )
+        feature_acts = _stacked_coo(codes, codes_previous)
+        return self.step_output(
+            current, sae_out, feature_acts, encoded.hidden_pre, mse_loss, temporal, aux
+        )
+
+    def step_output(
+        self,
+        current: torch.Tensor,
+        sae_out: torch.Tensor,
+        feature_acts: torch.Tensor,
+        hidden_pre: torch.Tensor,
+        mse_loss: torch.Tensor,
+        temporal: torch.Tensor,
+        aux: torch.Tensor,
+    ) -> TrainStepOutput:
         temporal_loss = self.cfg.temporal_coefficient * temporal
         aux_loss = self.cfg.aux_loss_coefficient * aux
         self.count_step()
         return TrainStepOutput(
             sae_in=current,
             sae_out=sae_out,
-            # codes of every row, so that upstream's firing statistics count the whole batch
-            feature_acts=torch.cat([acts, acts_previous]).detach(),
+            feature_acts=feature_acts,
             hidden_pre=hidden_pre,
             loss=mse_loss + temporal_loss + aux_loss,
             losses={
@@ -188,8 +255,32 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
                 "temporal_loss": temporal_loss,
                 "auxiliary_reconstruction_loss": aux_loss,
             },
-            metrics={"topk_threshold": self.topk_threshold},
+            metrics={"topk_threshold": self.topk_threshold, **self.sparse_switch.metrics()},
         )
+
+    def encode_sparse_half(self, x: torch.Tensor) -> SparseEncoding:
+        """Upstream's ``encode_with_hidden_pre`` (BatchTopK of the pre-activations, scaled by
+        the decoder norms with ``rescale_acts_by_decoder_norm``) as entries."""
+        sae_in = self.process_sae_in(x)
+        enc_in, shift = encoder_input(self, x, sae_in)
+        scale = self.W_dec.norm(dim=-1) if self.cfg.rescale_acts_by_decoder_norm else None
+        with torch.no_grad():
+            unscaled = self.hook_sae_acts_pre(enc_in @ self.W_enc + self.b_enc)
+            hidden = unscaled if scale is None else unscaled * scale
+        affine = AffineMap((enc_in,), (self.W_enc,), self.b_enc, shift=shift, scale=scale)
+        return encode_sparse(hidden, affine, BatchTopK(self.cfg.k), unscaled)
+
+    def sparse_levels(self, codes: SparseCodes) -> list[tuple[int, torch.Tensor]]:
+        """``_iterable_decode(acts, include_outer_loss=True)`` from the entries."""
+        if self.cfg.rescale_acts_by_decoder_norm:
+            inverse_norms = 1 / self.W_dec.norm(dim=-1)
+            codes = codes.with_values(codes.values * inverse_norms[codes.cols])
+        widths = self.cfg.matryoshka_widths
+        decoded = decode_sparse(codes, self.W_dec, self.b_dec, edges=[0, *widths])
+        return [
+            (w, self.run_time_activation_norm_fn_out(d))
+            for w, d in zip(widths, decoded, strict=True)
+        ]
 
     @torch.no_grad()
     def update_topk_threshold(self, acts_topk: torch.Tensor) -> None:
@@ -208,15 +299,14 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
         self.n_trained_steps += 1
 
     def matryoshka_mse_loss(
-        self, sae_in: torch.Tensor, feature_acts: torch.Tensor
+        self, sae_in: torch.Tensor, levels: Iterable[tuple[int, torch.Tensor]]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mean_g w_g * mean_b ||x - x_hat_{<=g}||^2, full reconstruction)``."""
+        """``(mean_g w_g * mean_b ||x - x_hat_{<= g}||^2, full reconstruction)`` from the
+        reconstructions of the nested groups (``_iterable_decode(acts, True)``)."""
         weights = self.cfg.weights()
         losses = []
         decoded = sae_in
-        for weight, (_, decoded) in zip(
-            weights, self._iterable_decode(feature_acts, include_outer_loss=True), strict=True
-        ):
+        for weight, (_, decoded) in zip(weights, levels, strict=True):
             losses.append(weight * (sae_in - decoded).pow(2).sum(-1).mean())
         return torch.stack(losses).mean(), decoded
 
@@ -226,22 +316,47 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
         sae_out: torch.Tensor,
         hidden_pre: torch.Tensor,
         dead_neuron_mask: torch.Tensor | None,
+        encoded: SparseEncoding | None = None,
     ) -> torch.Tensor:
         """The reference's auxiliary loss, without a host sync: the top ``d_in // 2`` dead
         latents by ReLU pre-activation reconstruct the detached residual (no ``b_dec``),
-        ``||e - e_hat||^2 / ||e - mean(e)||^2`` (batch means); 0 when no latent is dead."""
+        ``||e - e_hat||^2 / ||e - mean(e)||^2`` (batch means); 0 when no latent is dead.
+        With ``encoded`` (a sparse step) the chosen latents are decoded as entries."""
         if dead_neuron_mask is None:
             return sae_out.new_zeros(())
         residual = (sae_in - sae_out).detach().float()
         k_aux = min(sae_in.shape[-1] // 2, self.cfg.d_sae)
-        candidates = torch.where(dead_neuron_mask[None], hidden_pre.relu(), -torch.inf)
-        values, indices = candidates.topk(k_aux, dim=-1, sorted=False)
-        values = torch.where(torch.isfinite(values), values, 0.0)  # fewer dead than k_aux
-        aux_acts = torch.zeros_like(hidden_pre).scatter_(-1, indices, values)
-        recons = act_times_W_dec(aux_acts, self.W_dec, self.cfg.rescale_acts_by_decoder_norm)
+        if encoded is not None:
+            recons = self.sparse_aux_reconstruction(encoded, dead_neuron_mask, k_aux)
+        else:
+            candidates = torch.where(dead_neuron_mask[None], hidden_pre.relu(), -torch.inf)
+            values, indices = candidates.topk(k_aux, dim=-1, sorted=False)
+            values = torch.where(torch.isfinite(values), values, 0.0)  # fewer dead than k_aux
+            aux_acts = torch.zeros_like(hidden_pre).scatter_(-1, indices, values)
+            rescale = self.cfg.rescale_acts_by_decoder_norm
+            recons = act_times_W_dec(aux_acts, self.W_dec, rescale)
         l2 = (residual - recons.float()).pow(2).sum(-1).mean()
         denominator = (residual - residual.mean(0)).pow(2).sum(-1).mean()
         return (l2 / denominator).nan_to_num(0.0) * dead_neuron_mask.any()
+
+    def sparse_aux_reconstruction(
+        self, encoded: SparseEncoding, dead_neuron_mask: torch.Tensor, k_aux: int
+    ) -> torch.Tensor:
+        """The auxiliary reconstruction of :meth:`reference_aux_loss` from ``k_aux`` entries
+        per row (the same ``topk`` call picks them; their values carry the gradient)."""
+        dead = dead_neuron_mask.to(encoded.unscaled.device)
+        with torch.no_grad():
+            candidates = torch.where(dead[None], encoded.hidden_pre.relu(), -torch.inf)
+            cols = candidates.topk(k_aux, dim=-1, sorted=False).indices.sort(dim=-1).values
+        n_rows = cols.shape[0]
+        rows = torch.arange(n_rows, device=cols.device).unsqueeze(1).expand_as(cols).reshape(-1)
+        cols = cols.reshape(-1)
+        pre = encoded.pre_activations_at(rows, cols).relu()
+        values = torch.where(dead[cols], pre, torch.zeros_like(pre))  # fewer dead than k_aux
+        if self.cfg.rescale_acts_by_decoder_norm:
+            values = values * (1 / self.W_dec.norm(dim=-1))[cols]
+        codes = SparseCodes(rows, cols, values, n_rows, self.cfg.d_sae)
+        return decode_sparse(codes, self.W_dec)  # type: ignore[return-value]
 
     def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
         self._loaded = True
@@ -254,3 +369,14 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
                 "(or training_steps) to at least one batch"
             )
         return super().save_inference_model(path)
+
+
+def _stacked_coo(first: SparseCodes, second: SparseCodes) -> torch.Tensor:
+    """The codes of ``first``'s rows then ``second``'s as one detached sparse COO tensor."""
+    rows = torch.cat([first.rows, second.rows + first.n_rows])
+    indices = torch.stack([rows, torch.cat([first.cols, second.cols])])
+    values = torch.cat([first.values, second.values]).detach()
+    shape = (first.n_rows + second.n_rows, first.n_latents)
+    return torch.sparse_coo_tensor(
+        indices, values, shape, is_coalesced=True, check_invariants=False
+    )
