@@ -71,6 +71,14 @@ COMPILED_ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "freq_ordered, compile_sae": ("freq_ordered", {}, True),
     "temporal_consistency, compile_sae": ("temporal_consistency", {}, True),
 }
+# the same rows with the path forced (``sparse_step``): --paths, and --rows by name
+PATH_ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
+    f"{name}, {path}": (arch, {**fields, "sparse_step": path}, False)
+    for name, (arch, fields, _) in {**ROWS, **EXTRA_ROWS}.items()
+    if arch != "standard"
+    for path in ("dense", "sparse")
+}
+PRODUCT_ROW = "one dense product"  # the encoder's product alone: the sparse step's floor
 DTYPES = {"fp32": False, "bf16": True}  # name -> bf16 autocast
 
 
@@ -81,6 +89,7 @@ class Row:
     compiled: bool
     times: list[float] = field(default_factory=list)
     warm_up_s: list[float] = field(default_factory=list)
+    product: Callable[[torch.Tensor], Any] | None = None  # PRODUCT_ROW: what a step does
 
 
 def trainer_config(batch: int, device: str, autocast: bool) -> Any:
@@ -97,18 +106,26 @@ def trainer_config(batch: int, device: str, autocast: bool) -> Any:
 
 
 def build_row(name: str, spec: tuple[str, dict[str, Any], bool], size: tuple[int, int, int],
-              device: str, autocast: bool, mode: str | None) -> Row:  # fmt: skip
-    """A fresh SAE (seed 0) of the row's architecture and an upstream trainer for it."""
+              device: str, autocast: bool, mode: str | None, l0: float | None = None) -> Row:  # fmt: skip
+    """A fresh SAE (seed 0) of the row's architecture and an upstream trainer for it; with
+    ``l0``, codes with about that many active latents per row (:func:`set_l0`)."""
+    from dataclasses import fields as dataclass_fields
+
     from sae_lens.registry import get_sae_training_class
     from sae_lens.training.sae_trainer import SAETrainer
 
     from sae_lens_ext.windows import mark_layout_served
 
-    arch, fields, compiled = spec
+    arch, settings, compiled = spec
     d_in, d_sae, batch = size
     sae_cls, cfg_cls = get_sae_training_class(arch)
+    top_k = "k" in {f.name for f in dataclass_fields(cfg_cls)}
+    if l0 and top_k:  # TopK-style codes: k active per row (on average over the batch)
+        settings = {**settings, "k": l0}
     torch.manual_seed(0)
-    sae = sae_cls(cfg_cls(d_in=d_in, d_sae=d_sae, device=device, **fields))
+    sae = sae_cls(cfg_cls(d_in=d_in, d_sae=d_sae, device=device, **settings))
+    if l0 and not top_k:
+        set_l0(sae, l0)
     mark_layout_served(sae)  # random rows: the window layout is the benchmark's choice
     if compiled:  # what LanguageModelSAETrainingRunner._compile_sae_if_needed does
         sae.training_forward_pass = torch.compile(sae.training_forward_pass, mode=mode)
@@ -116,6 +133,40 @@ def build_row(name: str, spec: tuple[str, dict[str, Any], bool], size: tuple[int
         cfg=trainer_config(batch, device, autocast), sae=sae, data_provider=iter(())
     )
     return Row(name, trainer, compiled)
+
+
+@torch.no_grad()
+def set_l0(sae: Any, l0: float) -> None:
+    """ReLU codes with about ``l0`` active latents per row on the benchmark's batches: with
+    ``x ~ N(0, I)`` and ``b_dec = 0``, latent ``i``'s pre-activation is
+    ``N(b_enc[i], ||W_enc[:, i]||^2)``, so ``b_enc[i] = -z ||W_enc[:, i]||`` with
+    ``P(N(0, 1) > z) = l0 / d_sae`` makes it fire on a ``l0 / d_sae`` share of rows."""
+    z = torch.special.ndtri(torch.tensor(1.0 - l0 / sae.cfg.d_sae, dtype=torch.float64))
+    sae.b_enc.copy_(-float(z) * sae.W_enc.norm(dim=0))
+
+
+def product_row(base: Row) -> Row:
+    """A row that does only the encoder's dense product, ``x @ W_enc`` of ``base``'s SAE
+    under the trainer's autocast: the one product a sparse step cannot avoid."""
+    sae, trainer = base.trainer.sae, base.trainer
+
+    @torch.no_grad()
+    def product(batch: torch.Tensor) -> Any:
+        with trainer.autocast_if_enabled:
+            return batch.to(sae.device) @ sae.W_enc
+
+    return Row(PRODUCT_ROW, None, False, product=product)
+
+
+@torch.no_grad()
+def measured_l0(row: Row, batch: torch.Tensor) -> float | None:
+    """Active latents per row of the row's SAE on ``batch`` now (after its timed steps)."""
+    if row.trainer is None:
+        return None
+    sae = row.trainer.sae
+    with row.trainer.autocast_if_enabled:
+        acts = sae.encode(batch.to(sae.device))
+    return float(torch.count_nonzero(acts)) / acts.shape[0]
 
 
 def clock(device: str) -> Callable[[], float]:
@@ -130,6 +181,9 @@ def clock(device: str) -> Callable[[], float]:
 
 
 def one_step(row: Row, batch: torch.Tensor) -> None:
+    if row.product is not None:
+        row.product(batch)
+        return
     row.trainer.step(batch)
     row.trainer.n_training_steps += 1
 
@@ -170,8 +224,8 @@ class LiveBytes(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         out = func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor):
-                continue
+            if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
+                continue  # a sparse tensor's indices and values are counted where made
             storage = t.untyped_storage()
             ptr = storage.data_ptr()
             if ptr in self.live or storage.nbytes() == 0:
@@ -224,39 +278,46 @@ def compile_seconds(row: Row) -> float | None:
 
 
 def measure(size: tuple[int, int, int], dtype: str, specs: dict[str, Any],
-            args: argparse.Namespace) -> list[dict[str, Any]]:  # fmt: skip
-    """Every row at one size and dtype: times (interleaved), ratios, peak memory."""
+            args: argparse.Namespace, l0: float | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Every row at one size, dtype and L0: times (interleaved, with the encoder's dense
+    product alone as a last row), ratios, peak memory, the L0 the codes had."""
     device, (d_in, _, batch) = args.device, size
     autocast = DTYPES[dtype]
-    rows = [build_row(n, s, size, device, autocast, args.mode) for n, s in specs.items()]
+    rows = [build_row(n, s, size, device, autocast, args.mode, l0) for n, s in specs.items()]
+    rows.append(product_row(rows[0]))
     g = torch.Generator().manual_seed(0)
     batches = [torch.randn(batch, d_in, generator=g).to(device) for _ in range(4)]
     warm_up(rows, batches, args.warm_up, device)
     time_rows(rows, batches, args.rounds, device)
-    base = rows[0].times
+    base, product = rows[0].times, rows[-1].times
     results = []
     for row in rows:
-        peak, at_peak = peak_step_bytes(row, batches[0], device)
+        peak, at_peak = (None, []) if row.product else peak_step_bytes(row, batches[0], device)
         ratios = [a / b for a, b in zip(row.times, base, strict=True)]
         results.append(
             {
                 "size": "x".join(map(str, size)),
                 "dtype": dtype,
+                "l0_target": l0,
                 "row": row.name,
+                "l0": measured_l0(row, batches[0]),
                 "step_ms": statistics.median(row.times) * 1e3,
                 "step_ratio": statistics.median(ratios),
                 "step_ratio_iqr": quartiles(ratios),
-                "peak_mib": peak / 2**20,
+                "product_share": statistics.median(
+                    p / t for p, t in zip(product, row.times, strict=True)
+                ),
+                "peak_mib": None if peak is None else peak / 2**20,
                 "compile_s": compile_seconds(row),
                 "at_peak": at_peak,
             }
         )
         if args.explain_memory and at_peak:
             explain(row.name, at_peak, size)
-        if args.profile:
+        if args.profile and not row.product:
             profile_step(row, batches[0], args.profile)
     for r in results:
-        r["peak_ratio"] = r["peak_mib"] / results[0]["peak_mib"]
+        r["peak_ratio"] = None if r["peak_mib"] is None else r["peak_mib"] / results[0]["peak_mib"]
     return results
 
 
@@ -293,19 +354,41 @@ def explain(name: str, at_peak: list[Any], size: tuple[int, int, int]) -> None:
 
 def table(results: list[dict[str, Any]]) -> str:
     head = (
-        "| size (d_in x d_sae x batch) | dtype | row | step (ms) | step / standard "
-        "| (quartiles) | peak mem (MiB) | peak / standard | compile (s) |"
+        "| size (d_in x d_sae x batch) | dtype | row | L0 | step (ms) | step / standard "
+        "| (quartiles) | dense product / step | peak mem (MiB) | peak / standard | compile (s) |"
     )
-    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         compiled = "-" if r["compile_s"] is None else f"{r['compile_s']:.0f}"
         q1, q3 = r["step_ratio_iqr"]
+        l0 = "-" if r["l0"] is None else f"{r['l0']:.0f}"
+        peak = "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
+        peak_ratio = "-" if r["peak_ratio"] is None else f"{r['peak_ratio']:.3f}"
         lines.append(
-            f"| {r['size']} | {r['dtype']} | {r['row']} | {r['step_ms']:.1f} | "
-            f"{r['step_ratio']:.3f} | {q1:.2f}-{q3:.2f} | {r['peak_mib']:.0f} | "
-            f"{r['peak_ratio']:.3f} | {compiled} |"
+            f"| {r['size']} | {r['dtype']} | {r['row']} | {l0} | {r['step_ms']:.1f} | "
+            f"{r['step_ratio']:.3f} | {q1:.2f}-{q3:.2f} | {r['product_share']:.2f} | {peak} | "
+            f"{peak_ratio} | {compiled} |"
         )
     return "\n".join(lines)
+
+
+def crossover(results: list[dict[str, Any]]) -> list[str]:
+    """For rows run on both paths (``X, sparse`` and ``X, dense``): the sparse step's time
+    over the dense step's at each measured density (where it passes 1, sparse stops paying)."""
+    lines = []
+    for r in results:
+        if not r["row"].endswith(", sparse"):
+            continue
+        twin = r["row"].removesuffix(", sparse") + ", dense"
+        same = ("size", "dtype", "l0_target")
+        for d in results:
+            if d["row"] == twin and all(d[k] == r[k] for k in same) and r["l0"] is not None:
+                density = r["l0"] / int(r["size"].split("x")[1])
+                lines.append(
+                    f"{twin.removesuffix(', dense')} {r['size']} {r['dtype']}: L0 {r['l0']:.0f} "
+                    f"(density {density:.2%}): sparse / dense step {r['step_ratio'] / d['step_ratio']:.2f}"
+                )
+    return lines
 
 
 def machine(device: str) -> str:
@@ -337,6 +420,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--extra", action="store_true", help="add prefix, normalized, tsae rows")
     parser.add_argument(
+        "--l0",
+        default="",
+        help="codes with about this many active latents per row (comma list: each in turn); "
+        "ReLU rows through b_enc, TopK rows through k (default: as initialised)",
+    )
+    parser.add_argument(
+        "--paths", action="store_true", help="add each row with its step forced dense and sparse"
+    )
+    parser.add_argument(
         "--rows", action="append", default=[], help="only this row (repeat; standard is kept)"
     )
     parser.add_argument("--explain-memory", action="store_true")
@@ -352,9 +444,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def select_rows(args: argparse.Namespace) -> dict[str, tuple[str, dict[str, Any], bool]]:
     """The rows asked for (``standard`` always first: every ratio is to it)."""
     specs = {**ROWS, **(EXTRA_ROWS if args.extra else {})}
+    if args.paths:
+        specs.update({n: s for n, s in PATH_ROWS.items() if n.rsplit(", ", 1)[0] in specs})
     specs.update(COMPILED_ROWS if args.compile else {})
     if args.rows:
         wanted = ["standard", *(n for n in args.rows if n != "standard")]
+        specs = {**specs, **EXTRA_ROWS, **PATH_ROWS}
         unknown = [n for n in wanted if n not in specs]
         if unknown:
             raise SystemExit(f"--rows: unknown {unknown}; rows: {', '.join(specs)}")
@@ -377,11 +472,15 @@ def main(argv: list[str] | None = None) -> None:
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"{started}, {machine(args.device)}", flush=True)
     results = []
+    l0s = [float(v) for v in args.l0.split(",") if v] or [None]
     for size in map(parse_size, args.sizes.split(",")):
         for dtype in args.dtypes.split(","):
-            results += measure(size, dtype, specs, args)
-            print(table(results[-len(specs) :]), flush=True)
+            for l0 in l0s:
+                results += measure(size, dtype, specs, args, l0)
+                print(table(results[-len(specs) - 1 :]), flush=True)
     print("\n" + table(results))
+    for line in crossover(results):
+        print(line)
     if args.json:
         for r in results:
             r.pop("at_peak")

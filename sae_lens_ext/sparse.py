@@ -62,10 +62,6 @@ HYSTERESIS = 1.5
 CHECK_EVERY = 10
 
 _CODES_ATTRIBUTE = "_sae_lens_ext_sparse_codes"
-# torch says so once per process for every CSR tensor; the CSR operations used here are tested
-warnings.filterwarnings(
-    "ignore", message="Sparse CSR tensor support is in beta", category=UserWarning
-)
 
 
 # --- entries ---------------------------------------------------------------------------
@@ -181,7 +177,9 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 
 def _csr(offsets: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]):
-    return torch.sparse_csr_tensor(offsets, cols, values, shape, check_invariants=False)
+    with warnings.catch_warnings():  # torch calls CSR support "beta"; what is used here is tested
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(offsets, cols, values, shape, check_invariants=False)
 
 
 def _transposed_product(csr: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
@@ -774,10 +772,10 @@ class SparseStepSwitch:
             count = torch.count_nonzero(acts)
         self._pending = _DeviceCount(count, acts.numel())
 
-    def metrics(self) -> dict[str, float]:
-        """Host values for the step's log: the path taken (1 sparse, 0 dense) and the last
-        measured code density."""
-        out = {"sparse_step": float(self.sparse)}
+    def metrics(self, sparse: bool) -> dict[str, float]:
+        """Host values for the step's log: the path taken (``sparse``: 1, dense: 0) and the
+        last measured code density."""
+        out = {"sparse_step": float(sparse)}
         if self.density is not None:
             out["code_density"] = self.density
         return out
@@ -891,7 +889,7 @@ class SparseStepMixin:
                 output.feature_acts = codes.coo()
         else:
             self.sparse_switch.observe_dense(output.feature_acts, step_input.n_training_steps)
-        output.metrics.update(self.sparse_switch.metrics())
+        output.metrics.update(self.sparse_switch.metrics(codes is not None))
         super().end_step(step_input, output)  # type: ignore[misc]
 
     def encode_sparse_step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

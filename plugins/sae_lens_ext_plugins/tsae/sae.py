@@ -255,7 +255,10 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
                 "temporal_loss": temporal_loss,
                 "auxiliary_reconstruction_loss": aux_loss,
             },
-            metrics={"topk_threshold": self.topk_threshold, **self.sparse_switch.metrics()},
+            metrics={
+                "topk_threshold": self.topk_threshold,
+                **self.sparse_switch.metrics(feature_acts.is_sparse),
+            },
         )
 
     def encode_sparse_half(self, x: torch.Tensor) -> SparseEncoding:
