@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import sae_lens  # noqa: F401  (registers the plugin architectures)
 import torch
-import torch.nn.functional as F
 from sae_lens.registry import get_sae_training_class
 from sae_lens.saes.batchtopk_sae import BatchTopK as UpstreamBatchTopK
 from sae_lens.saes.jumprelu_sae import JumpReLU as UpstreamJumpReLU
@@ -55,8 +54,12 @@ def test_decode_and_its_gradients_are_the_dense_products(edges: list[int] | None
     bounds = edges[1:] if edges else [D_SAE]
     expected = [dense[:, :k] @ W[:k] + b for k in bounds]
     weights = [torch.randn(ROWS, D_IN) for _ in outs]
-    got = torch.autograd.grad(sum((o * w).sum() for o, w in zip(outs, weights)), (codes.values, W, b))
-    want = torch.autograd.grad(sum((e * w).sum() for e, w in zip(expected, weights)), (dense, W, b))
+    got = torch.autograd.grad(
+        sum((o * w).sum() for o, w in zip(outs, weights, strict=True)), (codes.values, W, b)
+    )
+    want = torch.autograd.grad(
+        sum((e * w).sum() for e, w in zip(expected, weights, strict=True)), (dense, W, b)
+    )
     for o, e in zip(outs, expected, strict=True):
         close(o, e)
     close(got[0], want[0][codes.rows, codes.cols])
@@ -103,9 +106,14 @@ def test_affine_map_gradients_from_the_entries(scaled: bool, input_grad: bool) -
 
 def test_topk_and_batchtopk_pick_upstreams_entries() -> None:
     hidden = torch.randn(ROWS, D_SAE)
-    for ours, theirs in ((sparse.TopK(5), UpstreamTopK(5)), (sparse.BatchTopK(3.5), UpstreamBatchTopK(3.5))):
+    for ours, theirs in (
+        (sparse.TopK(5), UpstreamTopK(5)),
+        (sparse.BatchTopK(3.5), UpstreamBatchTopK(3.5)),
+    ):
         rows, cols = ours.select(hidden)
-        dense = torch.zeros_like(hidden).index_put_((rows, cols), ours.apply(hidden[rows, cols], cols))
+        dense = torch.zeros_like(hidden).index_put_(
+            (rows, cols), ours.apply(hidden[rows, cols], cols)
+        )
         assert torch.equal(dense, theirs(hidden))
 
 
@@ -224,7 +232,9 @@ def make_sae(arch: str, fields: dict[str, Any], mode: str, seed: int = 0) -> Any
     return sae
 
 
-def step_gradients(sae: Any, x: torch.Tensor, autocast: bool) -> tuple[Any, dict[str, torch.Tensor]]:
+def step_gradients(
+    sae: Any, x: torch.Tensor, autocast: bool
+) -> tuple[Any, dict[str, torch.Tensor]]:
     coefficients = {
         n: c.value if hasattr(c, "value") else c for n, c in sae.get_coefficients().items()
     }
@@ -257,8 +267,9 @@ def test_sparse_step_gives_the_dense_steps_losses_and_gradients(name: str, autoc
 
 def train(arch: str, fields: dict[str, Any], mode: str, steps: int) -> tuple[Any, Any]:
     """``steps`` steps through the core loop (after-step work: resampling, sorting)."""
-    from tests.test_speed import batches, core_loop, trainer_cfg
     from sae_lens.training.sae_trainer import SAETrainer
+
+    from tests.test_speed import core_loop, trainer_cfg
 
     sae = make_sae(arch, fields, mode)
     with torch.no_grad():
@@ -372,13 +383,18 @@ def test_forced_paths_and_options_that_need_the_dense_step() -> None:
     with pytest.raises(ValueError, match="sparse_step must be one of auto, dense, sparse"):
         get_sae_training_class("freq_ordered")[1](d_in=4, d_sae=8, sparse_step="fast")
     x = torch.randn(ROWS, D_IN)
-    for arch, fields in [("freq_ordered", {"layer_norm": True}), ("temporal_consistency", {"activation_fn": "gelu"})]:
+    for arch, fields in [
+        ("freq_ordered", {"layer_norm": True}),
+        ("temporal_consistency", {"activation_fn": "gelu"}),
+    ]:
         sae = make_sae(arch, fields, "sparse")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             out1, _ = step_gradients(sae, x, False)
             out2, _ = step_gradients(sae, x, False)
-        messages = [str(w.message) for w in caught if "every training step is dense" in str(w.message)]
+        messages = [
+            str(w.message) for w in caught if "every training step is dense" in str(w.message)
+        ]
         assert len(messages) == 1, messages
         assert out1.metrics["sparse_step"] == out2.metrics["sparse_step"] == 0.0
 
@@ -392,8 +408,9 @@ def test_a_hooked_sae_takes_the_dense_step() -> None:
 
 
 def test_auto_goes_sparse_once_codes_are_sparse_through_upstreams_trainer() -> None:
-    from tests.test_speed import batches, trainer_cfg
     from sae_lens.training.sae_trainer import SAETrainer
+
+    from tests.test_speed import batches, trainer_cfg
 
     sae = make_sae("freq_ordered", {}, "auto")
     with torch.no_grad():
