@@ -90,6 +90,7 @@ class Row:
     times: list[float] = field(default_factory=list)
     warm_up_s: list[float] = field(default_factory=list)
     product: Callable[[torch.Tensor], Any] | None = None  # PRODUCT_ROW: what a step does
+    l0: float | None = None  # ReLU codes: b_enc is set for this L0 before every step
 
 
 def trainer_config(batch: int, device: str, autocast: bool) -> Any:
@@ -124,25 +125,26 @@ def build_row(name: str, spec: tuple[str, dict[str, Any], bool], size: tuple[int
         settings = {**settings, "k": l0}
     torch.manual_seed(0)
     sae = sae_cls(cfg_cls(d_in=d_in, d_sae=d_sae, device=device, **settings))
-    if l0 and not top_k:
-        set_l0(sae, l0)
     mark_layout_served(sae)  # random rows: the window layout is the benchmark's choice
     if compiled:  # what LanguageModelSAETrainingRunner._compile_sae_if_needed does
         sae.training_forward_pass = torch.compile(sae.training_forward_pass, mode=mode)
     trainer = SAETrainer(
         cfg=trainer_config(batch, device, autocast), sae=sae, data_provider=iter(())
     )
-    return Row(name, trainer, compiled)
+    return Row(name, trainer, compiled, l0=None if top_k else l0)
 
 
 @torch.no_grad()
 def set_l0(sae: Any, l0: float) -> None:
     """ReLU codes with about ``l0`` active latents per row on the benchmark's batches: with
-    ``x ~ N(0, I)`` and ``b_dec = 0``, latent ``i``'s pre-activation is
-    ``N(b_enc[i], ||W_enc[:, i]||^2)``, so ``b_enc[i] = -z ||W_enc[:, i]||`` with
-    ``P(N(0, 1) > z) = l0 / d_sae`` makes it fire on a ``l0 / d_sae`` share of rows."""
+    ``x ~ N(0, I)``, latent ``i``'s pre-activation is ``N(b_enc[i] - b_dec @ W_enc[:, i],
+    ||W_enc[:, i]||^2)``, so ``b_enc[i] = b_dec @ W_enc[:, i] - z ||W_enc[:, i]||`` with
+    ``P(N(0, 1) > z) = l0 / d_sae`` makes it fire on a ``l0 / d_sae`` share of rows. Set
+    before every step (untimed): Adam's first steps move every weight by about ``lr``, which
+    grows the initial ``W_enc`` columns and, left alone, the L0 several-fold."""
     z = torch.special.ndtri(torch.tensor(1.0 - l0 / sae.cfg.d_sae, dtype=torch.float64))
-    sae.b_enc.copy_(-float(z) * sae.W_enc.norm(dim=0))
+    W = sae.W_enc.float()
+    sae.b_enc.copy_(sae.b_dec.float() @ W - float(z) * W.norm(dim=0))
 
 
 def product_row(base: Row) -> Row:
@@ -163,6 +165,7 @@ def measured_l0(row: Row, batch: torch.Tensor) -> float | None:
     """Active latents per row of the row's SAE on ``batch`` now (after its timed steps)."""
     if row.trainer is None:
         return None
+    prepare(row)
     sae = row.trainer.sae
     with row.trainer.autocast_if_enabled:
         acts = sae.encode(batch.to(sae.device))
@@ -188,11 +191,18 @@ def one_step(row: Row, batch: torch.Tensor) -> None:
     row.trainer.n_training_steps += 1
 
 
+def prepare(row: Row) -> None:
+    """Untimed work before a step: the codes' L0 (:func:`set_l0`)."""
+    if row.l0 is not None:
+        set_l0(row.trainer.sae, row.l0)
+
+
 def warm_up(rows: list[Row], batches: list[torch.Tensor], steps: int, device: str) -> None:
     """Untimed first steps of each row (Adam state, compilation), wall time recorded."""
     now = clock(device) if device == "cuda" else time.perf_counter
     for row in rows:
         for i in range(steps):
+            prepare(row)
             start = now()
             one_step(row, batches[i % len(batches)])
             row.warm_up_s.append(now() - start)
@@ -203,6 +213,7 @@ def time_rows(rows: list[Row], batches: list[torch.Tensor], rounds: int, device:
     now = clock(device)
     for i in range(rounds):
         for row in rows[::-1] if i % 2 else rows:
+            prepare(row)
             start = now()
             one_step(row, batches[i % len(batches)])
             row.times.append(now() - start)
@@ -250,6 +261,7 @@ def persistent_bytes(trainer: Any) -> int:
 
 def peak_step_bytes(row: Row, batch: torch.Tensor, device: str) -> tuple[int, list[Any]]:
     """Peak bytes of one step of ``row`` (see the module docstring) and what is alive then."""
+    prepare(row)
     if device == "cuda":
         gc.collect()
         torch.cuda.synchronize()

@@ -727,11 +727,13 @@ class SparseStepSwitch:
         threshold: float = DENSITY_THRESHOLD,
         check_every: int = CHECK_EVERY,
         unsupported: str | None = None,
+        owner: str = "this SAE",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"sparse_step must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode, self.threshold, self.check_every = mode, threshold, check_every
-        self.unsupported = unsupported
+        self.unsupported, self.owner = unsupported, owner
+        self._said = False
         self.sparse = False
         self.density: float | None = None
         self.switches = 0
@@ -743,7 +745,10 @@ class SparseStepSwitch:
             density = self._pending.density()
             if density is not None:
                 self.density, self._pending = density, None
-        if self.unsupported is not None or self.mode == "dense":
+        if self.unsupported is not None:
+            self._say_unsupported()
+            sparse = False
+        elif self.mode == "dense":
             sparse = False
         elif self.mode == "sparse":
             sparse = True
@@ -757,13 +762,27 @@ class SparseStepSwitch:
         self.sparse = sparse
         return sparse
 
+    def _say_unsupported(self) -> None:
+        """Once: asked for the sparse step (or, in auto mode, codes sparse enough for it)."""
+        wanted = self.mode == "sparse" or (
+            self.mode == "auto" and self.density is not None and self.density < self.threshold
+        )
+        if wanted and not self._said:
+            self._said = True
+            density = "" if self.density is None else f" (code density {self.density:.2%})"
+            warnings.warn(
+                f"{self.owner}: every training step is dense{density}: {self.unsupported}",
+                UserWarning,
+                stacklevel=4,
+            )
+
     def observe_codes(self, codes: SparseCodes) -> None:
         """A sparse step's density: its number of entries (a host value)."""
         self.density = codes.density
 
     def observe_dense(self, feature_acts: torch.Tensor, step: int) -> None:
         """A dense step's codes: counted every ``check_every`` steps (auto mode only)."""
-        if self.mode != "auto" or self.unsupported is not None or self._pending is not None:
+        if self.mode != "auto" or self._pending is not None or self._said:
             return
         if step % self.check_every:
             return
@@ -863,14 +882,11 @@ class SparseStepMixin:
     @property
     def sparse_switch(self) -> SparseStepSwitch:
         if self._sparse_switch is None:
-            reason = self.sparse_step_unsupported()
-            self._sparse_switch = SparseStepSwitch(self.cfg.sparse_step, unsupported=reason)
-            if reason is not None and self.cfg.sparse_step != "dense":
-                warnings.warn(
-                    f"{type(self).__name__}: every training step is dense: {reason}",
-                    UserWarning,
-                    stacklevel=2,
-                )
+            self._sparse_switch = SparseStepSwitch(
+                self.cfg.sparse_step,
+                unsupported=self.sparse_step_unsupported(),
+                owner=type(self).__name__,
+            )
         return self._sparse_switch
 
     @torch.compiler.disable

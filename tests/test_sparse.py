@@ -424,3 +424,18 @@ def test_auto_goes_sparse_once_codes_are_sparse_through_upstreams_trainer() -> N
         paths.append(out.metrics["sparse_step"])
     assert paths == [0.0, 1.0, 1.0]
     assert 0 < out.metrics["code_density"] < sparse.DENSITY_THRESHOLD
+
+
+def test_auto_says_once_when_sparse_codes_meet_an_option_that_needs_the_dense_step() -> None:
+    switch = sparse.SparseStepSwitch("auto", 0.1, 1, unsupported="layer_norm...", owner="X")
+    low = torch.zeros(4, 10)
+    low[0, 0] = 1.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for acts in (torch.ones(4, 10), low, low, low):
+            assert switch.choose() is False
+            switch.observe_dense(acts, step=0)
+        assert switch.choose() is False
+    assert [str(w.message) for w in caught] == [
+        "X: every training step is dense (code density 2.50%): layer_norm..."
+    ]
