@@ -142,7 +142,8 @@ def set_l0(sae: Any, l0: float) -> None:
     ``P(N(0, 1) > z) = l0 / d_sae`` makes it fire on a ``l0 / d_sae`` share of rows. Set
     before every step (untimed): Adam's first steps move every weight by about ``lr``, which
     grows the initial ``W_enc`` columns and, left alone, the L0 several-fold."""
-    z = torch.special.ndtri(torch.tensor(1.0 - l0 / sae.cfg.d_sae, dtype=torch.float64))
+    share = min(l0 / sae.cfg.d_sae, 0.5)  # (an L0 above half of d_sae: half)
+    z = torch.special.ndtri(torch.tensor(1.0 - share, dtype=torch.float64))
     W = sae.W_enc.float()
     sae.b_enc.copy_(sae.b_dec.float() @ W - float(z) * W.norm(dim=0))
 

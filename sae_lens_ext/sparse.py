@@ -825,10 +825,8 @@ class SparseStepFields:
 def has_hooks(sae: Any) -> bool:
     """Whether a TransformerLens hook is attached to one of the SAE's hook points (a hook may
     read or change the dense codes: such steps stay dense)."""
-    for hook in getattr(sae, "hook_dict", {}).values():
-        if hook._forward_hooks or hook._backward_hooks or hook._forward_pre_hooks:
-            return True
-    return False
+    hooks = getattr(sae, "hook_dict", {}).values()
+    return any(hook.has_hooks(dir="both", including_permanent=True) for hook in hooks)
 
 
 @dataclass

@@ -19,6 +19,15 @@ from tests.helpers import REPO, subprocess_env
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROWS = {"standard", "freq_ordered", "temporal_consistency", "temporal_contrastive"}
+PRODUCT = "one dense product"
+SPARSE = {
+    "standard",
+    "freq_ordered",
+    "temporal_consistency",
+    "freq_ordered + prefix",
+    "tsae",
+    PRODUCT,
+}
 COMPILED = {
     "standard, compile_sae",
     "freq_ordered, compile_sae",
@@ -46,9 +55,16 @@ def test_every_step_runs_and_writes_its_table(tmp_path: Path) -> None:
     eager_run = json.loads((tmp_path / "eager.json").read_text())
     assert "torch " in eager_run["machine"] and "sae-lens " in eager_run["machine"]
     eager = eager_run["results"]
-    assert {r["row"] for r in eager} == ROWS
-    assert all(r["step_ms"] > 0 and r["peak_mib"] > 0 for r in eager)
+    assert {r["row"] for r in eager} == ROWS | {PRODUCT}
+    steps = [r for r in eager if r["row"] != PRODUCT]
+    assert all(r["step_ms"] > 0 and r["peak_mib"] > 0 for r in steps)
     assert [r["step_ratio"] for r in eager if r["row"] == "standard"] == [1.0]
+    sparse_rows = json.loads((tmp_path / "sparse.json").read_text())["results"]
+    assert {r["row"] for r in sparse_rows} == SPARSE
+    assert all(r["l0_target"] == 32 and r["l0"] for r in sparse_rows if r["row"] != PRODUCT)
+    crossover = json.loads((tmp_path / "crossover.json").read_text())["results"]
+    assert {r["l0_target"] for r in crossover} == {32, 128, 512, 2048}
+    assert "sparse / dense step" in log  # the crossover lines
     for name in ("compiled_768.json", "compiled_2304.json"):
         rows = json.loads((tmp_path / name).read_text())["results"]
         compiled = [r for r in rows if r["row"] in COMPILED]
@@ -68,7 +84,7 @@ def test_a_failing_step_is_reported_and_fails_the_script(tmp_path: Path) -> None
     proc = run_script(tmp_path / "out", PYTHON=str(broken))
     log = (tmp_path / "out" / "gpu_speed.log").read_text()
     assert proc.returncode == 1, log
-    assert log.count("FAILED: ") == 5 and "a step FAILED" in log
+    assert log.count("FAILED: ") == 7 and "a step FAILED" in log
     assert not (tmp_path / "out" / "eager.json").exists()
 
 
