@@ -2,8 +2,9 @@
 
 Every row trains through SAE-Lens's unchanged ``SAETrainer.step`` (forward, backward,
 gradient clipping, Adam; what upstream's runner and ``sae-lens train`` both call) on the
-same random batches, in one process. Rows take their steps round-robin, one step each per
-round, the order reversing every round; a row's time is the median of its step times and
+same random batches (a fresh ``N(0, I)`` batch each round, the same for every row), in one
+process. Rows take their steps round-robin, one step each per round, the order reversing
+every round; a row's time is the median of its step times and
 its ratio is the median over rounds of (its step time / ``standard``'s step time in the
 same round), so load from other processes cancels out of the ratios. CPU: a step's time is
 this process's CPU time (``time.process_time``, one torch thread); CUDA: wall time between
@@ -22,7 +23,17 @@ alive at each row's peak.
 first step's extra wall time; inductor's on-disk cache starts empty unless
 ``--warm-compile-cache``, so it is the cold figure a first run pays). Sizes are ``d_in x d_sae x batch``.
 
+The sparse step (``sae_lens_ext.sparse``). A fresh SAE fires about half its latents;
+``--l0 N`` holds the codes at about ``N`` active latents per row, as a trained SAE's are: ReLU
+rows through ``b_enc`` (set before every step, untimed: :func:`set_l0`), TopK rows through
+``k``. The last row of each table, ``one dense product``, is the encoder's product alone
+(``x @ W_enc`` under the same autocast): its time over a row's step time is the share of the
+step the sparse step cannot avoid. ``--paths`` adds each row with its step forced dense and
+sparse (``sparse_step``); with several ``--l0`` values the output ends with the sparse step's
+time over the dense step's at each density (the crossover).
+
     .venv/bin/python benchmarks/step_benchmark.py --sizes 768x16384x4096 --dtypes fp32,bf16
+    .venv/bin/python benchmarks/step_benchmark.py --l0 32 --extra --paths
 """
 
 from __future__ import annotations
@@ -198,25 +209,40 @@ def prepare(row: Row) -> None:
         set_l0(row.trainer.sae, row.l0)
 
 
-def warm_up(rows: list[Row], batches: list[torch.Tensor], steps: int, device: str) -> None:
+class Batches:
+    """Batch ``i``: ``N(0, I)`` rows from seed ``i``, the same for every row of a round and
+    never seen before (a batch trained on twice would raise its L0: :func:`set_l0`)."""
+
+    def __init__(self, rows: int, d_in: int, device: str) -> None:
+        self.rows, self.d_in, self.device = rows, d_in, device
+        self._last: tuple[int, torch.Tensor] | None = None
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if self._last is None or self._last[0] != i:
+            g = torch.Generator().manual_seed(i)
+            self._last = (i, torch.randn(self.rows, self.d_in, generator=g).to(self.device))
+        return self._last[1]
+
+
+def warm_up(rows: list[Row], batches: Batches, steps: int, device: str) -> None:
     """Untimed first steps of each row (Adam state, compilation), wall time recorded."""
     now = clock(device) if device == "cuda" else time.perf_counter
     for row in rows:
         for i in range(steps):
             prepare(row)
             start = now()
-            one_step(row, batches[i % len(batches)])
+            one_step(row, batches[i])
             row.warm_up_s.append(now() - start)
 
 
-def time_rows(rows: list[Row], batches: list[torch.Tensor], rounds: int, device: str) -> None:
+def time_rows(rows: list[Row], batches: Batches, rounds: int, device: str, first: int = 0) -> None:
     """Round-robin timed steps, the order reversed every other round."""
     now = clock(device)
     for i in range(rounds):
         for row in rows[::-1] if i % 2 else rows:
             prepare(row)
             start = now()
-            one_step(row, batches[i % len(batches)])
+            one_step(row, batches[first + i])
             row.times.append(now() - start)
 
 
@@ -298,14 +324,14 @@ def measure(size: tuple[int, int, int], dtype: str, specs: dict[str, Any],
     autocast = DTYPES[dtype]
     rows = [build_row(n, s, size, device, autocast, args.mode, l0) for n, s in specs.items()]
     rows.append(product_row(rows[0]))
-    g = torch.Generator().manual_seed(0)
-    batches = [torch.randn(batch, d_in, generator=g).to(device) for _ in range(4)]
+    batches = Batches(batch, d_in, device)
     warm_up(rows, batches, args.warm_up, device)
-    time_rows(rows, batches, args.rounds, device)
+    time_rows(rows, batches, args.rounds, device, first=args.warm_up)
+    fresh = batches[args.warm_up + args.rounds]
     base, product = rows[0].times, rows[-1].times
     results = []
     for row in rows:
-        peak, at_peak = (None, []) if row.product else peak_step_bytes(row, batches[0], device)
+        peak, at_peak = (None, []) if row.product else peak_step_bytes(row, fresh, device)
         ratios = [a / b for a, b in zip(row.times, base, strict=True)]
         results.append(
             {
@@ -313,7 +339,7 @@ def measure(size: tuple[int, int, int], dtype: str, specs: dict[str, Any],
                 "dtype": dtype,
                 "l0_target": l0,
                 "row": row.name,
-                "l0": measured_l0(row, batches[0]),
+                "l0": measured_l0(row, fresh),
                 "step_ms": statistics.median(row.times) * 1e3,
                 "step_ratio": statistics.median(ratios),
                 "step_ratio_iqr": quartiles(ratios),
@@ -328,7 +354,7 @@ def measure(size: tuple[int, int, int], dtype: str, specs: dict[str, Any],
         if args.explain_memory and at_peak:
             explain(row.name, at_peak, size)
         if args.profile and not row.product:
-            profile_step(row, batches[0], args.profile)
+            profile_step(row, fresh, args.profile)
     for r in results:
         r["peak_ratio"] = None if r["peak_mib"] is None else r["peak_mib"] / results[0]["peak_mib"]
     return results

@@ -450,12 +450,40 @@ class BatchTopK:
 
     def select(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n_rows, n_latents = hidden.shape
-        flat = hidden.relu().flatten()
-        index = torch.topk(flat, int(self.k * n_rows), dim=-1).indices.sort().values
+        count = int(self.k * n_rows)
+        index = _host_batch_topk(hidden, count) if hidden.device.type == "cpu" else None
+        if index is None:
+            flat = hidden.relu().flatten()
+            index = torch.topk(flat, count, dim=-1).indices
+        index = index.sort().values
         return index // n_latents, index % n_latents
 
     def apply(self, pre: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         return pre.relu()
+
+
+def _host_batch_topk(hidden: torch.Tensor, count: int) -> torch.Tensor | None:
+    """On the CPU (where reading a value costs nothing): the flat indices of the ``count``
+    largest positive entries of ``hidden``, found among the entries above a threshold taken
+    from a sample, instead of a ``topk`` over every entry. None where that set is not unique
+    (a tie at its boundary, or fewer positive entries than ``count``): then ``torch.topk``
+    decides, as the dense step's does."""
+    flat = hidden.reshape(-1)
+    stride = max(1, flat.numel() // (8 * max(count, 1))) | 1  # odd: every latent sampled
+    sample = flat[::stride]
+    expect = 4 * count * sample.numel() // flat.numel() + 1  # ~4x the share we need
+    if count == 0 or expect >= sample.numel():
+        return None
+    bound = torch.topk(sample, expect, sorted=False).values.min()
+    if not bound > 0:
+        return None
+    candidates = (flat > bound).nonzero().flatten()
+    if candidates.numel() <= count:
+        return None
+    top = torch.topk(flat[candidates], count + 1)  # sorted: the boundary is the last two
+    if not top.values[count - 1] > top.values[count]:
+        return None
+    return candidates[top.indices[:count]]
 
 
 Activation = ReLU | JumpReLU | TopK | BatchTopK

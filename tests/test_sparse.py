@@ -439,3 +439,27 @@ def test_auto_says_once_when_sparse_codes_meet_an_option_that_needs_the_dense_st
     assert [str(w.message) for w in caught] == [
         "X: every training step is dense (code density 2.50%): layer_norm..."
     ]
+
+
+def test_batchtopk_on_the_cpu_picks_topks_entries_or_lets_topk_decide() -> None:
+    """The CPU shortcut (entries above a sampled threshold) gives ``torch.topk``'s set, and
+    steps aside where that set is not unique: ties at its boundary (bf16 products), or
+    fewer positive entries than ``k``."""
+    g = torch.Generator().manual_seed(0)
+    for hidden in (
+        torch.randn(256, 1024, generator=g),
+        torch.randn(256, 1024, generator=g).bfloat16().float(),  # many ties
+        torch.randn(256, 1024, generator=g) - 4.0,  # few positive
+    ):
+        count = 4 * 256
+        index = sparse._host_batch_topk(hidden, count)
+        want = set(torch.topk(hidden.relu().flatten(), count).indices.tolist())
+        if index is not None:
+            assert set(index.tolist()) == want
+        rows, cols = sparse.BatchTopK(4).select(hidden)
+        picked = hidden.relu()[rows, cols]
+        assert picked.numel() == count
+        assert torch.equal(
+            picked.sort().values, torch.topk(hidden.relu().flatten(), count).values.sort().values
+        )
+    assert sparse._host_batch_topk(torch.randn(256, 1024, generator=g), 4 * 256) is not None

@@ -76,7 +76,14 @@ SPARSE_RELU = {"freq_ordered, sparse step", "temporal_consistency, sparse step"}
 # functions of ours that read a tensor which is on the CPU on every machine (no sync):
 # prefix lengths are drawn from torch's global CPU generator, which checkpoints save; the
 # sparse step's density count is read from a host copy once it has arrived (pinned on CUDA)
-HOST_ONLY = {"TorchUniform.random", "_DeviceCount.density"}
+# (and two reads made only when the tensor is a CPU one: tsae's "nothing is dead", BatchTopK's
+# threshold)
+HOST_ONLY = {
+    "TorchUniform.random",
+    "_DeviceCount.density",
+    "_none_dead_on_cpu",
+    "_host_batch_topk",
+}
 # torch functions that read a tensor's value on the host (a host-device sync on an
 # accelerator) or whose output size depends on values (nonzero inside: a sync too)
 SYNCING = {

@@ -325,7 +325,7 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
         latents by ReLU pre-activation reconstruct the detached residual (no ``b_dec``),
         ``||e - e_hat||^2 / ||e - mean(e)||^2`` (batch means); 0 when no latent is dead.
         With ``encoded`` (a sparse step) the chosen latents are decoded as entries."""
-        if dead_neuron_mask is None:
+        if dead_neuron_mask is None or _none_dead_on_cpu(dead_neuron_mask):
             return sae_out.new_zeros(())
         residual = (sae_in - sae_out).detach().float()
         k_aux = min(sae_in.shape[-1] // 2, self.cfg.d_sae)
@@ -383,3 +383,10 @@ def _stacked_coo(first: SparseCodes, second: SparseCodes) -> torch.Tensor:
     return torch.sparse_coo_tensor(
         indices, values, shape, is_coalesced=True, check_invariants=False
     )
+
+
+def _none_dead_on_cpu(dead_neuron_mask: torch.Tensor) -> bool:
+    """No latent is dead, where reading that costs nothing (a CPU tensor): the auxiliary loss
+    is then 0 with no gradient, as computing it would give. On an accelerator it is computed
+    (and multiplied by ``any(dead)``), which needs no read."""
+    return dead_neuron_mask.device.type == "cpu" and not bool(dead_neuron_mask.any())
