@@ -558,6 +558,17 @@ class AffineMap:
         )  # fmt: skip
 
 
+def accumulate(total: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
+    """``total + term`` (type promotion included). Where no gradient is recorded it is written
+    into ``total`` (a temporary of the caller's: a product's output), or into one converted
+    copy of it: the same values, one batch x ``d_sae`` tensor fewer to allocate and write."""
+    if torch.is_grad_enabled() and (total.requires_grad or term.requires_grad):
+        return total + term
+    dtype = torch.result_type(total, term)
+    out = total if total.dtype == dtype else total.to(dtype)
+    return out.add_(term)
+
+
 def encoder_input(sae: Any, x: torch.Tensor, sae_in: torch.Tensor) -> tuple[torch.Tensor, Any]:
     """``(input, shift)`` for an :class:`AffineMap` of an SAE-Lens SAE whose encoder reads
     ``sae_in = process_sae_in(x)`` (``x`` scaled, minus ``b_dec`` when
@@ -642,10 +653,13 @@ def decode_sparse(
     out = _BagDecode.apply(values, W_dec, cols, offsets, n_bags)
     if edges is None:
         return out if bias is None else out + bias
-    sums = out.view(codes.n_rows, len(blocks) - 1, -1).cumsum(1)
-    if bias is not None:
-        sums = sums + bias
-    return list(sums.unbind(1))
+    parts = out.view(codes.n_rows, len(blocks) - 1, -1).unbind(1)
+    total = parts[0] if bias is None else bias + parts[0]
+    sums = [total]
+    for part in parts[1:]:  # in the dense running sums' order: (b + P_1) + P_2 + ...
+        total = total + part
+        sums.append(total)
+    return sums
 
 
 def decoder_weighted_l1(codes: SparseCodes, norms: torch.Tensor, p: float = 1.0) -> torch.Tensor:

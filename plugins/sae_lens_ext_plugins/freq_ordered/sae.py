@@ -49,6 +49,7 @@ from sae_lens_ext.sparse import (
     SparseEncoder,
     SparseStepFields,
     SparseStepMixin,
+    accumulate,
     codes_of,
     encoder_input,
 )
@@ -205,9 +206,9 @@ class FreqOrderedEncoderMixin:
         """``enc_in @ W_enc + b_enc`` (+ the skip projection of ``sae_in``): the pre-activations
         before the LayerNorm."""
         cfg = self.cfg
-        hidden = enc_in @ self.W_enc + self.b_enc
+        hidden = accumulate(enc_in @ self.W_enc, self.b_enc)  # in place without autograd
         if cfg.skip_projection:
-            hidden = hidden + cfg.skip_scale * (sae_in @ self.W_skip)
+            hidden = accumulate(hidden, cfg.skip_scale * (sae_in @ self.W_skip))
         return hidden
 
     def pre_activations(self, sae_in: torch.Tensor) -> torch.Tensor:

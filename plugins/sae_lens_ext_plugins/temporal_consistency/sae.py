@@ -24,6 +24,7 @@ from sae_lens_ext.sparse import (
     SparseEncoder,
     SparseStepFields,
     SparseStepMixin,
+    accumulate,
     encoder_input,
 )
 from sae_lens_ext.training import (
@@ -217,8 +218,8 @@ class TemporalConsistencyTrainingSAE(
     def sparse_encoder(self, x: torch.Tensor) -> SparseEncoder:
         sae_in = self.process_sae_in(x)
         enc_in, shift = encoder_input(self, x, sae_in)
-        with torch.no_grad():
-            hidden = self.hook_sae_acts_pre(enc_in @ self.W_enc + self.b_enc)
+        with torch.no_grad():  # the dense step's pre-activations, without a copy
+            hidden = self.hook_sae_acts_pre(accumulate(enc_in @ self.W_enc, self.b_enc))
         return SparseEncoder(
             hidden, AffineMap((enc_in,), (self.W_enc,), self.b_enc, shift=shift), ReLU()
         )

@@ -47,6 +47,7 @@ from sae_lens_ext.sparse import (
     SparseEncoding,
     SparseStepFields,
     SparseStepSwitch,
+    accumulate,
     decode_sparse,
     encode_sparse,
     encoder_input,
@@ -267,8 +268,8 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
         sae_in = self.process_sae_in(x)
         enc_in, shift = encoder_input(self, x, sae_in)
         scale = self.W_dec.norm(dim=-1) if self.cfg.rescale_acts_by_decoder_norm else None
-        with torch.no_grad():
-            unscaled = self.hook_sae_acts_pre(enc_in @ self.W_enc + self.b_enc)
+        with torch.no_grad():  # upstream's pre-activations, without a copy
+            unscaled = self.hook_sae_acts_pre(accumulate(enc_in @ self.W_enc, self.b_enc))
             hidden = unscaled if scale is None else unscaled * scale
         affine = AffineMap((enc_in,), (self.W_enc,), self.b_enc, shift=shift, scale=scale)
         return encode_sparse(hidden, affine, BatchTopK(self.cfg.k), unscaled)
