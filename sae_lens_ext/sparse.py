@@ -909,7 +909,15 @@ class SparseStepMixin:
 
     cfg: Any
     _sparse_switch: SparseStepSwitch | None = None
+    #: True while a sparse step's forward pass runs (``encode_with_hidden_pre`` reads it).
     sparse_now: bool = False
+    #: The next step's path, chosen after the previous step (Python state: a compiled step
+    #: reads it without a graph break and runs a sparse step eagerly, in one piece).
+    next_step_sparse: bool = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.next_step_sparse = self.sparse_switch.choose()
 
     def sparse_step_unsupported(self) -> str | None:
         """Why this SAE's options need the dense step (None: they do not). Override."""
@@ -929,16 +937,25 @@ class SparseStepMixin:
             )
         return self._sparse_switch
 
-    @torch.compiler.disable
-    def begin_step(self, step_input: Any) -> Any:
-        self.sparse_now = self.sparse_switch.choose() and not has_hooks(self)
-        return super().begin_step(step_input)  # type: ignore[misc]
+    def training_forward_pass(self, step_input: Any) -> Any:
+        if self.next_step_sparse:
+            return self.sparse_training_forward_pass(step_input)
+        return super().training_forward_pass(step_input)  # type: ignore[misc]
+
+    @torch.compiler.disable  # entry counts vary from step to step: eager, in one piece
+    def sparse_training_forward_pass(self, step_input: Any) -> Any:
+        """The base class's forward pass with the sparse encoder and decoder (the dense one
+        while a TransformerLens hook is attached)."""
+        self.sparse_now = not has_hooks(self)
+        try:
+            return super().training_forward_pass(step_input)  # type: ignore[misc]
+        finally:
+            self.sparse_now = False
 
     @torch.compiler.disable
     def end_step(self, step_input: Any, output: Any) -> None:
-        """Report sparse codes as COO, measure density on dense steps, log the path; then
-        the base class's bookkeeping."""
-        self.sparse_now = False
+        """Report sparse codes as COO, measure density on dense steps, log the path, choose
+        the next step's; then the base class's bookkeeping."""
         codes = codes_of(output.feature_acts)
         if codes is not None:
             if not output.feature_acts.is_sparse:
@@ -946,6 +963,7 @@ class SparseStepMixin:
         else:
             self.sparse_switch.observe_dense(output.feature_acts, step_input.n_training_steps)
         output.metrics.update(self.sparse_switch.metrics(codes is not None))
+        self.next_step_sparse = self.sparse_switch.choose()
         super().end_step(step_input, output)  # type: ignore[misc]
 
     def encode_sparse_step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

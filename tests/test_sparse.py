@@ -387,9 +387,9 @@ def test_forced_paths_and_options_that_need_the_dense_step() -> None:
         ("freq_ordered", {"layer_norm": True}),
         ("temporal_consistency", {"activation_fn": "gelu"}),
     ]:
-        sae = make_sae(arch, fields, "sparse")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            sae = make_sae(arch, fields, "sparse")
             out1, _ = step_gradients(sae, x, False)
             out2, _ = step_gradients(sae, x, False)
         messages = [

@@ -331,7 +331,9 @@ def test_compile_sae_gives_eager_results(name: str) -> None:
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
     for (n, p), q in zip(eager.sae.named_parameters(), compiled.sae.parameters(), strict=True):
         assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), n
-    assert 1 <= counters["stats"]["unique_graphs"] <= 3
+    # a forced sparse step runs eagerly, in one piece (its entry counts vary): no graph
+    least = 0 if CONFIGS[name][1].get("sparse_step") == "sparse" else 1
+    assert least <= counters["stats"]["unique_graphs"] <= 3
 
 
 def test_nonnegative_l1_equals_upstreams_penalty_and_gradient() -> None:

@@ -177,7 +177,9 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
         super().__init__(cfg, use_error_term)
         self.n_trained_steps = 0
         self._loaded = False
-        self.sparse_switch = SparseStepSwitch(cfg.sparse_step)
+        self.sparse_switch = SparseStepSwitch(cfg.sparse_step, owner=type(self).__name__)
+        #: The next step's path (:mod:`sae_lens_ext.sparse`), chosen after each step.
+        self.next_step_sparse = self.sparse_switch.choose()
 
     def split_pairs(self, sae_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(current, previous)``: rows ``2i + 1`` (position ``t + 1``) and ``2i`` (``t``)."""
@@ -191,7 +193,7 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         current, previous = self.split_pairs(step_input.sae_in)
-        if self.choose_sparse_step():
+        if self.next_step_sparse:  # chosen after the previous step (no graph break)
             return self.sparse_forward_pass(step_input, current, previous)
         acts, hidden_pre = self.encode_with_hidden_pre(current)
         acts_previous, _ = self.encode_with_hidden_pre(previous)
@@ -202,20 +204,20 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
         aux = self.reference_aux_loss(current, sae_out, hidden_pre, step_input.dead_neuron_mask)
         # codes of every row, so that upstream's firing statistics count the whole batch
         feature_acts = torch.cat([acts, acts_previous]).detach()
-        self.sparse_switch.observe_dense(feature_acts, step_input.n_training_steps)
-        return self.step_output(current, sae_out, feature_acts, hidden_pre, mse_loss, temporal, aux)
+        return self.step_output(
+            step_input, current, sae_out, feature_acts, hidden_pre, mse_loss, temporal, aux
+        )
 
-    @torch.compiler.disable
-    def choose_sparse_step(self) -> bool:
-        """This step's path (:mod:`sae_lens_ext.sparse`; Python state only)."""
-        return self.sparse_switch.choose() and not has_hooks(self)
-
-    @torch.compiler.disable  # the entry counts vary: eager
+    @torch.compiler.disable  # the entry counts vary: eager, in one piece
     def sparse_forward_pass(
         self, step_input: TrainStepInput, current: torch.Tensor, previous: torch.Tensor
     ) -> TrainStepOutput:
         """The same step from the active entries: both halves' codes, the Matryoshka decodes,
-        the temporal logits and the auxiliary decode touch only the entries."""
+        the temporal logits and the auxiliary decode touch only the entries (the dense step
+        while a TransformerLens hook is attached)."""
+        if has_hooks(self):
+            self.next_step_sparse = False
+            return self.training_forward_pass(step_input)
         encoded = self.encode_sparse_half(current)
         codes, codes_previous = encoded.codes, self.encode_sparse_half(previous).codes
         self.sparse_switch.observe_codes(codes)
@@ -228,12 +230,14 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
             current, sae_out, encoded.hidden_pre, step_input.dead_neuron_mask, encoded
         )
         feature_acts = _stacked_coo(codes, codes_previous)
+        hidden_pre = encoded.hidden_pre
         return self.step_output(
-            current, sae_out, feature_acts, encoded.hidden_pre, mse_loss, temporal, aux
+            step_input, current, sae_out, feature_acts, hidden_pre, mse_loss, temporal, aux
         )
 
     def step_output(
         self,
+        step_input: TrainStepInput,
         current: torch.Tensor,
         sae_out: torch.Tensor,
         feature_acts: torch.Tensor,
@@ -244,7 +248,7 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
     ) -> TrainStepOutput:
         temporal_loss = self.cfg.temporal_coefficient * temporal
         aux_loss = self.cfg.aux_loss_coefficient * aux
-        self.count_step()
+        path = self.count_step(feature_acts)
         return TrainStepOutput(
             sae_in=current,
             sae_out=sae_out,
@@ -256,10 +260,7 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
                 "temporal_loss": temporal_loss,
                 "auxiliary_reconstruction_loss": aux_loss,
             },
-            metrics={
-                "topk_threshold": self.topk_threshold,
-                **self.sparse_switch.metrics(feature_acts.is_sparse),
-            },
+            metrics={"topk_threshold": self.topk_threshold, **path},
         )
 
     def encode_sparse_half(self, x: torch.Tensor) -> SparseEncoding:
@@ -298,9 +299,16 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
             updated = (1 - lr) * self.topk_threshold + lr * smallest.to(self.topk_threshold.dtype)
             self.topk_threshold = torch.where(positive.any(), updated, self.topk_threshold)
 
-    @torch.compiler.disable  # a Python counter: compiled, each new value would recompile
-    def count_step(self) -> None:
+    @torch.compiler.disable  # Python state: compiled, each new value would recompile
+    def count_step(self, feature_acts: torch.Tensor) -> dict[str, float]:
+        """Count the step, measure a dense step's code density, choose the next step's path;
+        return this step's path for the log."""
+        sparse = feature_acts.is_sparse
+        if not sparse:
+            self.sparse_switch.observe_dense(feature_acts, self.n_trained_steps)
         self.n_trained_steps += 1
+        self.next_step_sparse = self.sparse_switch.choose()
+        return self.sparse_switch.metrics(sparse)
 
     def matryoshka_mse_loss(
         self, sae_in: torch.Tensor, levels: Iterable[tuple[int, torch.Tensor]]
@@ -390,4 +398,6 @@ def _none_dead_on_cpu(dead_neuron_mask: torch.Tensor) -> bool:
     """No latent is dead, where reading that costs nothing (a CPU tensor): the auxiliary loss
     is then 0 with no gradient, as computing it would give. On an accelerator it is computed
     (and multiplied by ``any(dead)``), which needs no read."""
+    if torch.compiler.is_compiling():  # a compiled step computes it: no graph break
+        return False
     return dead_neuron_mask.device.type == "cpu" and not bool(dead_neuron_mask.any())
