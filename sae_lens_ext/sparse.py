@@ -214,17 +214,17 @@ class _Densify(torch.autograd.Function):
 
 class _AffineAt(torch.autograd.Function):
     """Values of an affine map's output ``h = sum_t c_t (inputs_t @ W_t) + bias`` at given
-    entries, read from ``h`` computed beforehand. The backward takes the gradient at the
+    entries (``values``: read from ``h`` computed beforehand). The backward takes the gradient at the
     entries only (a sparse ``G``): ``dW_t = c_t inputs_t^T G``, ``dbias = colsum(G)``,
     ``dinputs_t = c_t G W_t^T`` and, for a ``shift`` subtracted from every (detached) input,
     ``dshift = -sum_t c_t W_t colsum(G)``."""
 
     @staticmethod
-    def forward(ctx: Any, spec, rows, cols, offsets, hidden, shift, bias, *tensors):  # type: ignore[override]
+    def forward(ctx: Any, spec, rows, cols, offsets, values, shift, bias, *tensors):  # type: ignore[override]
         n_terms = len(spec.coefficients)
         ctx.spec, ctx.n_terms = spec, n_terms
         ctx.save_for_backward(rows, cols, offsets, shift, bias, *tensors)
-        return hidden[rows, cols]
+        return values.clone()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
@@ -340,19 +340,19 @@ class _Gram(torch.autograd.Function):
         n_a, n_b, width = shape
         dtype = _compute_dtype(va, vb)
         va, vb = va.to(dtype), vb.to(dtype)
-        B = va.new_zeros(n_b, width).index_put_((b_rows, b_cols), vb)
-        ctx.save_for_backward(va, vb, a_cols, a_offsets, b_cols, b_offsets, B)
+        B_t = va.new_zeros(width, n_b).index_put_((b_cols, b_rows), vb)  # B^T, contiguous
+        ctx.save_for_backward(va, vb, a_cols, a_offsets, b_cols, b_offsets, B_t)
         ctx.shape = shape
         with torch.autocast(va.device.type, enabled=False):
-            return _csr(a_offsets, a_cols, va, (n_a, width)) @ B.t()
+            return _csr(a_offsets, a_cols, va, (n_a, width)) @ B_t
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
-        va, vb, a_cols, a_offsets, b_cols, b_offsets, B = ctx.saved_tensors
+        va, vb, a_cols, a_offsets, b_cols, b_offsets, B_t = ctx.saved_tensors
         n_a, n_b, width = ctx.shape
         g = grad.to(va.dtype)
         A = _csr(a_offsets, a_cols, va, (n_a, width))
-        grad_a = _sampled_product(A, g, B) if ctx.needs_input_grad[0] else None
+        grad_a = _sampled_product(A, g, B_t.t()) if ctx.needs_input_grad[0] else None
         grad_b = None
         if ctx.needs_input_grad[1]:
             A_dense = A.to_dense()
@@ -539,13 +539,24 @@ class AffineMap:
     def at(self, unscaled: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """``h[rows, cols]`` (``unscaled``: the map's output before ``scale``), differentiable
         in every parameter through the entries only."""
-        spec = self._spec(unscaled)
-        offsets = row_offsets(rows, spec.n_rows)
-        values = _AffineAt.apply(
-            spec, rows, cols, offsets, unscaled, self._shift(unscaled), self.bias,
+        return self.at_values(unscaled.detach()[rows, cols], rows, cols)
+
+    def at_values(
+        self, values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`at` for values already read (the map's output before ``scale`` at the
+        entries): e.g. entries of several batches, read from each one's pre-activations,
+        through one map whose ``inputs`` stack those batches' rows (one backward for all)."""
+        n_rows = self.inputs[0].shape[0]
+        spec = _AffineSpec(
+            tuple(self.coefficients), n_rows, self.bias.shape[0], self.scale is not None
+        )
+        offsets = row_offsets(rows, n_rows)
+        out = _AffineAt.apply(
+            spec, rows, cols, offsets, values, self._shift(values), self.bias,
             *self.inputs, *self.weights,
         )  # fmt: skip
-        return values if self.scale is None else values * self.scale[cols]
+        return out if self.scale is None else out * self.scale[cols]
 
     def dense(self, hidden: torch.Tensor, unscaled: torch.Tensor) -> torch.Tensor:
         """``hidden`` (the dense pre-activations, ``unscaled * scale``) made differentiable

@@ -49,7 +49,6 @@ from sae_lens_ext.sparse import (
     SparseStepSwitch,
     accumulate,
     decode_sparse,
-    encode_sparse,
     encoder_input,
     gram,
     has_hooks,
@@ -218,16 +217,18 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
         if has_hooks(self):
             self.next_step_sparse = False
             return self.training_forward_pass(step_input)
-        encoded = self.encode_sparse_half(current)
-        codes, codes_previous = encoded.codes, self.encode_sparse_half(previous).codes
+        # the decoder norms once (the dense step takes them three times: same values)
+        norms = self.W_dec.norm(dim=-1) if self.cfg.rescale_acts_by_decoder_norm else None
+        encoded, codes_previous = self.encode_sparse_pairs(current, previous, norms)
+        codes = encoded.codes
         self.sparse_switch.observe_codes(codes)
         self.update_topk_threshold(codes.values.detach())
-        mse_loss, sae_out = self.matryoshka_mse_loss(current, self.sparse_levels(codes))
+        mse_loss, sae_out = self.matryoshka_mse_loss(current, self.sparse_levels(codes, norms))
         width = self.cfg.matryoshka_widths[0]
         logits = gram(codes.first_latents(width), codes_previous.first_latents(width))
         temporal = symmetric_cross_entropy(logits)
         aux = self.reference_aux_loss(
-            current, sae_out, encoded.hidden_pre, step_input.dead_neuron_mask, encoded
+            current, sae_out, encoded.hidden_pre, step_input.dead_neuron_mask, (encoded, norms)
         )
         feature_acts = _stacked_coo(codes, codes_previous)
         hidden_pre = encoded.hidden_pre
@@ -263,23 +264,46 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
             metrics={"topk_threshold": self.topk_threshold, **path},
         )
 
-    def encode_sparse_half(self, x: torch.Tensor) -> SparseEncoding:
-        """Upstream's ``encode_with_hidden_pre`` (BatchTopK of the pre-activations, scaled by
-        the decoder norms with ``rescale_acts_by_decoder_norm``) as entries."""
-        sae_in = self.process_sae_in(x)
-        enc_in, shift = encoder_input(self, x, sae_in)
-        scale = self.W_dec.norm(dim=-1) if self.cfg.rescale_acts_by_decoder_norm else None
-        with torch.no_grad():  # upstream's pre-activations, without a copy
-            unscaled = self.hook_sae_acts_pre(accumulate(enc_in @ self.W_enc, self.b_enc))
-            hidden = unscaled if scale is None else unscaled * scale
-        affine = AffineMap((enc_in,), (self.W_enc,), self.b_enc, shift=shift, scale=scale)
-        return encode_sparse(hidden, affine, BatchTopK(self.cfg.k), unscaled)
+    def encode_sparse_pairs(
+        self, current: torch.Tensor, previous: torch.Tensor, scale: torch.Tensor | None
+    ) -> tuple[SparseEncoding, SparseCodes]:
+        """Upstream's ``encode_with_hidden_pre`` of each half (BatchTopK of its pre-activations,
+        times ``scale``: the decoder norms with ``rescale_acts_by_decoder_norm``) as entries:
+        the current half's encoding and the previous half's codes, whose values share one
+        encoder backward."""
+        halves = []
+        for x in (current, previous):
+            sae_in = self.process_sae_in(x)
+            enc_in, shift = encoder_input(self, x, sae_in)
+            with torch.no_grad():  # upstream's pre-activations, without a copy
+                unscaled = self.hook_sae_acts_pre(accumulate(enc_in @ self.W_enc, self.b_enc))
+                hidden = unscaled if scale is None else unscaled * scale
+            rows, cols = BatchTopK(self.cfg.k).select(hidden)
+            halves.append((enc_in, hidden, unscaled, rows, cols))
+        (in_c, hidden, unscaled, rows_c, cols_c), (in_p, _, unscaled_p, rows_p, cols_p) = halves
+        n = in_c.shape[0]
+        both = AffineMap(
+            (torch.cat([in_c, in_p]),), (self.W_enc,), self.b_enc, shift=shift, scale=scale
+        )
+        pre = both.at_values(
+            torch.cat([unscaled[rows_c, cols_c], unscaled_p[rows_p, cols_p]]),
+            torch.cat([rows_c, rows_p + n]),
+            torch.cat([cols_c, cols_p]),
+        ).relu()  # BatchTopK's values: ReLU'd pre-activations
+        d_sae = self.cfg.d_sae
+        codes = SparseCodes(rows_c, cols_c, pre[: rows_c.numel()], n, d_sae)
+        codes_p = SparseCodes(rows_p, cols_p, pre[rows_c.numel() :], n, d_sae)
+        affine = AffineMap((in_c,), (self.W_enc,), self.b_enc, shift=shift, scale=scale)
+        encoded = SparseEncoding(codes, affine.dense(hidden, unscaled), affine, unscaled)
+        return encoded, codes_p
 
-    def sparse_levels(self, codes: SparseCodes) -> list[tuple[int, torch.Tensor]]:
-        """``_iterable_decode(acts, include_outer_loss=True)`` from the entries."""
-        if self.cfg.rescale_acts_by_decoder_norm:
-            inverse_norms = 1 / self.W_dec.norm(dim=-1)
-            codes = codes.with_values(codes.values * inverse_norms[codes.cols])
+    def sparse_levels(
+        self, codes: SparseCodes, norms: torch.Tensor | None
+    ) -> list[tuple[int, torch.Tensor]]:
+        """``_iterable_decode(acts, include_outer_loss=True)`` from the entries (``norms``:
+        the decoder norms with ``rescale_acts_by_decoder_norm``)."""
+        if norms is not None:
+            codes = codes.with_values(codes.values * (1 / norms)[codes.cols])
         widths = self.cfg.matryoshka_widths
         decoded = decode_sparse(codes, self.W_dec, self.b_dec, edges=[0, *widths])
         return [
@@ -328,18 +352,19 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
         sae_out: torch.Tensor,
         hidden_pre: torch.Tensor,
         dead_neuron_mask: torch.Tensor | None,
-        encoded: SparseEncoding | None = None,
+        encoded: tuple[SparseEncoding, torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
         """The reference's auxiliary loss, without a host sync: the top ``d_in // 2`` dead
         latents by ReLU pre-activation reconstruct the detached residual (no ``b_dec``),
         ``||e - e_hat||^2 / ||e - mean(e)||^2`` (batch means); 0 when no latent is dead.
-        With ``encoded`` (a sparse step) the chosen latents are decoded as entries."""
+        With ``encoded`` (a sparse step: its encoding and decoder norms) the chosen latents
+        are decoded as entries."""
         if dead_neuron_mask is None or _none_dead_on_cpu(dead_neuron_mask):
             return sae_out.new_zeros(())
         residual = (sae_in - sae_out).detach().float()
         k_aux = min(sae_in.shape[-1] // 2, self.cfg.d_sae)
         if encoded is not None:
-            recons = self.sparse_aux_reconstruction(encoded, dead_neuron_mask, k_aux)
+            recons = self.sparse_aux_reconstruction(*encoded, dead_neuron_mask, k_aux)
         else:
             candidates = torch.where(dead_neuron_mask[None], hidden_pre.relu(), -torch.inf)
             values, indices = candidates.topk(k_aux, dim=-1, sorted=False)
@@ -352,7 +377,11 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
         return (l2 / denominator).nan_to_num(0.0) * dead_neuron_mask.any()
 
     def sparse_aux_reconstruction(
-        self, encoded: SparseEncoding, dead_neuron_mask: torch.Tensor, k_aux: int
+        self,
+        encoded: SparseEncoding,
+        norms: torch.Tensor | None,
+        dead_neuron_mask: torch.Tensor,
+        k_aux: int,
     ) -> torch.Tensor:
         """The auxiliary reconstruction of :meth:`reference_aux_loss` from ``k_aux`` entries
         per row (the same ``topk`` call picks them; their values carry the gradient)."""
@@ -365,8 +394,8 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
         cols = cols.reshape(-1)
         pre = encoded.pre_activations_at(rows, cols).relu()
         values = torch.where(dead[cols], pre, torch.zeros_like(pre))  # fewer dead than k_aux
-        if self.cfg.rescale_acts_by_decoder_norm:
-            values = values * (1 / self.W_dec.norm(dim=-1))[cols]
+        if norms is not None:
+            values = values * (1 / norms)[cols]
         codes = SparseCodes(rows, cols, values, n_rows, self.cfg.d_sae)
         return decode_sparse(codes, self.W_dec)  # type: ignore[return-value]
 
