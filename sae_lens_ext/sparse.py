@@ -637,9 +637,9 @@ def _block_bags(codes: SparseCodes, edges: list[int]) -> tuple[torch.Tensor, tor
     blocks = len(edges) - 1
     if blocks == 1:
         return codes.rows, codes.offsets, codes.n_rows
-    inner = torch.tensor(edges[1:-1], device=codes.cols.device, dtype=codes.cols.dtype)
-    block = torch.searchsorted(inner, codes.cols, right=True)
-    bags = codes.rows * blocks + block
+    bags = codes.rows * blocks
+    for edge in edges[1:-1]:  # the block of each entry (no bounds tensor copied to a device)
+        bags = bags + (codes.cols >= edge)
     n_bags = codes.n_rows * blocks
     return bags, row_offsets(bags, n_bags), n_bags
 
