@@ -463,3 +463,29 @@ def test_batchtopk_on_the_cpu_picks_topks_entries_or_lets_topk_decide() -> None:
             picked.sort().values, torch.topk(hidden.relu().flatten(), count).values.sort().values
         )
     assert sparse._host_batch_topk(torch.randn(256, 1024, generator=g), 4 * 256) is not None
+
+
+def test_the_run_log_records_the_path_the_density_and_l0(tmp_path: Any) -> None:
+    """Through ``sae-lens train``'s loop and logger: each record says which path the step
+    took, the measured code density and the L0 (counted from the sparse codes)."""
+    import json
+
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    from sae_lens_ext.run.loop import TrainingLoop
+    from sae_lens_ext.run.progress import RunLogger
+    from tests.test_speed import batches, trainer_cfg
+
+    log = tmp_path / "training_log.jsonl"
+    for mode in ("dense", "sparse"):
+        sae = make_sae("freq_ordered", {}, mode)
+        trainer = SAETrainer(cfg=trainer_cfg(), sae=sae, data_provider=iter(()))
+        logger = RunLogger(log, total_samples=10**9, batch_size=ROWS, log_every=1, mode="none")
+        loop = TrainingLoop(trainer, batches(), logger=logger)
+        for _ in range(2):
+            loop.train_step()
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["sparse_step"] for r in records] == [0.0, 0.0, 1.0, 1.0]
+    assert all(0 < r["code_density"] < 1 for r in records[2:])
+    for dense, sparse_record in zip(records[:2], records[2:], strict=True):
+        assert sparse_record["l0"] == pytest.approx(dense["l0"])  # same SAE, same batches

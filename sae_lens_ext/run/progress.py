@@ -150,7 +150,9 @@ class RunLogger:
             ):
                 record[name] = float(value)
         acts = output.feature_acts
-        if not acts.is_sparse:
+        if acts.is_sparse:  # a sparse step's codes (sae_lens_ext.sparse): count the entries
+            record["l0"] = float((acts.coalesce().values() != 0).sum()) / max(acts.shape[0], 1)
+        else:
             record["l0"] = float((acts != 0).float().sum(-1).mean())
         record["explained_variance"] = explained_variance(
             output.sae_in.float(), output.sae_out.float()
