@@ -58,6 +58,10 @@ MODES: tuple[str, ...] = ("auto", "dense", "sparse")
 DENSITY_THRESHOLD = 0.05
 #: ... and goes back to the dense path above ``HYSTERESIS`` times it.
 HYSTERESIS = 1.5
+#: ... and stays dense for steps smaller than this (rows x ``d_in`` x ``d_sae``, one dense
+#: product's multiply-adds), where the sparse step's fixed costs outweigh what it saves
+#: (measured on CPU: break-even at batch 1024 x ``d_in`` 64 x ``d_sae`` 512).
+MIN_PRODUCT = 2**25
 #: On dense steps the density is measured every this many steps.
 CHECK_EVERY = 10
 
@@ -771,8 +775,10 @@ class _DeviceCount:
 class SparseStepSwitch:
     """Chooses each step's path: ``mode`` ``"dense"`` or ``"sparse"`` always (sparse only
     where the SAE allows it), ``"auto"`` sparse while the measured code density is below
-    ``threshold``, back to dense above ``threshold * HYSTERESIS``. Sparse steps measure
-    density for free (the number of entries); dense steps every ``check_every`` steps."""
+    ``threshold``, back to dense above ``threshold * HYSTERESIS``, and dense for steps whose
+    dense product (rows x ``d_in`` x ``d_sae``) is below ``min_product``. Sparse steps
+    measure density for free (the number of entries); dense steps every ``check_every``
+    steps."""
 
     def __init__(
         self,
@@ -781,11 +787,16 @@ class SparseStepSwitch:
         check_every: int = CHECK_EVERY,
         unsupported: str | None = None,
         owner: str = "this SAE",
+        d_in: int = 1,
+        min_product: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"sparse_step must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode, self.threshold, self.check_every = mode, threshold, check_every
         self.unsupported, self.owner = unsupported, owner
+        self.d_in = d_in
+        self.min_product = MIN_PRODUCT if min_product is None else min_product
+        self.product = 0  # the last step's rows x d_in x d_sae
         self._said = False
         self.sparse = False
         self.density: float | None = None
@@ -805,7 +816,7 @@ class SparseStepSwitch:
             sparse = False
         elif self.mode == "sparse":
             sparse = True
-        elif self.density is None:
+        elif self.density is None or self.product < self.min_product:
             sparse = False
         elif self.sparse:
             sparse = self.density <= self.threshold * HYSTERESIS
@@ -818,7 +829,10 @@ class SparseStepSwitch:
     def _say_unsupported(self) -> None:
         """Once: asked for the sparse step (or, in auto mode, codes sparse enough for it)."""
         wanted = self.mode == "sparse" or (
-            self.mode == "auto" and self.density is not None and self.density < self.threshold
+            self.mode == "auto"
+            and self.density is not None
+            and self.density < self.threshold
+            and self.product >= self.min_product
         )
         if wanted and not self._said:
             self._said = True
@@ -832,6 +846,7 @@ class SparseStepSwitch:
     def observe_codes(self, codes: SparseCodes) -> None:
         """A sparse step's density: its number of entries (a host value)."""
         self.density = codes.density
+        self.product = codes.n_rows * codes.n_latents * self.d_in
 
     def observe_dense(self, feature_acts: torch.Tensor, step: int) -> None:
         """A dense step's codes: counted every ``check_every`` steps (auto mode only)."""
@@ -843,6 +858,7 @@ class SparseStepSwitch:
             acts = feature_acts.detach()
             count = torch.count_nonzero(acts)
         self._pending = _DeviceCount(count, acts.numel())
+        self.product = acts.numel() * self.d_in
 
     def metrics(self, sparse: bool) -> dict[str, float]:
         """Host values for the step's log: the path taken (``sparse``: 1, dense: 0) and the
@@ -945,6 +961,7 @@ class SparseStepMixin:
                 self.cfg.sparse_step,
                 unsupported=self.sparse_step_unsupported(),
                 owner=type(self).__name__,
+                d_in=self.cfg.d_in,
             )
         return self._sparse_switch
 

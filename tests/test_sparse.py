@@ -359,7 +359,7 @@ def test_sparse_step_on_cuda_gives_the_dense_steps_gradients(name: str) -> None:
 
 
 def test_auto_switches_on_the_measured_density_without_reading_the_device() -> None:
-    switch = sparse.SparseStepSwitch("auto", threshold=0.1, check_every=2)
+    switch = sparse.SparseStepSwitch("auto", threshold=0.1, check_every=2, min_product=0)
     assert switch.choose() is False  # nothing measured yet
     switch.observe_dense(torch.ones(4, 10), step=0)  # density 1: stays dense
     assert switch.choose() is False
@@ -413,6 +413,7 @@ def test_auto_goes_sparse_once_codes_are_sparse_through_upstreams_trainer() -> N
     from tests.test_speed import batches, trainer_cfg
 
     sae = make_sae("freq_ordered", {}, "auto")
+    sae.sparse_switch.min_product = 0  # a test-sized step
     with torch.no_grad():
         sae.b_enc.fill_(-0.2)  # about 1 latent in 64 per row
     trainer = SAETrainer(cfg=trainer_cfg(), sae=sae, data_provider=iter(()))
@@ -427,7 +428,9 @@ def test_auto_goes_sparse_once_codes_are_sparse_through_upstreams_trainer() -> N
 
 
 def test_auto_says_once_when_sparse_codes_meet_an_option_that_needs_the_dense_step() -> None:
-    switch = sparse.SparseStepSwitch("auto", 0.1, 1, unsupported="layer_norm...", owner="X")
+    switch = sparse.SparseStepSwitch(
+        "auto", 0.1, 1, unsupported="layer_norm...", owner="X", min_product=0
+    )
     low = torch.zeros(4, 10)
     low[0, 0] = 1.0
     with warnings.catch_warnings(record=True) as caught:
@@ -489,3 +492,17 @@ def test_the_run_log_records_the_path_the_density_and_l0(tmp_path: Any) -> None:
     assert all(0 < r["code_density"] < 1 for r in records[2:])
     for dense, sparse_record in zip(records[:2], records[2:], strict=True):
         assert sparse_record["l0"] == pytest.approx(dense["l0"])  # same SAE, same batches
+
+
+def test_auto_keeps_small_steps_dense() -> None:
+    """Below ``MIN_PRODUCT`` (rows x d_in x d_sae) the sparse step's fixed costs outweigh
+    what it saves: auto stays dense there, however sparse the codes; ``"sparse"`` does not."""
+    low = torch.zeros(32, 64)
+    low[0, 0] = 1.0
+    for mode, want in (("auto", False), ("sparse", True)):
+        switch = sparse.SparseStepSwitch(mode, check_every=1, d_in=16)
+        switch.observe_dense(low, step=0)
+        assert switch.choose() is want
+    big = sparse.SparseStepSwitch("auto", check_every=1, d_in=2**25 // (32 * 64))
+    big.observe_dense(low, step=0)
+    assert big.choose() is True

@@ -176,7 +176,9 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
         super().__init__(cfg, use_error_term)
         self.n_trained_steps = 0
         self._loaded = False
-        self.sparse_switch = SparseStepSwitch(cfg.sparse_step, owner=type(self).__name__)
+        self.sparse_switch = SparseStepSwitch(
+            cfg.sparse_step, owner=type(self).__name__, d_in=cfg.d_in
+        )
         #: The next step's path (:mod:`sae_lens_ext.sparse`), chosen after each step.
         self.next_step_sparse = self.sparse_switch.choose()
 
