@@ -53,9 +53,11 @@ SparseStepMode = Literal["auto", "dense", "sparse"]
 MODES: tuple[str, ...] = ("auto", "dense", "sparse")
 
 #: ``sparse_step="auto"`` takes the sparse path while the measured code density (active
-#: entries / (rows x d_sae)) is below this: the CPU crossover measured by
-#: ``benchmarks/step_benchmark.py --crossover`` (docs/benchmarks-speed.md), rounded down.
-DENSITY_THRESHOLD = 0.05
+#: entries / (rows x d_sae)) is below the threshold of the device type the step runs on:
+#: the crossover ``benchmarks/step_benchmark.py`` measured there (docs/benchmarks-speed.md),
+#: with a margin. A device type without one (CUDA: not measured yet; ``gpu_speed.sh``
+#: measures it) keeps the dense step in auto mode; ``sparse_step="sparse"`` forces it.
+DENSITY_THRESHOLDS: dict[str, float] = {"cpu": 0.05}
 #: ... and goes back to the dense path above ``HYSTERESIS`` times it.
 HYSTERESIS = 1.5
 #: ... and stays dense for steps smaller than this (rows x ``d_in`` x ``d_sae``, one dense
@@ -783,7 +785,7 @@ class SparseStepSwitch:
     def __init__(
         self,
         mode: str,
-        threshold: float = DENSITY_THRESHOLD,
+        threshold: float | None = None,
         check_every: int = CHECK_EVERY,
         unsupported: str | None = None,
         owner: str = "this SAE",
@@ -792,7 +794,9 @@ class SparseStepSwitch:
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"sparse_step must be one of {', '.join(MODES)}, got {mode!r}")
-        self.mode, self.threshold, self.check_every = mode, threshold, check_every
+        self.mode, self.check_every = mode, check_every
+        self._threshold = threshold
+        self.device_type = "cpu"  # of the last step observed
         self.unsupported, self.owner = unsupported, owner
         self.d_in = d_in
         self.min_product = MIN_PRODUCT if min_product is None else min_product
@@ -802,6 +806,13 @@ class SparseStepSwitch:
         self.density: float | None = None
         self.switches = 0
         self._pending: _DeviceCount | None = None
+
+    @property
+    def threshold(self) -> float | None:
+        """The density below which auto goes sparse (None: it stays dense on this device)."""
+        if self._threshold is not None:
+            return self._threshold
+        return DENSITY_THRESHOLDS.get(self.device_type)
 
     def choose(self) -> bool:
         """This step's path: True for sparse (Python state only: no read of a device value)."""
@@ -816,12 +827,12 @@ class SparseStepSwitch:
             sparse = False
         elif self.mode == "sparse":
             sparse = True
-        elif self.density is None or self.product < self.min_product:
+        elif not self._worth_it():
             sparse = False
         elif self.sparse:
-            sparse = self.density <= self.threshold * HYSTERESIS
+            sparse = self.density <= self.threshold * HYSTERESIS  # type: ignore[operator]
         else:
-            sparse = self.density < self.threshold
+            sparse = self.density < self.threshold  # type: ignore[operator]
         self.switches += sparse != self.sparse
         self.sparse = sparse
         return sparse
@@ -829,10 +840,7 @@ class SparseStepSwitch:
     def _say_unsupported(self) -> None:
         """Once: asked for the sparse step (or, in auto mode, codes sparse enough for it)."""
         wanted = self.mode == "sparse" or (
-            self.mode == "auto"
-            and self.density is not None
-            and self.density < self.threshold
-            and self.product >= self.min_product
+            self.mode == "auto" and self._worth_it() and self.density < self.threshold  # type: ignore[operator]
         )
         if wanted and not self._said:
             self._said = True
@@ -843,10 +851,20 @@ class SparseStepSwitch:
                 stacklevel=4,
             )
 
+    def _worth_it(self) -> bool:
+        """Auto mode may go sparse: a density measured, a threshold for this device, a step
+        big enough."""
+        return (
+            self.density is not None
+            and self.threshold is not None
+            and self.product >= self.min_product
+        )
+
     def observe_codes(self, codes: SparseCodes) -> None:
         """A sparse step's density: its number of entries (a host value)."""
         self.density = codes.density
         self.product = codes.n_rows * codes.n_latents * self.d_in
+        self.device_type = codes.values.device.type
 
     def observe_dense(self, feature_acts: torch.Tensor, step: int) -> None:
         """A dense step's codes: counted every ``check_every`` steps (auto mode only)."""
@@ -859,6 +877,7 @@ class SparseStepSwitch:
             count = torch.count_nonzero(acts)
         self._pending = _DeviceCount(count, acts.numel())
         self.product = acts.numel() * self.d_in
+        self.device_type = acts.device.type
 
     def metrics(self, sparse: bool) -> dict[str, float]:
         """Host values for the step's log: the path taken (``sparse``: 1, dense: 0) and the
@@ -875,7 +894,8 @@ class SparseStepFields:
 
     Args:
         sparse_step: ``"auto"`` (default): the sparse step while the codes are sparse (measured
-            density below ``sae_lens_ext.sparse.DENSITY_THRESHOLD``), the dense step before;
+            density below ``sae_lens_ext.sparse.DENSITY_THRESHOLDS`` of the device; a device
+            without a measured threshold, as CUDA for now, stays dense), the dense step before;
             ``"dense"``: always the dense step; ``"sparse"``: always the sparse step. Both
             compute the same gradients; options the sparse step cannot take make every step
             dense (said once).

@@ -424,7 +424,7 @@ def test_auto_goes_sparse_once_codes_are_sparse_through_upstreams_trainer() -> N
         trainer.n_training_steps += 1
         paths.append(out.metrics["sparse_step"])
     assert paths == [0.0, 1.0, 1.0]
-    assert 0 < out.metrics["code_density"] < sparse.DENSITY_THRESHOLD
+    assert 0 < out.metrics["code_density"] < sparse.DENSITY_THRESHOLDS["cpu"]
 
 
 def test_auto_says_once_when_sparse_codes_meet_an_option_that_needs_the_dense_step() -> None:
@@ -506,3 +506,13 @@ def test_auto_keeps_small_steps_dense() -> None:
     big = sparse.SparseStepSwitch("auto", check_every=1, d_in=2**25 // (32 * 64))
     big.observe_dense(low, step=0)
     assert big.choose() is True
+
+
+def test_auto_stays_dense_on_a_device_without_a_measured_threshold() -> None:
+    switch = sparse.SparseStepSwitch("auto", check_every=1, d_in=2**25)
+    low = torch.zeros(4, 10)
+    low[0, 0] = 1.0
+    switch.observe_dense(low, step=0)
+    assert switch.choose() is True  # the CPU's threshold
+    switch.device_type = "cuda"  # none measured: dense until gpu_speed.sh says otherwise
+    assert switch.threshold is None and switch.choose() is False
