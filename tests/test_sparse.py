@@ -1,4 +1,4 @@
-"""The sparse training step (sae_lens_ext/sparse.py): its pieces compute what the dense
+"""The sparse training step (sae_lens_ext/sparse/): its pieces compute what the dense
 formulas compute, every architecture's sparse step gives the dense step's gradients (fp32 and
 bf16 autocast, every loss term), training on either path gives the same SAE (resampling and
 the periodic sort included), and the switch takes the path the measured density calls for."""

@@ -18,9 +18,9 @@ from sae_lens.registry import get_sae_training_class
 from sae_lens.training.sae_trainer import SAETrainer
 from torch.overrides import TorchFunctionMode
 
-from sae_lens_ext import sparse as sparse_module
 from sae_lens_ext.run.loop import TrainingLoop
 from sae_lens_ext.run.progress import RunLogger
+from sae_lens_ext.sparse import codes as sparse_module  # where active_entries reads
 from sae_lens_ext.windows import mark_layout_served
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ CONFIGS: dict[str, tuple[str, dict[str, Any], int]] = {
         0,
     ),
     "tsae": ("tsae", {"k": 4}, 0),
-    # the sparse step (sae_lens_ext/sparse.py), forced
+    # the sparse step (sae_lens_ext/sparse/), forced
     "freq_ordered, sparse step": (
         "freq_ordered",
         {"sort_latents_every": 5, "prefix_coefficient": 1.0, "sparse_step": "sparse"},
@@ -70,7 +70,7 @@ CONFIGS: dict[str, tuple[str, dict[str, Any], int]] = {
     "tsae, sparse step": ("tsae", {"k": 4, "sparse_step": "sparse"}, 0),
 }
 # a sparse step of ReLU codes reads its number of active codes to size its buffers (one
-# integer; documented in sae_lens_ext/sparse.py): allowed there, and only there
+# integer; documented in sae_lens_ext/sparse/): allowed there, and only there
 SPARSE_SIZE_READ = "active_entries"
 SPARSE_RELU = {"freq_ordered, sparse step", "temporal_consistency, sparse step"}
 # functions of ours that read a tensor which is on the CPU on every machine (no sync):
