@@ -26,9 +26,12 @@ MODES: tuple[str, ...] = ("auto", "dense", "sparse")
 #: ``sparse_step="auto"`` takes the sparse path while the measured code density (active
 #: entries / (rows x d_sae)) is below the threshold of the device type the step runs on:
 #: the crossover ``benchmarks/step_benchmark.py`` measured there (docs/benchmarks-speed.md),
-#: with a margin. A device type without one (CUDA: not measured yet; ``gpu_speed.sh``
-#: measures it) keeps the dense step in auto mode; ``sparse_step="sparse"`` forces it.
-DENSITY_THRESHOLDS: dict[str, float] = {"cpu": 0.05}
+#: with a margin. CPU, d_in 768 x d_sae 16,384 x batch 4,096: the sparse step stops paying
+#: at a density of about 9 % in fp32 and 4.5 % under bf16 autocast; 2 % leaves it at most
+#: 0.6x the dense step's time in both. A device type without one (CUDA: not measured yet;
+#: ``gpu_speed.sh`` measures it) keeps the dense step in auto mode; ``sparse_step="sparse"``
+#: forces it.
+DENSITY_THRESHOLDS: dict[str, float] = {"cpu": 0.02}
 #: ... and goes back to the dense path above ``HYSTERESIS`` times it.
 HYSTERESIS = 1.5
 #: ... and stays dense for steps smaller than this (rows x ``d_in`` x ``d_sae``, one dense
