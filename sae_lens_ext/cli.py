@@ -38,11 +38,16 @@ class _LazyPluginGroup(click.Group):
         """Run the command; print errors as one line (no traceback unless ``--debug``)."""
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
-        import warnings
+        from sae_lens_ext.errors import (
+            FAILURE,
+            INTERRUPTED,
+            USAGE,
+            debug,
+            install_warning_format,
+            one_line,
+        )
 
-        from sae_lens_ext.errors import FAILURE, INTERRUPTED, USAGE, debug, one_line, show_warning
-
-        warnings.showwarning = show_warning  # one line each: "Warning: message"
+        install_warning_format()  # one line each: "Warning: message"
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:

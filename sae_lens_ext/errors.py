@@ -133,6 +133,14 @@ def show_warning(
     stream.write(f"Warning: {text}{where}\n")  # type: ignore[union-attr]
 
 
+def install_warning_format() -> None:
+    """Show warnings with :func:`show_warning` for this command (each text once per command)."""
+    import warnings
+
+    _shown.clear()
+    warnings.showwarning = show_warning
+
+
 def one_line(text: object) -> str:
     """Collapse a message onto one line."""
     return " ".join(str(text).split())

@@ -295,10 +295,9 @@ def test_warnings_are_one_line_each_and_said_once(capsys: pytest.CaptureFixture[
 
     from sae_lens_ext import errors
 
-    errors._shown.clear()
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        warnings.showwarning = errors.show_warning
+        errors.install_warning_format()
         for _ in range(3):
             warnings.warn(  # a multi-line call: Python would print its first line
                 "Dataset is not tokenized. Pre-tokenizing will improve performance.",
