@@ -189,8 +189,12 @@ def settings_for(target: str, options: BenchOptions) -> tuple[Any, Path]:
         check_benches(bench_names(options.benches), settings)
     except ValueError as exc:
         raise fail(f"--bench-option: {one_line(exc)}") from exc
-    default_out = folder / BENCH_DIR if local else Path(BENCH_DIR)
-    return settings, Path(options.output_dir) if options.output_dir else default_out
+    from sae_lens_ext.run.output import check_creatable
+
+    output_dir = Path(options.output_dir) if options.output_dir else None
+    if output_dir is not None:
+        check_creatable(output_dir, "--output-dir")
+    return settings, output_dir or (folder / BENCH_DIR if local else Path(BENCH_DIR))
 
 
 def plugin_metrics(samples: int) -> Any:
