@@ -90,8 +90,68 @@ CONFIG_CLASSES = {
 }
 
 
+#: SAE-Bench hub datasets that cannot be copied under ``data_dir`` (configs per language
+#: pair; a dataset script): without the hub, leave them out of ``dataset_names``.
+NOT_COPYABLE = ("Helsinki-NLP/europarl", "codeparrot/github-code")
+
+#: How :meth:`BenchDataError.advice` names the settings (Python: ``BenchSettings`` fields;
+#: ``{names}``: the dataset names to keep, comma-separated, ``{names_list}``: as a list).
+PYTHON_NAMES = {
+    "dataset": "dataset=PATH",
+    "data_dir": "data_dir=DATA_DIR",
+    "model": "model_name=DIR",
+    "dataset_names": "overrides['{bench}']['dataset_names'] = {names_list}",
+}
+
+
 class BenchDataError(RuntimeError):
-    """A dataset or model an evaluation needs could not be loaded."""
+    """A dataset or model an evaluation needs could not be loaded.
+
+    ``str()`` is one line for Python callers; :meth:`advice` words the same fix with other
+    setting names (the command line's flags)."""
+
+    def __init__(
+        self,
+        *,
+        reason: str,
+        bench: str = "",
+        hub_ids: Sequence[str] = (),
+        dataset_names: Sequence[str] = (),
+        model: str = "",
+    ) -> None:
+        self.reason, self.bench, self.model = reason, bench, model
+        self.hub_ids, self.dataset_names = list(hub_ids), list(dataset_names)
+        super().__init__(self.advice(PYTHON_NAMES))
+
+    def advice(self, names: Mapping[str, str]) -> str:
+        """The message, naming settings as ``names`` does (keys of :data:`PYTHON_NAMES`)."""
+        if self.model:
+            return (
+                f"model {self.model!r} could not be loaded ({self.reason}): connect to the "
+                f"Hugging Face Hub, or pass {names['model']}, a folder written by save_pretrained"
+            )
+        copyable = [h for h in self.hub_ids if h not in NOT_COPYABLE]
+        fixed = [h for h in self.hub_ids if h in NOT_COPYABLE]
+        local = f"a local copy ({names['dataset']}) or " if self.bench == "core" else ""
+        message = (
+            f"{self.bench} needs dataset(s) {', '.join(self.hub_ids)} ({self.reason}): connect "
+            "to the Hugging Face Hub"
+        )
+        if copyable:
+            message += (
+                f", or provide {local}copies of {', '.join(copyable)} as DATA_DIR/<hub id>/ "
+                f"with its train and test splits and give {names['data_dir']}"
+            )
+        if fixed:
+            kept = [n for n in self.dataset_names if hub_datasets([n])[0] not in NOT_COPYABLE]
+            setting = names["dataset_names"].format(
+                bench=self.bench, names=",".join(kept), names_list=repr(kept)
+            )
+            message += (
+                f"; {', '.join(fixed)} cannot be copied that way: leave "
+                f"{'it' if len(fixed) == 1 else 'them'} out with {setting}"
+            )
+        return message
 
 
 # Benches that encode single-token activations taken out of their prompts (2-D rows from
@@ -103,6 +163,11 @@ SINGLE_TOKEN_BENCHES = ("absorption", "sparse_probing_sae_probes")
 class OutOfContextError(ValueError):
     """Benches that would feed single tokens to an SAE whose encoder reads several
     consecutive positions together: its code of such rows is not defined."""
+
+
+class ModelTooSmallError(ValueError):
+    """The model cannot serve a bench: absorption finds too few first letters that a
+    probe reads from its vocabulary (SAE-Bench recommends models of 2B parameters or more)."""
 
 
 def encoder_window(cfg: Any) -> int:
@@ -648,23 +713,19 @@ def _model_errors(model_name: str) -> Iterator[None]:
     try:
         yield
     except OSError as error:
-        raise BenchDataError(
-            f"model {model_name!r} could not be loaded ({_first_line(error)}): connect to the "
-            "Hugging Face Hub, or pass model_name=DIR, a folder written by save_pretrained"
-        ) from error
+        raise BenchDataError(model=model_name, reason=_first_line(error)) from error
 
 
 @contextlib.contextmanager
-def _dataset_errors(bench: str, hub_ids: Sequence[str]) -> Iterator[None]:
+def _dataset_errors(
+    bench: str, hub_ids: Sequence[str], dataset_names: Sequence[str] = ()
+) -> Iterator[None]:
     """Turn a failed dataset load into one line naming what to provide."""
     try:
         yield
     except OSError as error:  # ConnectionError offline, FileNotFoundError / DatasetNotFoundError
-        local = "a local copy (dataset=PATH) or " if bench == "core" else ""
         raise BenchDataError(
-            f"{bench} needs dataset(s) {', '.join(hub_ids)} ({_first_line(error)}): connect to "
-            f"the Hugging Face Hub, or provide {local}copies as DATA_DIR/<hub id>/ with its "
-            "train and test splits and set data_dir=DATA_DIR"
+            bench=bench, hub_ids=hub_ids, dataset_names=dataset_names, reason=_first_line(error)
         ) from error
 
 
@@ -777,19 +838,22 @@ def _run_absorption(run: BenchRun) -> Path:
         probes_dir=dirs["probes"],
     )
     with torch.enable_grad():  # run_eval: torch.set_grad_enabled(True)
-        probing = run_k_sparse_probing_experiment(
-            **common,
-            experiment_dir=dirs["k_sparse_probing"],
-            f1_jump_threshold=cfg.f1_jump_threshold,
-            k_sparse_probe_l1_decay=cfg.k_sparse_probe_l1_decay,
-            k_sparse_probe_batch_size=cfg.k_sparse_probe_batch_size,
-            k_sparse_probe_num_epochs=cfg.k_sparse_probe_num_epochs,
-            eval_batch_size=cfg.eval_k_sparse_probe_batch_size,
-            precalc_k_sparse_probe_sae_acts=cfg.precalc_k_sparse_probe_sae_acts,
-        )
+        try:
+            probing = run_k_sparse_probing_experiment(
+                **common,
+                experiment_dir=dirs["k_sparse_probing"],
+                f1_jump_threshold=cfg.f1_jump_threshold,
+                k_sparse_probe_l1_decay=cfg.k_sparse_probe_l1_decay,
+                k_sparse_probe_batch_size=cfg.k_sparse_probe_batch_size,
+                k_sparse_probe_num_epochs=cfg.k_sparse_probe_num_epochs,
+                eval_batch_size=cfg.eval_k_sparse_probe_batch_size,
+                precalc_k_sparse_probe_sae_acts=cfg.precalc_k_sparse_probe_sae_acts,
+            )
+        except KeyError as error:  # a letter with no word in the vocabulary's training split
+            raise _missing_letter(run, error) from error
         found = int((probing["f1_probe"] > cfg.min_GT_probe_f1).sum())
         if found < cfg.min_feats_for_eval:  # run_eval stops here without writing a result
-            raise RuntimeError(
+            raise ModelTooSmallError(
                 f"absorption: only {found} first-letter probes of {run.model_name} reach "
                 f"F1 > {cfg.min_GT_probe_f1}; SAE-Bench needs min_feats_for_eval="
                 f"{cfg.min_feats_for_eval} (it recommends models of 2B parameters or more)"
@@ -805,6 +869,25 @@ def _run_absorption(run: BenchRun) -> Path:
     path = run.result_path("absorption")
     output.to_json_file(str(path), indent=2)
     return path
+
+
+def _missing_letter(run: BenchRun, error: KeyError) -> Exception:
+    """SAE-Bench's k-sparse probing trains one probe per first letter present in the
+    training split of the vocabulary and then reads every letter's probe: a letter with no
+    word in that split is a bare ``KeyError: <letter index>``. The split is random per run
+    (``random.sample`` over the tokenizer's vocabulary, whose order a fast tokenizer changes
+    on every call), so on a small vocabulary this happens in some runs and not others."""
+    from sae_bench.evals.absorption.vocab import LETTERS
+
+    index = error.args[0] if error.args else None
+    if not isinstance(index, int) or not 0 <= index < len(LETTERS):
+        return error
+    return ModelTooSmallError(
+        f"absorption: SAE-Bench's training split of {run.model_name}'s vocabulary has no word "
+        f"starting with {LETTERS[index]!r}, so it has no probe for that letter (the split is "
+        "drawn anew in each run from the tokenizer's vocabulary order); the vocabulary has too "
+        "few words per first letter (SAE-Bench recommends models of 2B parameters or more)"
+    )
 
 
 def _absorption_output(run: BenchRun, cfg: Any, probing: Any, agg: Any) -> Any:
@@ -880,7 +963,7 @@ def _run_sparse_probing(run: BenchRun) -> Path:
     cfg = run.config("sparse_probing", **_probing_values(run))
     artifacts = run.scratch / out.EVAL_TYPE_ID_SPARSE_PROBING
     with (
-        _dataset_errors("sparse_probing", hub_datasets(cfg.dataset_names)),
+        _dataset_errors("sparse_probing", hub_datasets(cfg.dataset_names), cfg.dataset_names),
         _jaxtyping_shape_checks_off(),
     ):
         results, per_class = sparse_probing.run_eval_single_sae(
@@ -925,7 +1008,7 @@ def _run_scr_or_tpp(run: BenchRun, perform_scr: bool) -> Path:
     cfg = run.config(bench, perform_scr=perform_scr, **_probing_values(run))
     if cfg.perform_scr != perform_scr:
         raise ValueError(f"overrides[{bench!r}] must not set perform_scr")
-    with _dataset_errors(bench, hub_datasets(cfg.dataset_names)):
+    with _dataset_errors(bench, hub_datasets(cfg.dataset_names), cfg.dataset_names):
         results, per_class = scr_and_tpp.run_eval_single_sae(
             cfg, run.sae, run.model, run.device, str(run.scratch / bench), save_activations=False
         )

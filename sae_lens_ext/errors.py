@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import NoReturn
 
@@ -89,6 +90,55 @@ def read_mapping(path: str | Path, setting: str, expected: str) -> dict:
     if not isinstance(data, dict):
         raise fail(f"{where}: expected {expected}")
     return data
+
+
+def is_other_rank() -> bool:
+    """A process of a ``torchrun`` launch other than rank 0 (from torchrun's ``RANK``): it
+    prints no warnings and no final error, rank 0 says them once (``--debug``: all do)."""
+    return os.environ.get("RANK", "0") not in ("", "0") and not debug()
+
+
+#: Upstream warnings the command says once, in its own words (message prefix -> note).
+EXPLAINED_WARNINGS = {
+    "Dataset is not tokenized": "SAE-Lens tokenizes this text dataset as it reads it; a "
+    "dataset tokenized beforehand (SAE-Lens's PretokenizeRunner) saves that time",
+    "Decoder weights are not normalized": "SAE-Bench: this SAE's decoder rows are not unit "
+    "norm (SAE-Lens saves them unscaled); SAE-Bench evaluates the SAE as it is, so its L1 "
+    "and absorption compare with SAE-Bench's hub SAEs (decoder norms folded into the "
+    "encoder) only after sae.fold_W_dec_norm()",
+}
+_shown: set[str] = set()
+
+
+def show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning`` for the command: ``Warning: message`` on one line (no source
+    line), each text once, upstream's known warnings in the words of
+    :data:`EXPLAINED_WARNINGS`, nothing on torchrun ranks other than 0."""
+    if is_other_rank():
+        return
+    text = one_line(message) or category.__name__
+    text = next((note for k, note in EXPLAINED_WARNINGS.items() if text.startswith(k)), text)
+    if text in _shown:
+        return
+    _shown.add(text)
+    where = f" ({filename}:{lineno})" if debug() else ""
+    stream = file if hasattr(file, "write") else sys.stderr
+    stream.write(f"Warning: {text}{where}\n")  # type: ignore[union-attr]
+
+
+def install_warning_format() -> None:
+    """Show warnings with :func:`show_warning` for this command (each text once per command)."""
+    import warnings
+
+    _shown.clear()
+    warnings.showwarning = show_warning
 
 
 def one_line(text: object) -> str:

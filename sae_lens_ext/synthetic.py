@@ -53,6 +53,8 @@ class DemoSetup:
         lr: default learning rate (``--lr``).
         data: factory of the training/evaluation data; ``None``: SAE-Lens's
             ``SyntheticModel`` (:class:`SyntheticModelData`).
+        note: printed after the demo's results table (and kept in ``metrics.json``), e.g.
+            to say why a metric is what it is on these data.
     """
 
     sae_settings: dict[str, Any] = field(default_factory=dict)
@@ -60,6 +62,7 @@ class DemoSetup:
     samples: int | None = None
     lr: float | None = None
     data: Callable[[DemoDataOptions], DemoData] | None = None
+    note: str = ""
 
 
 class DemoData(ABC):

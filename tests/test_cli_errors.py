@@ -74,8 +74,29 @@ def prepare(root: Path, tiny: TinyLM) -> None:
         "import sae_lens, torch\n"
         "from sae_lens.registry import get_sae_class\n"
         "cls, cfg = get_sae_class('freq_ordered')\n"
-        "cls(cfg(d_in=64, d_sae=128)).save_model('runs/done')\n",
+        "cls(cfg(d_in=64, d_sae=128)).save_model('runs/done')\n"
+        "cls, cfg = get_sae_class('jumprelu')\n"
+        "cls(cfg(d_in=64, d_sae=128)).save_model('runs/mixed')\n"
+        "torch.save({'n_training_samples': 2048}, 'trainer_state.pt')\n",
         cwd=root,
+    )
+    shutil.copy(root / "runs" / "done" / "cfg.json", root / "runs" / "mixed" / "cfg.json")
+    checkpoint = root / "runs" / "interrupted" / "checkpoints" / "2048"
+    checkpoint.mkdir(parents=True)
+    shutil.copy(root / "runs" / "done" / "cfg.json", checkpoint / "cfg.json")
+    (root / "trainer_state.pt").rename(checkpoint / "trainer_state.pt")
+    (root / "a-file").write_text("")
+    (root / "list-sae.yaml").write_text(
+        "model_name: ./my-model\nsae:\n  - architecture: standard\n  - d_sae: 512\n"
+    )
+    demo_sweep = "base: {samples: 2048, d_sae: 64}\nvariants:\n"
+    (root / "no-name.yaml").write_text(
+        demo_sweep + "  - name: first\n    architecture: standard\n  - architecture: standard\n"
+    )
+    (root / "bad-field.yaml").write_text(
+        demo_sweep + "  - name: ordered\n    architecture: freq_ordered\n"
+        "    ordering_coefficient: 0.3\n"
+        "  - name: plain\n    architecture: standard\n    ordering_coefficient: 0.3\n"
     )
     shutil.copytree(root / "runs" / "done", root / "runs" / "truncated-cfg")
     cfg = root / "runs" / "truncated-cfg" / "cfg.json"

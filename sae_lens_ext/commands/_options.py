@@ -7,7 +7,22 @@ from typing import Any
 
 import click
 
+from sae_lens_ext.run.values import NotANumber, to_number
+
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+class IntRange(click.IntRange):
+    """click's ``IntRange`` that also takes whole numbers written as Python writes floats
+    (``--samples 1e6``, ``2.0e+3``); ``1.5`` is refused, not truncated."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, (str, float)):
+            try:
+                value = to_number(value, int)
+            except NotANumber as exc:
+                self.fail(f"{value!r}: {exc}", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 def _stacked(options: list[Decorator]) -> Decorator:
@@ -25,7 +40,7 @@ def progress_options(log_every: int, log_file: str = "training_log.jsonl") -> De
         [
             click.option(
                 "--log-every",
-                type=click.IntRange(min=1),
+                type=IntRange(min=1),
                 default=log_every,
                 show_default=True,
                 help=f"Write losses to {log_file} every this many steps.",
@@ -64,7 +79,7 @@ def data_streams_option(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--data-streams``: the independent streams every batch is made of."""
     return click.option(
         "--data-streams",
-        type=click.IntRange(min=0),
+        type=IntRange(min=0),
         default=0,
         show_default=True,
         help="Independent data streams each batch is made of, an equal block from each "

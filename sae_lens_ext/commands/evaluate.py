@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from sae_lens_ext.commands._options import IntRange
 from sae_lens_ext.errors import debug_option
 
 HELP = """Evaluate a trained SAE: on fresh data, or with SAE-Bench (--bench).
@@ -63,20 +64,20 @@ BENCH_OPTIONS = [
         "dataset",
         help="Core's text dataset: hub id or local path.",
     ),
-    click.option("--context-size", "--context_size", "context_size", type=click.IntRange(min=1)),
+    click.option("--context-size", "--context_size", "context_size", type=IntRange(min=1)),
     click.option(
         "--batch-size-prompts",
         "batch_size_prompts",
-        type=click.IntRange(min=1),
+        type=IntRange(min=1),
         help="Core's prompts per batch.",
     ),
     click.option(
         "--llm-batch-size",
         "llm_batch_size",
-        type=click.IntRange(min=1),
+        type=IntRange(min=1),
         help="Prompts per model batch (absorption, probing, SCR, TPP).",
     ),
-    click.option("--sae-batch-size", "sae_batch_size", type=click.IntRange(min=1)),
+    click.option("--sae-batch-size", "sae_batch_size", type=IntRange(min=1)),
     click.option("--device"),
     click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"])),
     click.option("--random-seed", "random_seed", type=int),
@@ -115,7 +116,7 @@ def _bench_options(f):  # type: ignore[no-untyped-def]
 @click.argument("path", metavar="PATH_OR_HUB_ID")
 @click.option(
     "--samples",
-    type=click.IntRange(min=1),
+    type=IntRange(min=1),
     default=100_000,
     show_default=True,
     help="Synthetic samples (demo runs) or tokens (LM runs, and the plugins' metrics with "

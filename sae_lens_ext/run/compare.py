@@ -163,10 +163,11 @@ def write_seed_consistency(rows: list[dict[str, Any]], out: Path) -> list[Path]:
 def compare(runs: list[str], output: str) -> int:
     """The body of ``sae-lens compare`` (and its alias ``plots``). Everything is written
     into a staged folder first: a run that cannot be read leaves ``output`` as it was."""
-    from sae_lens_ext.run.output import staged_folder
+    from sae_lens_ext.run.output import check_creatable, staged_folder
 
-    results = read_runs([Path(r) for r in runs])
     out = Path(output)
+    check_creatable(out, "--output")
+    results = read_runs([Path(r) for r in runs])
     with staged_folder(out) as tmp:
         written = write_figures(results, tmp)
         written += write_results_table(results, tmp)

@@ -50,7 +50,15 @@ def train(
         raise fail("no options given; see 'sae-lens train --help' for an example")
     cfg = parse_config(args, config_file, data_streams)
     output = RunOutput(
-        Path(cfg.output_path), _checkpoint_dir(cfg), overwrite=overwrite, resume=resume
+        Path(cfg.output_path),
+        _checkpoint_dir(cfg),
+        overwrite=overwrite,
+        resume=resume,
+        expected={
+            "architecture": cfg.sae.architecture(),
+            "d_in": cfg.sae.d_in,
+            "d_sae": cfg.sae.d_sae,
+        },
     )
     output.check()
     return run_lm(cfg, output, log_every=log_every, progress=progress, data_streams=data_streams)

@@ -46,6 +46,7 @@ DEMO_TRAINING_KEYS = (
     "training_steps",
     "lr",
     "sae_config",
+    "trainer_config",
 )
 #: Keys of ``runner_cfg.json`` that do not change what is trained (besides the seed).
 RUNNER_VOLATILE_KEYS = (

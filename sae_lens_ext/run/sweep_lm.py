@@ -316,7 +316,7 @@ def _train_in_lockstep(
 def bench_option_strings(options: dict[str, Any]) -> tuple[str, ...]:
     """``{bench: {field: value}}`` as ``--bench-option BENCH.FIELD=VALUE`` strings."""
     if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
-        raise fail("evaluate: bench_options: expected {bench: {field: value}}")
+        raise fail("bench_options: expected {bench: {field: value}}")
     return tuple(
         f"{bench}.{name}={json.dumps(value)}"
         for bench, fields in options.items()
@@ -343,42 +343,75 @@ def fit_benches(variant: Variant, benches: list[str]) -> list[str]:
     return [bench for bench in benches if bench not in unfit]
 
 
-def evaluate_lm_variants(sweep: Sweep) -> None:
-    """``sae-lens evaluate`` of every trained variant that lacks it (``evaluation.json``),
-    then the SAE-Bench benches of ``evaluate: bench:`` that it lacks."""
-    from sae_lens_ext.run.evaluate import evaluate
-    from sae_lens_ext.run.evaluate_bench import BenchOptions, bench_names, evaluate_bench
-    from sae_lens_ext.run.results import EVALUATION_FILENAME
+@dataclasses.dataclass
+class EvaluationPlan:
+    """What ``evaluate:`` of a train sweep asks for, checked before anything trains."""
+
+    samples: int
+    benches: list[str]
+    bench_options: tuple[str, ...]
+    settings: dict[str, Any]
+
+
+def evaluation_plan(sweep: Sweep) -> EvaluationPlan:
+    """The sweep's ``evaluate:`` settings, every key and value checked (one line naming the
+    file otherwise)."""
+    from sae_lens_ext.run.evaluate_bench import BenchOptions, bench_names, parse_bench_options
+    from sae_lens_ext.run.values import NotANumber, coerce, field_types, to_number
 
     settings = dict(sweep.evaluate)
-    samples = int(settings.pop("samples", 100_000))
+    where = f"{sweep.file}: evaluate:"
+    try:
+        samples = int(to_number(settings.pop("samples", 100_000), int))
+    except NotANumber as exc:
+        raise fail(f"{where} samples: {exc}") from None
     bench = settings.pop("bench", None)
-    benches = (
-        bench_names(",".join(bench) if isinstance(bench, list) else str(bench)) if bench else []
-    )
-    extra = bench_option_strings(settings.pop("bench_options", {}) or {})
-    not_keys = {"benches", "bench_options", "overrides"}  # the keys above set these
-    known = {f.name for f in dataclasses.fields(BenchOptions)} - not_keys
+    try:
+        benches = (
+            bench_names(",".join(bench) if isinstance(bench, list) else str(bench)) if bench else []
+        )
+        extra = bench_option_strings(settings.pop("bench_options", {}) or {})
+        parse_bench_options(extra)
+    except CliError as exc:
+        raise fail(f"{where} {exc.format_message()}") from exc
+    types = field_types(BenchOptions)
+    known = set(types) - {"benches", "bench_options", "overrides"}  # the keys above set these
     unknown = sorted(set(settings) - known)
     if unknown:
         raise fail(
-            f"{sweep.file}: evaluate: unknown key {unknown[0]!r}; known: "
+            f"{where} unknown key {unknown[0]!r}; known: "
             f"samples, bench, bench_options, {', '.join(sorted(known - {'samples'}))}"
         )
+    for key, value in settings.items():
+        try:
+            settings[key] = coerce(value, types[key])
+        except NotANumber as exc:
+            raise fail(f"{where} {key}: {value!r}: {exc}") from None
+    return EvaluationPlan(samples, benches, extra, settings)
+
+
+def evaluate_lm_variants(sweep: Sweep, plan: EvaluationPlan | None = None) -> None:
+    """``sae-lens evaluate`` of every trained variant that lacks it (``evaluation.json``),
+    then the SAE-Bench benches of ``evaluate: bench:`` that it lacks."""
+    from sae_lens_ext.run.evaluate import evaluate
+    from sae_lens_ext.run.evaluate_bench import BenchOptions, evaluate_bench
+    from sae_lens_ext.run.results import EVALUATION_FILENAME
+
+    plan = plan or evaluation_plan(sweep)
     for variant in sweep.variants:
         if not (variant.folder / "cfg.json").is_file():
             continue
         if not (variant.folder / EVALUATION_FILENAME).is_file():
             print(f"sweep: {variant.name}: evaluating")
-            evaluate(str(variant.folder), samples=samples, seed=1234, as_json=False)
-        todo = fit_benches(variant, missing_benches(variant.folder, benches))
+            evaluate(str(variant.folder), samples=plan.samples, seed=1234, as_json=False)
+        todo = fit_benches(variant, missing_benches(variant.folder, plan.benches))
         if todo:
             print(f"sweep: {variant.name}: SAE-Bench {', '.join(todo)}")
             options = BenchOptions(
                 benches=",".join(todo),
-                bench_options=extra,
-                samples=samples,
+                bench_options=plan.bench_options,
+                samples=plan.samples,
                 name=variant.name,
-                **settings,
+                **plan.settings,
             )
             evaluate_bench(str(variant.folder), options)

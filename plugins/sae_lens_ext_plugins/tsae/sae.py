@@ -95,6 +95,11 @@ class TSAETrainingSAEConfig(MatryoshkaBatchTopKTrainingSAEConfig):
             raise ValueError(
                 f"high_level_fraction must be in (0, 1), got {self.high_level_fraction}"
             )
+        if not 0 < self.k <= self.d_sae:
+            raise ValueError(
+                f"k={self.k:g}: BatchTopK keeps k latents per token on average, so k must be "
+                f"in (0, d_sae={self.d_sae}]; lower k or raise d_sae"
+            )
         if not self.matryoshka_widths:
             self.matryoshka_widths = [int(self.high_level_fraction * self.d_sae), self.d_sae]
         if self.matryoshka_widths[0] < 1:
