@@ -373,3 +373,27 @@ def test_loss_term_options_are_checked_against_the_enabled_terms():
     _, tc_cfg_cls = get_sae_training_class("temporal_consistency")
     with pytest.raises(ValueError, match=r"'temporal_window' is a field .*; set it directly"):
         tc_cfg_cls(d_in=8, d_sae=16, loss_term_options="temporal_window=8")
+
+
+def test_ground_truth_metrics_with_fewer_latents_than_features(small_data):
+    """``d_sae`` below the number of true features: MCC is upstream's (mean over the
+    ``d_sae`` matched pairs), unmatched features are marked, nothing reads garbage."""
+    from sae_lens.synthetic.evals import mean_correlation_coefficient
+    from sae_lens_ext_plugins.temporal_consistency.metrics import (
+        evaluate_on_sequences,
+        match_latents,
+        matched_cosines,
+    )
+
+    n_features = small_data.feature_vectors.shape[0]
+    d_sae = n_features - 2
+    sae = TemporalConsistencySAE(TemporalConsistencySAEConfig(d_in=8, d_sae=d_sae))
+    matched, cosines = match_latents(sae, small_data.feature_vectors), matched_cosines(
+        sae, small_data.feature_vectors
+    )
+    assert (matched == -1).sum() == 2 and cosines.isnan().sum() == 2
+    assert sorted(matched[matched >= 0].tolist()) == list(range(d_sae))
+    metrics = evaluate_on_sequences(sae, small_data)
+    upstream = mean_correlation_coefficient(sae.W_dec.detach(), small_data.feature_vectors)
+    assert metrics["mcc"] == pytest.approx(upstream, abs=1e-5)
+    assert all(v == v for v in metrics.values())  # no NaN
