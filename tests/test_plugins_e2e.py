@@ -129,7 +129,7 @@ def test_broken_plugin_warns_and_sae_lens_still_imports(plugin_site):
         env=plugin_site.env("toy", "broken"),
     )
     assert out.stdout.strip() == "True"
-    assert "plugin 'broken' skipped" in out.stderr
+    assert "plugin 'broken' (sae-lens-ext-broken 0.0.1) skipped (import failed)" in out.stderr
     assert "this plugin is broken on purpose" in out.stderr
 
 
