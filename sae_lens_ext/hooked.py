@@ -140,7 +140,8 @@ def transformer_lens_hook_name(hook_name: str, model: str | Path | torch.nn.Modu
         layers = hf_model.get_submodule(parent) if parent else None
     except AttributeError:
         layers = None
-    if isinstance(layers, torch.nn.ModuleList) and len(layers) == n_layers and index.isdigit():
+    decoder_layers = isinstance(layers, torch.nn.ModuleList) and len(layers) == n_layers
+    if decoder_layers and index.isdigit() and int(index) < n_layers:
         return f"blocks.{int(index)}.hook_resid_post"
     raise ValueError(
         f"hook {hook_name!r} is neither a TransformerLens hook nor the output of one of the "
