@@ -98,8 +98,10 @@ class TrainingGuard:
             bits = self._loss_bits[key] = torch.tensor(
                 [1 << self._loss_names.index(n) for n, _ in named], device=like.device
             )
-        values = torch.stack([v.detach().reshape(()).float() for _, v in named])
-        return (~torch.isfinite(values.to(like.device))).long().mul(bits).sum()
+        values = [v if v.dim() == 0 else v.reshape(()) for _, v in named]
+        if len({v.dtype for v in values}) > 1:
+            values = [v.float() for v in values]
+        return bits.masked_fill(torch.isfinite(torch.stack(values)), 0).sum()
 
     def synchronize(self) -> None:
         """Under torchrun: make every rank's watch that of the global batch (the first
