@@ -189,8 +189,10 @@ def evaluate_loss_terms(
 
     Each term gets a :class:`LossContext` (its ``metrics`` is ``metrics``). A term that
     raises, or returns anything but a 0-dimensional floating-point tensor, stops the step
-    with a :class:`~sae_lens_ext.plugins.PluginError` naming the term and its plugin; the
-    check reads only shapes and dtypes (no host-device sync). Whether a value is finite is
+    with a :class:`~sae_lens_ext.plugins.PluginError` naming the term and its plugin (an
+    error class of the core itself, such as a window check's ``BatchLayoutError``, which
+    names its setting, passes through unchanged); the check reads only shapes and dtypes
+    (no host-device sync). Whether a value is finite is
     the training guards' check (:mod:`sae_lens_ext.guards`), on logging steps.
     """
     logged = is_logging_step(sae, step_input)
@@ -222,9 +224,9 @@ def _term_value(term: LossTerm, ctx: LossContext) -> torch.Tensor:
 
     try:
         value = term.fn(ctx)
-    except PluginError:
-        raise
     except Exception as exc:
+        if isinstance(exc, PluginError) or _raised_by_the_core(exc):
+            raise
         step = ctx.step_input.n_training_steps
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())
         raise _term_error(term, f"raised {detail} (training step {step})") from exc
@@ -235,6 +237,12 @@ def _term_value(term: LossTerm, ctx: LossContext) -> torch.Tensor:
     if not value.is_floating_point():
         raise _term_error(term, f"returned a {value.dtype} tensor; {_EXPECTED}")
     return value
+
+
+def _raised_by_the_core(exc: Exception) -> bool:
+    """An error class of sae-lens-ext's core (e.g. ``BatchLayoutError`` from a term's window
+    check): it names the setting to change already, and passes through unchanged."""
+    return type(exc).__module__.partition(".")[0] == __name__.partition(".")[0]
 
 
 _EXPECTED = "a loss term returns a 0-dimensional floating-point tensor (e.g. x.mean())"

@@ -209,6 +209,12 @@ def number(ctx):
     return 0.5
 
 
+def layout(ctx):
+    from sae_lens_ext.windows import BatchLayoutError
+
+    raise BatchLayoutError("set batch_size to a multiple of 4")
+
+
 def logs(ctx):
     ctx.metrics["unit_logged"] = ctx.is_logging_step and ctx.step_input.is_logging_step
     return ctx.feature_acts.mean()
@@ -217,7 +223,7 @@ def logs(ctx):
 class Terms:
     @hookimpl
     def register_loss_terms(self, register):
-        for fn in (raises, vector, integer, number, logs):
+        for fn in (raises, vector, integer, number, layout, logs):
             register(LossTerm(f"unit_{fn.__name__}", fn))
 
 
@@ -257,6 +263,14 @@ def test_a_bad_term_names_itself_and_its_plugin(register, name, message) -> None
         f"loss term {name!r} of plugin 'unit_terms' (registered in-process) {message}"
     )
     assert caught.value.plugin == "unit_terms" and caught.value.where == f"loss term {name!r}"
+
+
+def test_the_cores_own_errors_pass_through_a_term(register) -> None:
+    from sae_lens_ext.windows import BatchLayoutError
+
+    register(Terms(), "unit_terms")
+    with pytest.raises(BatchLayoutError, match="^set batch_size to a multiple of 4$"):
+        evaluate("unit_layout", torch.nn.Module())
 
 
 def test_terms_know_the_logging_step_from_upstream_or_the_loop(register) -> None:
