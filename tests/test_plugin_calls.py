@@ -269,7 +269,7 @@ def test_the_cores_own_errors_pass_through_a_term(register) -> None:
     from sae_lens_ext.windows import BatchLayoutError
 
     register(Terms(), "unit_terms")
-    with pytest.raises(BatchLayoutError, match="^set batch_size to a multiple of 4$"):
+    with pytest.raises(BatchLayoutError, match=r"^set batch_size to a multiple of 4$"):
         evaluate("unit_layout", torch.nn.Module())
 
 
