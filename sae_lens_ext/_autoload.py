@@ -60,17 +60,23 @@ class SaeLensImportHook:
 _HOOK = SaeLensImportHook()
 
 
+def _is_hook(finder: object) -> bool:
+    # by name: a .pth read twice (a site directory listed twice) runs this module twice,
+    # and each run has its own class
+    return type(finder).__name__ == SaeLensImportHook.__name__
+
+
 def install() -> None:
     """Put the hook first on ``sys.meta_path`` (no-op if already imported or installed)."""
     if TARGET in sys.modules:
         _register_after_import()
         return
-    if not any(isinstance(f, SaeLensImportHook) for f in sys.meta_path):
+    if not any(_is_hook(f) for f in sys.meta_path):
         sys.meta_path.insert(0, _HOOK)
 
 
 def uninstall() -> None:
-    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, SaeLensImportHook)]
+    sys.meta_path[:] = [f for f in sys.meta_path if not _is_hook(f)]
 
 
 install()

@@ -449,113 +449,56 @@ def load_hooked_transformer(
 
     A TransformerLens hook name (``blocks.L...``) on a hub model loads exactly as
     SAE-Bench loads it (``from_pretrained_no_processing``). A local folder, or a hook
-    named after a Hugging Face module, goes through the Hugging Face model: the
-    module must be one of the model's decoder layers, read as
-    ``blocks.L.hook_resid_post``, and both must give the same activations.
+    named after a Hugging Face module, goes through the Hugging Face model
+    (:func:`sae_lens_ext.hooked.load_hooked_sae_transformer`): the module must be one of
+    the model's decoder layers, read as ``blocks.L.hook_resid_post``
+    (:func:`sae_lens_ext.hooked.transformer_lens_hook_name`), and both must give the same
+    activations.
     """
     from transformer_lens import HookedTransformer
 
+    from sae_lens_ext.hooked import (
+        is_local_checkpoint,
+        load_hooked_sae_transformer,
+        load_hugging_face,
+        transformer_lens_hook_name,
+    )
+
     torch_dtype = _torch_dtype(dtype)
-    local = (Path(model_name) / "config.json").is_file()
-    if not local and hook_name.startswith("blocks."):
+    if not is_local_checkpoint(model_name) and hook_name.startswith("blocks."):
         with _model_errors(model_name):
             model = HookedTransformer.from_pretrained_no_processing(
                 model_name, device=device, dtype=torch_dtype, **(from_pretrained_kwargs or {})
             )
         return model, _checked_hook(model, hook_name, model_name)
     with _model_errors(model_name):
-        hf_model, tokenizer = _load_hugging_face(model_name, torch_dtype)
-        if local:
-            model = _local_hooked_transformer(model_name, hf_model, tokenizer, device, torch_dtype)
-        else:
-            model = HookedTransformer.from_pretrained_no_processing(
-                model_name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=torch_dtype
-            )
+        hf_model, tokenizer = load_hugging_face(model_name, torch_dtype)
+        model = load_hooked_sae_transformer(
+            model_name,
+            device=device,
+            dtype=torch_dtype,
+            hf_model=hf_model,
+            tokenizer=tokenizer,
+            model_class=HookedTransformer,
+        )
     if hook_name in model.hook_dict:
         return model, _checked_hook(model, hook_name, model_name)
-    tl_hook = _decoder_layer_hook(hf_model, hook_name, model.cfg.n_layers, model_name)
+    try:
+        tl_hook = transformer_lens_hook_name(hook_name, hf_model)
+    except ValueError as exc:
+        raise ValueError(
+            f"SAE hook of {model_name}: {exc}; SAE-Bench evaluates residual-stream SAEs"
+        ) from None
+    if tl_hook not in model.hook_dict:
+        raise ValueError(f"hook {hook_name!r} is not a TransformerLens hook of {model_name}")
     check_same_activations(hf_model, hook_name, model, tl_hook)
     return model, tl_hook
-
-
-def _load_hugging_face(model_name: str, torch_dtype: Any) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    hf_model = AutoModelForCausalLM.from_pretrained(model_name, dtype=torch_dtype).eval()
-    return hf_model, AutoTokenizer.from_pretrained(model_name)
-
-
-def _local_hooked_transformer(
-    folder: str, hf_model: Any, tokenizer: Any, device: str, dtype: Any
-) -> Any:
-    """``HookedTransformer.from_pretrained_no_processing`` for a local folder.
-
-    ``from_pretrained`` accepts hub names only (``get_official_model_name``), but the
-    loaders it calls read local folders; these are its steps with no processing.
-    """
-    from transformer_lens import HookedTransformer
-    from transformer_lens import loading_from_pretrained as loading
-
-    with _config_folder(folder, hf_model.config) as config_folder:
-        cfg = loading.get_pretrained_model_config(
-            config_folder, hf_cfg=hf_model.config.to_dict(), device=device, dtype=dtype
-        )
-        state_dict = loading.get_pretrained_state_dict(config_folder, cfg, hf_model, dtype=dtype)
-    cfg.tokenizer_name = folder
-    model = HookedTransformer(cfg, tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(
-        state_dict,
-        fold_ln=False,
-        center_writing_weights=False,
-        center_unembed=False,
-        fold_value_biases=False,
-        refactor_factored_attn_matrices=False,
-    )
-    model.move_model_modules_to_device()
-    return model.eval()
-
-
-@contextlib.contextmanager
-def _config_folder(folder: str, hf_config: Any) -> Iterator[str]:
-    """The folder TransformerLens reads ``config.json`` from.
-
-    TransformerLens' GPT-2 converter reads ``n_ctx``, which transformers>=5 no longer
-    writes (it is ``n_positions``): such a config is read from a copy that has it.
-    """
-    if hasattr(hf_config, "n_ctx") or not hasattr(hf_config, "n_positions"):
-        yield folder
-        return
-    config = json.loads((Path(folder) / "config.json").read_text())
-    with tempfile.TemporaryDirectory(prefix="tl_config_") as tmp:
-        copy_folder = Path(tmp) / Path(folder).name  # the model's name in TransformerLens
-        copy_folder.mkdir()
-        config["n_ctx"] = hf_config.n_positions
-        (copy_folder / "config.json").write_text(json.dumps(config))
-        yield str(copy_folder)
 
 
 def _checked_hook(model: Any, hook_name: str, model_name: str) -> str:
     if hook_name not in model.hook_dict:
         raise ValueError(f"hook {hook_name!r} is not a TransformerLens hook of {model_name}")
     return hook_name
-
-
-def _decoder_layer_hook(hf_model: Any, hook_name: str, n_layers: int, model_name: str) -> str:
-    """``blocks.L.hook_resid_post`` when ``hook_name`` is the L-th decoder layer."""
-    import torch
-
-    parent, _, index = hook_name.rpartition(".")
-    try:
-        layers = hf_model.get_submodule(parent) if parent else None
-    except AttributeError:
-        layers = None
-    if isinstance(layers, torch.nn.ModuleList) and len(layers) == n_layers and index.isdigit():
-        return f"blocks.{int(index)}.hook_resid_post"
-    raise ValueError(
-        f"SAE hook {hook_name!r} of {model_name} is neither a TransformerLens hook nor the "
-        f"output of one of its {n_layers} decoder layers; SAE-Bench evaluates residual-stream "
-        "SAEs at blocks.L.hook_resid_post"
-    )
 
 
 def check_same_activations(hf_model: Any, hf_module: str, model: Any, tl_hook: str) -> float:

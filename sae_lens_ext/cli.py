@@ -65,7 +65,12 @@ class _LazyPluginGroup(click.Group):
         except Exception as exc:
             if debug():
                 raise
-            _say(f"Error: {type(exc).__name__}: {one_line(exc)} (add --debug for the traceback)")
+            hint = " (add --debug for the traceback)"
+            if _is_plugin_error(exc):  # the message names the plugin and what failed
+                hint = hint if exc.__cause__ is not None else ""
+                _say(f"Error: {one_line(exc)}{hint}")
+            else:
+                _say(f"Error: {type(exc).__name__}: {one_line(exc)}{hint}")
             sys.exit(FAILURE)
         sys.exit(rv if isinstance(rv, int) else 0)
 
@@ -76,6 +81,11 @@ def _say(line: str) -> None:
 
     if not is_other_rank():
         click.echo(line, err=True)
+
+
+def _is_plugin_error(exc: BaseException) -> bool:
+    plugins = sys.modules.get("sae_lens_ext.plugins")  # not loaded: no plugin raised it
+    return plugins is not None and isinstance(exc, plugins.PluginError)
 
 
 def _debug_callback(ctx: click.Context, param: click.Parameter, value: bool) -> None:

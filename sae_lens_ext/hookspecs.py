@@ -13,6 +13,12 @@ entry-point group. It implements some of these hooks, decorated with
 Plugin modules are imported when ``sae_lens`` is imported and when the
 ``sae-lens`` command starts, so keep them light: import torch and sae_lens
 inside hook bodies or in submodules the hooks import.
+
+The core calls every hook through pluggy, one plugin at a time
+(:func:`sae_lens_ext.plugins.call_each`): implement a hook with only the arguments you
+use; a plugin whose hook raises is named in a ``PluginWarning`` and left out while the
+others go on; a hook implementation whose name is not one of these is reported at load
+(``pm.check_pending()``) and its plugin skipped.
 """
 
 from __future__ import annotations

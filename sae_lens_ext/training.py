@@ -26,11 +26,12 @@ from sae_lens.saes.sae import (
 
 from sae_lens_ext.guards import TrainingGuard
 from sae_lens_ext.loss_terms import (
-    LossContext,
     LossTermSpec,
+    evaluate_loss_terms,
     parse_loss_terms,
     parse_options,
     resolve_option,
+    unknown_loss_term,
 )
 from sae_lens_ext.optim import reset_optimizer_rows
 from sae_lens_ext.resampling import (
@@ -176,10 +177,7 @@ class LossTermTrainingSAEConfig(TrainingSAEConfig, ABC):
         known = loss_terms()
         for spec in [*specs, *extra]:
             if spec.name not in known:
-                raise ValueError(
-                    f"loss_terms: unknown loss term {spec.name!r}; registered: "
-                    f"{', '.join(sorted(known)) or 'none'}"
-                )
+                raise unknown_loss_term(spec.name)
         clash = {s.name for s in specs} & {s.name for s in extra}
         if clash:
             raise ValueError(
@@ -247,21 +245,10 @@ class LossTermTrainingSAE(TrainingSAE[T_CFG]):
         sae_out: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         losses = dict(self.base_aux_loss(step_input, feature_acts, hidden_pre, sae_out))
-        if not self._terms:
-            return losses
-        ctx = LossContext(
-            sae=self,
-            step_input=step_input,
-            feature_acts=feature_acts,
-            hidden_pre=hidden_pre,
-            sae_out=sae_out,
-            options=self._term_options,
-            metrics=self._step_metrics,
-        )
-        for spec, term in self._terms:
-            coefficient = step_input.coefficients.get(spec.name, spec.coefficient)
-            losses[f"{spec.name}_loss"] = coefficient * term.fn(ctx)
-        return losses
+        return losses | evaluate_loss_terms(
+            self, self._terms, step_input, feature_acts, hidden_pre, sae_out,
+            options=self._term_options, metrics=self._step_metrics,
+        )  # fmt: skip
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         """Upstream's forward pass (tensor work only, so that ``compile_sae`` compiles it
@@ -287,7 +274,9 @@ class LossTermTrainingSAE(TrainingSAE[T_CFG]):
         output.metrics.update(self._step_metrics)
         if not self.post_step_by_caller:  # SAE-Lens's own runners: the core's guards
             step = step_input.n_training_steps
-            self.guard.observe(step, output.loss, step_input.sae_in, output.feature_acts)
+            self.guard.observe(
+                step, output.loss, step_input.sae_in, output.feature_acts, losses=output.losses
+            )
             if (step + 1) % GUARD_CHECK_EVERY == 0:
                 self.guard.check()
         self._maybe_schedule_resample(step_input, output)
@@ -331,7 +320,7 @@ class LossTermTrainingSAE(TrainingSAE[T_CFG]):
         if dead.numel() == 0:
             return
         from sae_lens_ext import distributed
-        from sae_lens_ext.plugins import load_plugins
+        from sae_lens_ext.plugins import call_first
 
         # under torchrun: the resampler sees the global batch on every rank (so the ranks'
         # random generators advance alike) and rank 0's choice is applied everywhere
@@ -342,7 +331,7 @@ class LossTermTrainingSAE(TrainingSAE[T_CFG]):
             sae_out=distributed.all_gather_rows(output.sae_out.detach()),
             step=step_input.n_training_steps,
         )
-        result = load_plugins().hook.resample_dead_latents(request=request)
+        result = call_first("resample_dead_latents", request=request)
         if distributed.is_distributed():
             result = distributed.broadcast_object(_on_cpu(result))
         if result is None:

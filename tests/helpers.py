@@ -273,6 +273,9 @@ PLUGIN_SOURCES = {
     "toy": REPO / "tests" / "plugins" / "toy_plugin",
     "extras": REPO / "tests" / "plugins" / "extras_plugin",
     "broken": REPO / "tests" / "plugins" / "broken_plugin",
+    "probes": REPO / "tests" / "plugins" / "probes_plugin",
+    "clash": REPO / "tests" / "plugins" / "clash_plugin",
+    "misspelt": REPO / "tests" / "plugins" / "misspelt_plugin",
 }
 
 

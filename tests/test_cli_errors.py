@@ -119,14 +119,14 @@ def snapshot(root: Path) -> dict[str, int]:
     }
 
 
-def test_every_row_of_the_error_table(tiny_lm: TinyLM, tmp_path: Path) -> None:
+def test_every_row_of_the_error_table(tiny_lm: TinyLM, tmp_path: Path, plugin_site) -> None:
     prepare(tmp_path, tiny_lm)
     before = snapshot(tmp_path)
     rows = error_table()
     commands = [shlex.split(command)[1:] for command, _, _ in rows]  # drop "sae-lens"
     proc = run_python(
         RUN.replace("sys.argv[1]", repr(json.dumps(commands))),
-        env={"OMP_NUM_THREADS": "1"},
+        env={"OMP_NUM_THREADS": "1", **plugin_site.env("probes", "clash")},
         cwd=tmp_path,
     )
     results = json.loads(proc.stdout.split("RESULTS ", 1)[1])

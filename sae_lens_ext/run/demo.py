@@ -226,17 +226,17 @@ def training_classes(architecture: str) -> tuple[Any, Any]:
 def default_architecture() -> str:
     """What a plugin names as the demo's default (``default_demo_architecture``), else
     SAE-Lens's standard SAE."""
-    from sae_lens_ext.plugins import load_plugins
+    from sae_lens_ext.plugins import call_first
 
-    return load_plugins().hook.default_demo_architecture() or "standard"
+    return call_first("default_demo_architecture") or "standard"
 
 
 def demo_setup(architecture: str) -> Any:
     """The plugins' answer to ``demo_setup``, or the core's defaults."""
-    from sae_lens_ext.plugins import load_plugins
+    from sae_lens_ext.plugins import call_first
     from sae_lens_ext.synthetic import DemoSetup
 
-    return load_plugins().hook.demo_setup(architecture=architecture) or DemoSetup()
+    return call_first("demo_setup", architecture=architecture) or DemoSetup()
 
 
 def demo_settings(

@@ -65,8 +65,8 @@ def _language_model(sae: Any, folder: Path, tokens: int) -> list[Metric]:
     from sae_lens.evals import EvalConfig, run_evals
     from sae_lens.training.activation_scaler import ActivationScaler
 
-    from sae_lens_ext.plugins import load_plugins
     from sae_lens_ext.run.lm import model_and_store
+    from sae_lens_ext.run.report import plugin_metrics
 
     cfg, model, store = model_and_store(read_runner_cfg(folder))
     sae = sae.to(cfg.device)
@@ -94,6 +94,4 @@ def _language_model(sae: Any, folder: Path, tokens: int) -> list[Metric]:
             acts = store.get_activations(store.get_batch_tokens())
             sequences.append(acts.reshape(acts.shape[0], acts.shape[1], -1).float().cpu())
     data = EvalData(torch.cat(sequences), description=f"{cfg.model_name} {cfg.hook_name}")
-    for contributed in load_plugins().hook.evaluation_metrics(sae=sae, data=data):
-        metrics.extend(contributed or [])
-    return metrics
+    return metrics + plugin_metrics(sae, data)

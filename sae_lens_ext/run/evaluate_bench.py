@@ -208,7 +208,7 @@ def plugin_metrics(samples: int) -> Any:
         from sae_lens.training.activations_store import ActivationsStore
 
         from sae_lens_ext.metrics import EvalData, metrics_dict
-        from sae_lens_ext.plugins import load_plugins
+        from sae_lens_ext.run.report import plugin_metrics
 
         defaults = CoreEvalConfig()
         context = run.settings.context_size or defaults.context_size
@@ -226,9 +226,7 @@ def plugin_metrics(samples: int) -> Any:
                 sequences.append(acts.reshape(acts.shape[0], acts.shape[1], -1).float().cpu())
                 tokens += acts.shape[0] * acts.shape[1]
         data = EvalData(torch.cat(sequences), description=f"{run.model_name} {run.sae_hook_name}")
-        metrics = []
-        for contributed in load_plugins().hook.evaluation_metrics(sae=run.sae, data=data):
-            metrics.extend(contributed or [])
+        metrics = plugin_metrics(run.sae, data)
         labels = {m.key: m.label or m.key for m in metrics if m.row() is not None}
         return {**metrics_dict(metrics), "tokens": data.n_rows, "labels": labels}
 

@@ -10,7 +10,9 @@ upstream's ``MultiSAETrainer`` does (``step``, ``maybe_reset_sparsity``,
    returned permutation is applied to the trainer's per-latent firing counters too);
 2. the core's guards (:class:`~sae_lens_ext.guards.TrainingGuard`: device-side every
    step, checked on logging steps);
-3. logging (JSONL, progress, wandb when asked), checkpoints at step boundaries (with
+3. logging (JSONL, progress, wandb when asked; before the step, the SAE's loss terms are
+   told whether it is a logging step: :func:`~sae_lens_ext.loss_terms.set_logging_step`),
+   checkpoints at step boundaries (with
    the RNG state, the data provider's ``state_dict`` and the guard's state, written to a
    temp folder and renamed), and Ctrl-C at a step boundary.
 
@@ -38,6 +40,7 @@ import torch
 from sae_lens_ext import distributed
 from sae_lens_ext.errors import TrainingInterrupted, fail
 from sae_lens_ext.guards import TrainingGuard
+from sae_lens_ext.loss_terms import set_logging_step
 from sae_lens_ext.optim import permute_latent_state
 from sae_lens_ext.run.progress import RunLogger
 from sae_lens_ext.run.replicas import ReplicaSync
@@ -233,6 +236,7 @@ class TrainingLoop:
         trainer, replicas = self.trainer, self.replicas
         sparsity_log = trainer.maybe_reset_sparsity()
         batch = next(self.data)
+        set_logging_step(self.sae, self.is_logging_step(batch.shape[0]))
         replicas.before_step()
         output = trainer.step(batch)
         replicas.after_step(batch.shape[0])
@@ -245,6 +249,7 @@ class TrainingLoop:
             # the trainer just zeroed the counters of the latents that fired: no read of
             # the (batch, d_sae) activations
             fired=(trainer.n_forward_passes_since_fired == 0).any(),
+            losses=output.losses,
         )
         self.log_to_wandb(output, sparsity_log)
         trainer.n_training_steps += 1
@@ -262,6 +267,16 @@ class TrainingLoop:
             self.check()
             checkpoint = self.save_checkpoint(str(trainer.n_training_samples))
             raise TrainingInterrupted(trainer.n_training_steps, checkpoint)
+
+    def is_logging_step(self, rows: int) -> bool:
+        """Whether the step about to run on ``rows`` rows (this process's) is logged: a
+        record of the logger (decided now, kept by it) or a wandb log step."""
+        trainer = self.trainer
+        step = trainer.n_training_steps + 1  # the logger's count once the step is done
+        samples = trainer.n_training_samples + rows * self.replicas.world
+        logged = self.logger is not None and self.logger.plan(step, samples)
+        wandb = self.cfg.logger.log_to_wandb and distributed.is_main()
+        return logged or (wandb and step % self.cfg.logger.wandb_log_frequency == 0)
 
     def _check_due(self, record: dict[str, Any] | None) -> bool:
         """One process: whenever a record was made. Several: on the same steps on every

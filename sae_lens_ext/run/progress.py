@@ -2,7 +2,9 @@
 
 Everything that reads a tensor's value (a host-device sync) happens here, on logging
 steps only: every ``log_every`` steps, at the last step, and for plain progress lines
-(every ``print_every`` steps or ``PRINT_SECONDS`` seconds, whichever comes first).
+(every ``print_every`` steps or ``PRINT_SECONDS`` seconds, whichever comes first). The
+training loop asks :meth:`RunLogger.plan` before each step, so that the step's loss terms
+know it is logged (:attr:`~sae_lens_ext.loss_terms.LossContext.is_logging_step`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class RunLogger:
         self._task: Any = None
         self._t0 = self._last_print = time.perf_counter()
         self._start_samples = 0
+        self._planned: tuple[int, bool] | None = None
+        self._metric_names: list[str] = []
         self.last_record: dict[str, Any] = {}
 
     def start(self, n_training_samples: int, n_training_steps: int) -> None:
@@ -97,6 +101,13 @@ class RunLogger:
             or (self.mode == "plain" and self._print_due(step))
         )
 
+    def plan(self, step: int, samples: int) -> bool:
+        """Decide, before the step that completes ``step`` with ``samples`` samples runs,
+        whether :meth:`update` will log it; :meth:`update` keeps the decision."""
+        decision = self.is_logging_step(step, samples)
+        self._planned = (step, decision)
+        return decision
+
     def _print_due(self, step: int) -> bool:
         return (
             step % self.print_every == 0 or time.perf_counter() - self._last_print >= PRINT_SECONDS
@@ -107,7 +118,8 @@ class RunLogger:
         step, samples = trainer.n_training_steps, trainer.n_training_samples
         last = samples >= self.total_samples
         record = None
-        if self.is_logging_step(step, samples):
+        planned = self._planned[1] if self._planned and self._planned[0] == step else None
+        if planned if planned is not None else self.is_logging_step(step, samples):
             record = self.record(trainer, output)
             if self.log_path is not None and (step % self.log_every == 0 or last):
                 with open(self.log_path, "a") as f:
@@ -115,7 +127,7 @@ class RunLogger:
         if self._progress is not None:
             fields: dict[str, Any] = {"rate": self.rate(samples)}
             if record is not None:
-                fields["losses"] = loss_text(record)
+                fields["losses"] = loss_text(record, self._metric_names)
             self._progress.update(self._task, completed=samples, **fields)
         elif self.mode == "plain" and record is not None and (last or self._print_due(step)):
             self._print_line(record)
@@ -127,7 +139,7 @@ class RunLogger:
         print(
             f"step {record['step']}/{self.total_steps} | {samples:,}/{self.total_samples:,} "
             f"samples ({100 * samples / self.total_samples:.0f}%) | {rate:,.0f} samples/s | "
-            f"ETA {eta:.0f}s | {loss_text(record)}",
+            f"ETA {eta:.0f}s | {loss_text(record, self._metric_names)}",
             file=sys.stderr,
             flush=True,
         )
@@ -149,6 +161,7 @@ class RunLogger:
                 value, (int, float)
             ):
                 record[name] = float(value)
+        self._metric_names = [n for n in output.metrics if n in record]
         acts = output.feature_acts
         if not acts.is_sparse:
             record["l0"] = float((acts != 0).float().sum(-1).mean())
@@ -165,12 +178,14 @@ class RunLogger:
             self._progress = None
 
 
-def loss_text(record: dict[str, Any]) -> str:
-    """``loss 1.2 | mse 0.3 | l1 0.9 | L0 12.1``: the losses of a record, one line."""
+def loss_text(record: dict[str, Any], metrics: list[str] | tuple[str, ...] = ()) -> str:
+    """``loss 1.2 | mse 0.3 | l1 0.9 | my_metric 0.1 | L0 12.1``: the losses of a record and
+    its step metrics named in ``metrics`` (those of loss terms and architectures), one line."""
     parts = [f"loss {record['loss']:.4g}"]
     parts += [
         f"{k.removesuffix('_loss')} {v:.3g}" for k, v in record.items() if k.endswith("_loss")
     ]
+    parts += [f"{k} {record[k]:.3g}" for k in metrics if k in record and not k.endswith("_loss")]
     if "l0" in record:
         parts.append(f"L0 {record['l0']:.1f}")
     return " | ".join(parts)

@@ -16,22 +16,23 @@ LABELS_KEY = "labels"
 
 
 def collect_metrics(sae: Any, data: EvalData) -> list[Metric]:
-    """Generic metrics, then every plugin's ``evaluation_metrics`` for this SAE and data."""
-    from sae_lens_ext.plugins import load_plugins
+    """Generic metrics, then every plugin's ``evaluation_metrics`` for this SAE and data
+    (a plugin that fails is named in a warning and left out)."""
+    return generic_metrics(sae, data) + plugin_metrics(sae, data)
 
-    metrics = generic_metrics(sae, data)
-    for contributed in load_plugins().hook.evaluation_metrics(sae=sae, data=data):
-        metrics.extend(contributed or [])
-    return metrics
+
+def plugin_metrics(sae: Any, data: EvalData) -> list[Metric]:
+    """Every plugin's ``evaluation_metrics``; a plugin that fails is named and left out."""
+    from sae_lens_ext.plugins import call_each_list
+
+    return call_each_list("evaluation_metrics", Metric, sae=sae, data=data)
 
 
 def plugin_figures(sae: Any, data: EvalData, folder: Path) -> list[Path]:
-    from sae_lens_ext.plugins import load_plugins
+    """Every plugin's ``run_figures``; a plugin that fails is named and left out."""
+    from sae_lens_ext.plugins import call_each_list
 
-    paths: list[Path] = []
-    for written in load_plugins().hook.run_figures(sae=sae, data=data, folder=folder):
-        paths.extend(written or [])
-    return paths
+    return call_each_list("run_figures", Path, sae=sae, data=data, folder=folder)
 
 
 def evaluate_and_save(
