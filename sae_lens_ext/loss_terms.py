@@ -1,28 +1,100 @@
-"""Loss terms: named, coefficient-weighted penalties that plugins add to a training SAE."""
+"""Loss terms: named, coefficient-weighted penalties that plugins add to a training SAE.
+
+Light on purpose (no torch or sae_lens import at module level): plugin entry modules and
+configs read it at start-up.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     import torch
     from sae_lens.saes.sae import TrainStepInput
 
+    from sae_lens_ext.training import LossTermsMixin
+
+T_OBJECT = TypeVar("T_OBJECT")
+
+
+class BatchCollectives(Protocol):
+    """Reductions over the processes that each hold a block of the global batch.
+
+    The core's data-parallel layer serves an implementation over ``torch.distributed``
+    (``sae-lens train`` / ``demo`` under ``torchrun``); everywhere else (one process,
+    SAE-Lens's own runners) :class:`LocalCollectives` returns its input. Every process
+    calls each method at the same point of the same step.
+    """
+
+    processes: int
+
+    def batch_mean(self, value: torch.Tensor) -> torch.Tensor:
+        """``value``, a mean over this process's rows, as the mean over the global batch
+        (the mean over processes: they hold equal blocks). May work in place."""
+        ...
+
+    def gather_rows(self, value: torch.Tensor) -> torch.Tensor:
+        """Every process's ``value`` stacked along dim 0 (process 0 first)."""
+        ...
+
+    def from_main(self, obj: T_OBJECT) -> T_OBJECT:
+        """Process 0's ``obj`` on every process (tensors inside: on the CPU)."""
+        ...
+
+
+class LocalCollectives:
+    """One process: every reduction returns its input."""
+
+    processes = 1
+
+    def batch_mean(self, value: torch.Tensor) -> torch.Tensor:
+        return value
+
+    def gather_rows(self, value: torch.Tensor) -> torch.Tensor:
+        return value
+
+    def from_main(self, obj: T_OBJECT) -> T_OBJECT:
+        return obj
+
+
+LOCAL_COLLECTIVES = LocalCollectives()
+
 
 @dataclass
 class LossContext:
-    """Everything a loss term may look at during one training step."""
+    """Everything a loss term may look at during one training step.
 
-    sae: Any  # a LossTermTrainingSAE
+    Attributes:
+        sae: the training SAE (any class with :class:`~sae_lens_ext.training.LossTermsMixin`:
+            a plugin architecture or a twin of an upstream one).
+        step_input: SAE-Lens's ``TrainStepInput`` (``sae_in``, ``coefficients``,
+            ``dead_neuron_mask``, ``n_training_steps``).
+        feature_acts: this step's codes, ``(rows, d_sae)``.
+        hidden_pre: the pre-activations ``encode_with_hidden_pre`` returned.
+        sae_out: the reconstruction.
+        options: the SAE's ``loss_term_options``, parsed (read them with :meth:`option`).
+        metrics: extra values to log (copied into ``TrainStepOutput.metrics``).
+        collectives: reductions over data-parallel processes (:meth:`batch_mean`).
+    """
+
+    sae: LossTermsMixin[Any]
     step_input: TrainStepInput
     feature_acts: torch.Tensor
     hidden_pre: torch.Tensor
     sae_out: torch.Tensor
     options: Mapping[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    collectives: BatchCollectives = field(default_factory=lambda: LOCAL_COLLECTIVES)
+
+    def batch_mean(self, value: torch.Tensor) -> torch.Tensor:
+        """``value``, a mean over this step's rows, as the mean over the global batch:
+        the identity in one process, an all-reduce over data-parallel processes. Use it
+        for any batch statistic a term computes that is not a plain mean of the loss
+        (whose gradients the core averages anyway)."""
+        return self.collectives.batch_mean(value)
 
     def option(self, key: str, default: Any) -> Any:
         """A term setting: the SAE config field ``key`` if it has one, else

@@ -24,7 +24,7 @@ import math
 import warnings
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -35,10 +35,29 @@ class BatchLayoutError(ValueError):
     """Training batches cannot hold whole windows of consecutive positions."""
 
 
+@runtime_checkable
+class BatchWindowConfig(Protocol):
+    """An SAE config (training or inference) whose training batches must keep windows of
+    consecutive positions of one sequence together."""
+
+    def batch_window(self) -> int:
+        """Consecutive positions a training batch must keep together (1: none)."""
+        ...
+
+
+@runtime_checkable
+class ArchitectureWindowConfig(Protocol):
+    """An SAE config whose *encoder* reads several consecutive positions together (over
+    1, SAE-Bench's benches that encode lone tokens refuse the SAE)."""
+
+    def architecture_window(self) -> int:
+        """Consecutive positions the encoder itself reads together (1: each alone)."""
+        ...
+
+
 def batch_window(cfg: Any) -> int:
     """Consecutive positions a training batch of this SAE config must keep together (>= 1)."""
-    method = getattr(cfg, "batch_window", None)
-    return max(1, int(method())) if callable(method) else 1
+    return max(1, int(cfg.batch_window())) if isinstance(cfg, BatchWindowConfig) else 1
 
 
 def shared_window(windows: list[int]) -> int:
