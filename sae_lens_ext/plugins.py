@@ -179,7 +179,8 @@ def loss_terms() -> dict[str, LossTerm]:
 
 
 def register_with_sae_lens() -> None:
-    """Add every plugin architecture to ``sae_lens.registry``; safe to call repeatedly."""
+    """Add every plugin architecture, and the loss-term twin of every training architecture
+    (:mod:`sae_lens_ext.twins`), to ``sae_lens.registry``; safe to call repeatedly."""
     from sae_lens.registry import (
         SAE_CLASS_REGISTRY,
         SAE_TRAINING_CLASS_REGISTRY,
@@ -203,6 +204,11 @@ def register_with_sae_lens() -> None:
                 )
         except Exception as exc:
             _warn(owner, f"registering architecture {name!r} failed", exc)
+    # every training architecture without loss terms gets its loss-term twin (after the
+    # plugins' own, so that a plugin built on an upstream class gets one too)
+    from sae_lens_ext.twins import register_twins
+
+    register_twins()
 
 
 def _register_once(
