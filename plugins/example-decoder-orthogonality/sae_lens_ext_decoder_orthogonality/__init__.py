@@ -8,7 +8,7 @@ O(k^2 d_in) however large the dictionary. Enable it on any plugin training
 SAE with ``loss_terms="decoder_orthogonality=0.01"``.
 """
 
-from sae_lens_ext import hookimpl
+from sae_lens_ext.api import hookimpl
 
 
 def decoder_orthogonality(ctx):
@@ -27,7 +27,7 @@ def decoder_orthogonality(ctx):
 
 @hookimpl
 def register_loss_terms(register):
-    from sae_lens_ext.loss_terms import LossTerm
+    from sae_lens_ext.api import LossTerm
 
     register(
         LossTerm(

@@ -9,9 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sae_lens_ext.distributed import all_reduce_mean_
-from sae_lens_ext.loss_terms import LossContext
-from sae_lens_ext.training import decoder_weighted_sparsity
+from sae_lens_ext.api import LossContext, decoder_weighted_sparsity
 
 
 def rearrangement_gap(p: torch.Tensor) -> torch.Tensor:
@@ -117,7 +115,7 @@ def adaptive_l1_loss(ctx: LossContext) -> torch.Tensor:
     x = ctx.step_input.sae_in.float().reshape(-1, b_dec.shape[0]) - b_dec
     x_hat = ctx.sae_out.detach().float().reshape(x.shape) - b_dec
     quality = F.cosine_similarity(x_hat, x, dim=-1).mean()
-    # data-parallel: the global batch's mean (ranks hold equal blocks); no-op otherwise
-    quality = all_reduce_mean_(quality).clamp(0.0, 1.0)
+    # data-parallel: the global batch's mean (processes hold equal blocks); else itself
+    quality = ctx.batch_mean(quality).clamp(0.0, 1.0)
     ctx.metrics["adaptive_l1_scale"] = quality
     return quality * decoder_weighted_sparsity(sae, ctx.feature_acts)

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from sae_lens_ext.loss_terms import LossContext, parse_options
+from sae_lens_ext.api import LossContext, parse_options, term_option
 
 PREFIX_TERM = "prefix_reconstruction"
 PREFIX_OPTIONS = ("prefix_samples", "prefix_min_fraction", "prefix_exponent")
@@ -78,11 +78,14 @@ class PrefixSampler:
 
 def prefix_sampler(sae: Any, options: dict[str, str]) -> PrefixSampler:
     """The sampler of ``sae``: its config fields, else ``loss_term_options``, else defaults."""
-    ctx = LossContext(sae, None, None, None, None, options)  # type: ignore[arg-type]
+
+    def option(key: str) -> float:
+        return float(term_option(sae.cfg, options, key, DEFAULTS[key]))
+
     return PrefixSampler(
-        samples=int(ctx.option("prefix_samples", DEFAULTS["prefix_samples"])),
-        min_fraction=float(ctx.option("prefix_min_fraction", DEFAULTS["prefix_min_fraction"])),
-        exponent=float(ctx.option("prefix_exponent", DEFAULTS["prefix_exponent"])),
+        samples=int(option("prefix_samples")),
+        min_fraction=option("prefix_min_fraction"),
+        exponent=option("prefix_exponent"),
     )
 
 

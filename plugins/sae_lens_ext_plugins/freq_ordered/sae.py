@@ -31,7 +31,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from sae_lens.saes.sae import (
-    SAE,
     SAEConfig,
     TrainCoefficientConfig,
     TrainStepInput,
@@ -39,15 +38,17 @@ from sae_lens.saes.sae import (
 )
 from torch import nn
 
-from sae_lens_ext.distributed import all_reduce_mean_
-from sae_lens_ext.loss_terms import LossTermSpec
-from sae_lens_ext.optim import permute_optimizer_rows
-from sae_lens_ext.resampling import ResampleResult, request_after_step
-from sae_lens_ext.training import (
+from sae_lens_ext.api import (
+    LatentAxis,
+    LossTermSpec,
     LossTermTrainingSAE,
     LossTermTrainingSAEConfig,
+    PluginSAE,
+    ResampleResult,
     check_non_negative,
     decoder_weighted_sparsity,
+    permute_latents,
+    request_after_step,
 )
 from sae_lens_ext_plugins.freq_ordered.prefix import PREFIX_TERM, NestedDecodeMixin
 
@@ -217,31 +218,29 @@ class FreqOrderedEncoderMixin:
         sae_out = self.run_time_activation_norm_fn_out(sae_out)  # type: ignore[attr-defined]
         return self.reshape_fn_out(sae_out, self.d_head)  # type: ignore[attr-defined]
 
+    # --- the latent table (resampling, the sort, optimizer state, folding) -------------------
+    def latent_parameters(self) -> dict[str, LatentAxis | None]:
+        """Every latent-indexed tensor. Folding the decoder norms (ReLU commutes with a
+        positive per-latent scale) moves the scale into the last linear map before the
+        ReLU: the LayerNorm gain and bias when ``layer_norm`` is on (the LayerNorm
+        statistics are then untouched), else ``W_enc``, ``b_enc`` and ``W_skip``."""
+        cfg, pre = self.cfg, 0 if self.cfg.layer_norm else 1
+        table: dict[str, LatentAxis | None] = {
+            "W_enc": LatentAxis(1, fold=pre),
+            "W_dec": LatentAxis(0, fold=-1),
+            "b_enc": LatentAxis(0, fold=pre),
+            "b_dec": None,
+            "latent_frequency": LatentAxis(0, fold=0),  # firing is unchanged by folding
+        }
+        if cfg.layer_norm:
+            table.update(ln_weight=LatentAxis(0, fold=1), ln_bias=LatentAxis(0, fold=1))
+        if cfg.skip_projection:
+            table["W_skip"] = LatentAxis(1, fold=pre)
+        if cfg.attention:  # attention over positions: no latent axis (d_in may equal d_sae)
+            table.update(W_q=None, W_k=None, W_v=None)
+        return table
+
     # --- weight folding ------------------------------------------------------------------
-    @torch.no_grad()
-    def fold_and_get_W_dec_norm(self) -> torch.Tensor:
-        """Give every decoder row unit norm, scaling the latent by the old norm.
-
-        ReLU commutes with a positive per-latent scale, so the scale moves to the
-        last linear map before the ReLU: the LayerNorm gain and bias when
-        ``layer_norm`` is on (the LayerNorm statistics are then untouched), else
-        ``W_enc``, ``b_enc`` and ``W_skip``. Outputs are unchanged.
-        """
-        norms = self.W_dec.norm(dim=-1).clamp(min=1e-8)
-        self.W_dec.data.div_(norms.unsqueeze(1))
-        if self.cfg.layer_norm:
-            self.ln_weight.data.mul_(norms)
-            self.ln_bias.data.mul_(norms)
-        else:
-            self.W_enc.data.mul_(norms)
-            self.b_enc.data.mul_(norms)
-            if self.cfg.skip_projection:
-                self.W_skip.data.mul_(norms)
-        return norms
-
-    def fold_W_dec_norm(self) -> None:
-        self.fold_and_get_W_dec_norm()
-
     @torch.no_grad()
     def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
         """Fold the trainer's input scale ``s`` (the SAE saw ``s * x``) into the weights."""
@@ -282,7 +281,7 @@ class FreqOrderedEncoderMixin:
         state_dict.setdefault("frequency_updates", torch.zeros(()))
 
 
-class FreqOrderedSAE(FreqOrderedEncoderMixin, SAE[FreqOrderedSAEConfig]):
+class FreqOrderedSAE(FreqOrderedEncoderMixin, PluginSAE[FreqOrderedSAEConfig]):
     """Inference class of ``freq_ordered`` (what is saved, loaded and uploaded)."""
 
     def initialize_weights(self) -> None:
@@ -440,7 +439,6 @@ class FreqOrderedTrainingSAE(
         if pending is not None:
             dead, result = pending
             self._pending_resample = (dead, self._complete_result(dead, result))
-            self.latent_frequency[dead.to(self.latent_frequency.device)] = 0
         super().after_optimizer_step(optimizer)
         return self.sort_latents(optimizer) if self._sort_due else None
 
@@ -461,13 +459,9 @@ class FreqOrderedTrainingSAE(
     def sort_latents(self, optimizer: Any) -> torch.Tensor:
         """Permute latents so that ``latent_frequency`` is non-increasing; permute the
         optimizer's per-latent state along with them. Returns the permutation."""
-        from sae_lens_ext_plugins.freq_ordered.reorder import apply_permutation
-
         self._sort_due = False
         perm = torch.argsort(-self.latent_frequency.float(), stable=True)
-        apply_permutation(self, perm, check=False)  # an argsort: a permutation, no sync
-        for name, axis in self.latent_parameters().items():
-            permute_optimizer_rows(optimizer, self.get_parameter(name), axis, perm)
+        permute_latents(self, perm, optimizer, check=False)  # an argsort: no check, no sync
         self.n_sorts += 1
         return perm
 
@@ -497,7 +491,7 @@ class FreqOrderedTrainingSAE(
         acts = feature_acts.detach().reshape(-1, self.cfg.d_sae)
         # a 1-byte mask and a column sum: fewer memory passes than sign() or a float mask
         fired = acts.ne(0).sum(0, dtype=torch.float32) / max(acts.shape[0], 1)
-        all_reduce_mean_(fired)  # data-parallel: the global batch's rates (no-op otherwise)
+        fired = self.batch_mean(fired)  # data-parallel: the global batch's rates
         t = self.frequency_updates
         decay = (t / (t + 1.0)).clamp(max=self.cfg.frequency_decay)
         new = decay * self.latent_frequency.float() + (1 - decay) * fired
@@ -509,16 +503,11 @@ class FreqOrderedTrainingSAE(
         goes to it (LayerNorm bias with ``layer_norm``, else ``b_enc``)."""
         return self.ln_bias if self.cfg.layer_norm else self.b_enc
 
-    def latent_parameters(self) -> dict[str, int]:
-        params = super().latent_parameters()
-        if self.cfg.layer_norm:
-            params.update(ln_weight=0, ln_bias=0)
-        if self.cfg.skip_projection:
-            params["W_skip"] = 1
-        return params
-
     def _complete_result(self, dead: torch.Tensor, result: ResampleResult) -> ResampleResult:
+        """The resampler's values, with the frequency restarted at 0 and, unless it chose
+        them, zero skip columns and the alive latents' mean LayerNorm gain."""
         values, n = dict(result.values), dead.numel()
+        values.setdefault("latent_frequency", torch.zeros(n))
         if self.cfg.skip_projection:
             values.setdefault("W_skip", torch.zeros(self.cfg.d_in, n))
         if self.cfg.layer_norm:

@@ -136,7 +136,7 @@ def run_lm_ablation(
         MultiSAETrainingRunnerConfig,
     )
 
-    from sae_lens_ext.windows import batch_window, shared_window, validate_window_layout
+    from sae_lens_ext.api import batch_window, shared_window, validate_window_layout
 
     cfgs = _grid_configs(windows, coefficients, dict(sae_config or {}))
     rc = dict(runner_config)

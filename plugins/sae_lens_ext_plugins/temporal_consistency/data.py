@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from sae_lens_ext.windows import WindowShuffledBatches
+from sae_lens_ext.api import WindowShuffledBatches
 
 
 @torch.no_grad()

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import torch
 
-from sae_lens_ext.metrics import EvalData
-from sae_lens_ext.synthetic import DemoData, DemoDataOptions
+from sae_lens_ext.api import DemoData, DemoDataOptions, EvalData
 from sae_lens_ext_plugins.temporal_consistency.data import (
     SyntheticSequenceConfig,
     SyntheticSequences,

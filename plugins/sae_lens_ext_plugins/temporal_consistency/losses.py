@@ -15,8 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sae_lens_ext.loss_terms import LossContext
-from sae_lens_ext.windows import BatchLayoutError, check_step_layout
+from sae_lens_ext.api import BatchLayoutError, LossContext, check_step_layout
 
 EPS = 1e-6
 DEFAULT_WINDOW = 4

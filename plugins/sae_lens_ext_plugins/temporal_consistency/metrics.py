@@ -461,7 +461,7 @@ def evaluate_on_sequences(
     flat_f = latents.reshape(-1, latents.shape[-1])
     acf = autocorrelation(latents, max_lag)
     alive = alive_latents(latents)
-    from sae_lens_ext.metrics import explained_variance
+    from sae_lens_ext.api import explained_variance
 
     out: dict[str, float] = {
         "explained_variance": explained_variance(flat_x, recon),
@@ -483,7 +483,7 @@ def sequence_metrics(sae: Any, data: Any, redundancy_threshold: float = 0.9) -> 
     """The ``evaluation_metrics`` rows of this plugin for ``data`` (an ``EvalData`` of
     sequences): mean lag-1 autocorrelation of alive latents, redundant pairs and, with
     ground truth, the lag-1 autocorrelation error of the latents matched to true features."""
-    from sae_lens_ext.metrics import Metric
+    from sae_lens_ext.api import Metric
 
     latents = encode_sequences(sae, data.activations)
     acf = autocorrelation(latents, 1)

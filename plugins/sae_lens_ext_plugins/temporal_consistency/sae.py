@@ -17,8 +17,8 @@ from sae_lens.saes.sae import TrainCoefficientConfig, TrainStepInput
 from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 from torch import nn
 
-from sae_lens_ext.loss_terms import LossTermSpec
-from sae_lens_ext.training import (
+from sae_lens_ext.api import (
+    LossTermSpec,
     LossTermTrainingSAE,
     LossTermTrainingSAEConfig,
     check_non_negative,

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from sae_lens_ext.windows import (
+from sae_lens_ext.api import (
     WindowShuffledBatches,
     batch_window,
     mark_layout_served,
