@@ -44,7 +44,62 @@ from typing import TYPE_CHECKING, Any
 from sae_lens_ext.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    pass
+    from sae_lens_ext.architectures import Architecture
+    from sae_lens_ext.latents import (
+        DeclaresLatentParameters,
+        LatentAxis,
+        LatentTableError,
+        fold_decoder_norms,
+        latent_parameters,
+        permute_latents,
+    )
+    from sae_lens_ext.loss_terms import (
+        BatchCollectives,
+        LossContext,
+        LossTerm,
+        LossTermSpec,
+        parse_options,
+    )
+    from sae_lens_ext.loss_terms import resolve_option as term_option
+    from sae_lens_ext.metrics import (
+        EvalData,
+        Metric,
+        batch_rows_for,
+        encode_batches,
+        explained_variance,
+        seed_consistency,
+    )
+    from sae_lens_ext.plugins import load_plugins, register_plugin
+    from sae_lens_ext.resampling import (
+        AfterOptimizerStep,
+        ResampleRequest,
+        ResampleResult,
+        request_after_step,
+    )
+    from sae_lens_ext.run.figures import pyplot, save_figure
+    from sae_lens_ext.synthetic import DemoData, DemoDataOptions, DemoSetup
+    from sae_lens_ext.training import (
+        LossTermsMixin,
+        LossTermTrainingSAE,
+        LossTermTrainingSAEConfig,
+        PluginSAE,
+        check_non_negative,
+        decoder_weighted_sparsity,
+    )
+    from sae_lens_ext.twins import twin_name
+    from sae_lens_ext.windows import (
+        ArchitectureWindowConfig,
+        BatchLayoutError,
+        BatchWindowConfig,
+        WindowBuffer,
+        WindowShuffledBatches,
+        WindowShuffledLMBatches,
+        batch_window,
+        check_step_layout,
+        mark_layout_served,
+        shared_window,
+        validate_window_layout,
+    )
 
 #: Public name -> (private module, name there). Loaded on first access.
 _LAZY: dict[str, tuple[str, str]] = {
@@ -98,7 +153,66 @@ _LAZY: dict[str, tuple[str, str]] = {
     "validate_window_layout": ("sae_lens_ext.windows", "validate_window_layout"),
 }
 
-__all__ = ["hookimpl", *sorted(_LAZY)]
+__all__ = [
+    "AfterOptimizerStep",
+    "Architecture",
+    "ArchitectureWindowConfig",
+    "BatchCollectives",
+    "BatchLayoutError",
+    "BatchWindowConfig",
+    "DeclaresLatentParameters",
+    "DemoData",
+    "DemoDataOptions",
+    "DemoSetup",
+    "EvalData",
+    "LatentAxis",
+    "LatentTableError",
+    "LossContext",
+    "LossTerm",
+    "LossTermSpec",
+    "LossTermTrainingSAE",
+    "LossTermTrainingSAEConfig",
+    "LossTermsMixin",
+    "Metric",
+    "PluginSAE",
+    "ResampleRequest",
+    "ResampleResult",
+    "WindowBuffer",
+    "WindowShuffledBatches",
+    "WindowShuffledLMBatches",
+    "batch_rows_for",
+    "batch_window",
+    "check_non_negative",
+    "check_step_layout",
+    "decoder_weighted_sparsity",
+    "encode_batches",
+    "explained_variance",
+    "fold_decoder_norms",
+    "hookimpl",
+    "latent_parameters",
+    "load_plugins",
+    "mark_layout_served",
+    "parse_options",
+    "permute_latents",
+    "pyplot",
+    "register_plugin",
+    "request_after_step",
+    "save_figure",
+    "seed_consistency",
+    "shared_window",
+    "term_option",
+    "twin_name",
+    "validate_window_layout",
+]
+
+
+#: Modules that import neither torch nor sae_lens at import time.
+_LIGHT = {
+    "sae_lens_ext.architectures",
+    "sae_lens_ext.loss_terms",
+    "sae_lens_ext.plugins",
+    "sae_lens_ext.resampling",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -107,6 +221,10 @@ def __getattr__(name: str) -> Any:
         module, attribute = _LAZY[name]
     except KeyError:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    if module not in _LIGHT:
+        # sae_lens first: its import registers the plugins, whose modules import names from
+        # here; they must find this name's module complete, not half-imported
+        importlib.import_module("sae_lens")
     value = getattr(importlib.import_module(module), attribute)
     globals()[name] = value
     return value

@@ -27,18 +27,10 @@ import dataclasses
 import sys
 from typing import Any
 
-from sae_lens.saes.sae import TrainingSAEConfig
-
-from sae_lens_ext.training import LossTermsMixin, LossTermTrainingSAEConfig
-
 #: ``<upstream name><TWIN_SUFFIX>`` is the twin's architecture name.
 TWIN_SUFFIX = "_with_loss_terms"
-#: The config fields a twin adds to its upstream config.
-TWIN_FIELDS = tuple(
-    f.name
-    for f in dataclasses.fields(LossTermTrainingSAEConfig)
-    if f.name not in {g.name for g in dataclasses.fields(TrainingSAEConfig)}
-)
+#: The config fields a twin adds to its upstream config (``LossTermTrainingSAEConfig``'s).
+TWIN_FIELDS = ("loss_terms", "loss_term_options", "resample_dead_every", "max_silent_steps")
 
 
 class LossTermTwin:
@@ -48,6 +40,8 @@ class LossTermTwin:
 
 
 def twin_name(architecture: str) -> str:
+    """The name of the loss-term twin of SAE-Lens's training architecture ``architecture``
+    (``standard`` -> ``standard_with_loss_terms``)."""
     return architecture + TWIN_SUFFIX
 
 
@@ -59,7 +53,9 @@ def make_twin(
     The classes live in this module's namespace (``sae_lens_ext.twins.<Name>``), so they
     pickle by name like any other class."""
     from sae_lens.registry import get_sae_class
-    from sae_lens.saes.sae import SAEConfig
+    from sae_lens.saes.sae import SAEConfig, TrainingSAEConfig
+
+    from sae_lens_ext.training import LossTermsMixin, LossTermTrainingSAEConfig
 
     name = twin_name(architecture)
     own_inference_config = (
@@ -83,7 +79,7 @@ def make_twin(
         "__doc__": f"Training config of ``{architecture}`` (SAE-Lens) with plugin loss terms.",
     }
     config_name = f"{config_class.__name__}WithLossTerms"
-    twin_config = dataclasses.dataclass(kw_only=True)(
+    twin_config: type[Any] = dataclasses.dataclass(kw_only=True)(
         type(config_name, (LossTermTrainingSAEConfig, config_class, LossTermTwin), config_namespace)
     )
     sae_name = f"{sae_class.__name__}WithLossTerms"
@@ -107,6 +103,8 @@ def register_twins() -> list[str]:
     return the twins' names. A plugin architecture takes loss terms by deriving from
     ``LossTermTrainingSAE`` or mixing in ``LossTermsMixin``, never through a twin."""
     from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY, register_sae_training_class
+
+    from sae_lens_ext.training import LossTermsMixin
 
     names = []
     for architecture, (sae_class, config_class) in list(SAE_TRAINING_CLASS_REGISTRY.items()):
