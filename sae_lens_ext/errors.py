@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -32,7 +33,8 @@ class CliError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = USAGE) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        # click declares exit_code a class variable; one CliError class serves every code
+        self.exit_code = exit_code  # type: ignore[misc]
 
 
 class TrainingInterrupted(Exception):
@@ -74,6 +76,8 @@ def read_mapping(path: str | Path, setting: str, expected: str) -> dict:
     where = f"{setting} {path}" if setting else str(path)
     if not file.is_file():
         raise fail(f"{where}: no such file")
+    error: type[Exception]
+    load: Callable[[str], Any]
     if file.suffix == ".json":
         import json
 
@@ -96,7 +100,7 @@ def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def debug_option(f):  # type: ignore[no-untyped-def]
+def debug_option(f: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--debug`` (show tracebacks) to a command."""
 
     def callback(ctx: click.Context, param: click.Parameter, value: bool) -> bool:

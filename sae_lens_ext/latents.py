@@ -25,12 +25,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from sae_lens_ext.optim import permute_optimizer_rows, reset_optimizer_rows
+
+if TYPE_CHECKING:
+    from sae_lens.saes.sae import SAE
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ def inferred_latent_parameters(sae: nn.Module, d_sae: int) -> dict[str, LatentAx
     return table
 
 
-def latent_parameters(sae: nn.Module) -> dict[str, LatentAxis]:
+def latent_parameters(sae: SAE[Any]) -> dict[str, LatentAxis]:
     """The latent-indexed parameters and buffers of ``sae``, checked: the declared table
     (or, for a class that declares none, the one read from the shapes) without its
     ``None`` entries.
@@ -118,7 +121,7 @@ def latent_parameters(sae: nn.Module) -> dict[str, LatentAxis]:
     its axis does not have size ``d_sae``, or a tensor with an axis of size ``d_sae`` is
     missing from the declaration.
     """
-    d_sae = int(sae.cfg.d_sae)  # type: ignore[union-attr]  # reason: every SAE-Lens SAE has cfg
+    d_sae = sae.cfg.d_sae
     tensors = named_tensors(sae)
     owner = type(sae).__name__
     if isinstance(sae, DeclaresLatentParameters):
@@ -153,7 +156,7 @@ def latent_parameters(sae: nn.Module) -> dict[str, LatentAxis]:
 
 
 def check_latent_values(
-    sae: nn.Module, n_rows: int, values: Mapping[str, torch.Tensor], source: str
+    sae: SAE[Any], n_rows: int, values: Mapping[str, torch.Tensor], source: str
 ) -> None:
     """Raise ``ValueError`` unless every entry of ``values`` is a latent-indexed tensor of
     ``sae`` with its shape, the latent axis cut to ``n_rows`` (``source`` names the sender)."""
@@ -172,7 +175,7 @@ def check_latent_values(
 
 @torch.no_grad()
 def write_latents(
-    sae: nn.Module,
+    sae: SAE[Any],
     rows: torch.Tensor,
     values: Mapping[str, torch.Tensor],
     optimizer: torch.optim.Optimizer | None = None,
@@ -192,7 +195,7 @@ def write_latents(
 
 @torch.no_grad()
 def permute_latents(
-    sae: nn.Module,
+    sae: SAE[Any],
     permutation: torch.Tensor,
     optimizer: torch.optim.Optimizer | None = None,
     *,
@@ -203,7 +206,7 @@ def permute_latents(
     function the SAE computes does not change. ``check=False`` skips the check that
     ``permutation`` is one (a host-device sync), for a caller whose permutation is one by
     construction (an ``argsort``)."""
-    d_sae = int(sae.cfg.d_sae)  # type: ignore[union-attr]  # reason: every SAE-Lens SAE has cfg
+    d_sae = sae.cfg.d_sae
     perm = torch.as_tensor(permutation, dtype=torch.long).flatten()
     if perm.numel() != d_sae or (
         check and not torch.equal(torch.sort(perm).values, torch.arange(d_sae, device=perm.device))
@@ -219,7 +222,7 @@ def permute_latents(
 
 
 @torch.no_grad()
-def fold_decoder_norms(sae: nn.Module) -> torch.Tensor:
+def fold_decoder_norms(sae: SAE[Any]) -> torch.Tensor:
     """Give every decoder row unit norm and move its norm into the other latent-indexed
     tensors as their :attr:`LatentAxis.fold` says (outputs unchanged for an activation
     that commutes with a positive per-latent scale, such as ReLU); return the norms.

@@ -79,16 +79,18 @@ class _NonNegativeL1(torch.autograd.Function):
     broadcast view (no ``N x d_sae`` tensor is written), and the gradient in ``n`` is the
     column sums / rows. Nothing of size ``N x d_sae`` is saved for backward."""
 
+    @override
     @staticmethod
-    def forward(ctx: Any, acts: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, acts: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
         rows = acts.shape[0]
         column_sums = acts.sum(0, dtype=torch.promote_types(acts.dtype, torch.float32))
         ctx.save_for_backward(column_sums, norms)
         ctx.rows, ctx.acts_dtype = rows, acts.dtype
         return (column_sums * norms.to(column_sums.dtype)).sum() / max(rows, 1)  # no autocast op
 
+    @override
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         column_sums, norms = ctx.saved_tensors
         scale = grad / max(ctx.rows, 1)
         grad_acts = grad_norms = None
@@ -302,7 +304,8 @@ class LossTermsMixin(TrainingSAE[T_CFG]):
     def architecture_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
         """Coefficients of the architecture's own penalties: those of the SAE-Lens class
         this is mixed into."""
-        return super().get_coefficients()
+        # safe: the mixin precedes a concrete SAE-Lens class in the MRO of every class using it
+        return super().get_coefficients()  # type: ignore[safe-super]
 
     def architecture_aux_loss(
         self,
@@ -313,7 +316,10 @@ class LossTermsMixin(TrainingSAE[T_CFG]):
     ) -> dict[str, torch.Tensor]:
         """The architecture's own auxiliary losses: those of the SAE-Lens class this is
         mixed into (a bare tensor is logged as ``aux_loss``)."""
-        losses = super().calculate_aux_loss(step_input, feature_acts, hidden_pre, sae_out)
+        # safe: the mixin precedes a concrete SAE-Lens class in the MRO of every class using it
+        losses = super().calculate_aux_loss(  # type: ignore[safe-super]
+            step_input, feature_acts, hidden_pre, sae_out
+        )
         return dict(losses) if isinstance(losses, dict) else {"aux_loss": losses}
 
     def batch_mean(self, value: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from typing_extensions import override
 
 from sae_lens_ext.metrics import check_finite
 
@@ -165,9 +166,11 @@ class WindowShuffledBatches(Iterator[torch.Tensor]):
         self.epoch += 1
         return torch.stack([seqs[order], starts[order]], dim=1)
 
+    @override
     def __iter__(self) -> WindowShuffledBatches:
         return self
 
+    @override
     def __next__(self) -> torch.Tensor:
         k = self.windows_per_batch
         if self._queue.shape[0] < k:
@@ -230,9 +233,11 @@ class WindowBuffer(Iterator[torch.Tensor]):
         order = torch.randperm(buffer.shape[0], generator=self.generator)
         return buffer[order.to(buffer.device)]
 
+    @override
     def __iter__(self) -> WindowBuffer:
         return self
 
+    @override
     def __next__(self) -> torch.Tensor:
         k = self.batch_size // self.window
         if self._buffer.shape[0] - k < self.capacity // 2:
@@ -281,6 +286,7 @@ class WindowShuffledLMBatches(WindowBuffer):
         self.store = store
         super().__init__(window, batch_size, n_batches_in_buffer, seed)
 
+    @override
     def read(self) -> torch.Tensor:
         acts = self.store.get_activations(self.store.get_batch_tokens())
         acts = acts.reshape(acts.shape[0], acts.shape[1], -1).to(self.store.device)

@@ -12,11 +12,14 @@ import dataclasses
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sae_lens_ext.bench import BenchSettings
 from sae_lens_ext.errors import fail, one_line
 from sae_lens_ext.run.results import BENCH_DIR, read_runner_cfg
+
+if TYPE_CHECKING:
+    from sae_lens_ext.metrics import Metric
 
 #: ``--bench`` given without a value, or ``--bench default``.
 DEFAULT = "default"
@@ -171,7 +174,7 @@ def plugin_metrics(samples: int) -> Any:
                 sequences.append(acts.reshape(acts.shape[0], acts.shape[1], -1).float().cpu())
                 tokens += acts.shape[0] * acts.shape[1]
         data = EvalData(torch.cat(sequences), description=f"{run.model_name} {run.sae_hook_name}")
-        metrics = []
+        metrics: list[Metric] = []
         for contributed in load_plugins().hook.evaluation_metrics(sae=run.sae, data=data):
             metrics.extend(contributed or [])
         labels = {m.key: m.label or m.key for m in metrics if m.row() is not None}

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from typing_extensions import override
 
 from sae_lens_ext import distributed
 from sae_lens_ext.loss_terms import LOCAL_COLLECTIVES, BatchCollectives
@@ -50,6 +51,7 @@ class GatheredBatches(Iterator[torch.Tensor]):
     def __init__(self, data: Iterator[torch.Tensor]) -> None:
         self.data = data
 
+    @override
     def __next__(self) -> torch.Tensor:
         return distributed.all_gather_rows(next(self.data))
 

@@ -6,10 +6,19 @@ Both are registered as plugin loss terms, so any architecture built on
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 import torch.nn.functional as F
 
 from sae_lens_ext.api import LossContext, decoder_weighted_sparsity
+
+
+@runtime_checkable
+class HasFrequencyLever(Protocol):
+    """An SAE with a per-latent bias added last before its activation."""
+
+    def frequency_lever(self) -> torch.Tensor: ...
 
 
 def rearrangement_gap(p: torch.Tensor) -> torch.Tensor:
@@ -92,7 +101,7 @@ def frequency_ordering_loss(ctx: LossContext) -> torch.Tensor:
     hard = getattr(sae, "latent_frequency", None)
     temperature = float(ctx.option("frequency_temperature", 0.1))
     rows = int(ctx.option("ordering_rows", 0))
-    lever = sae.frequency_lever() if hasattr(sae, "frequency_lever") else None
+    lever = sae.frequency_lever() if isinstance(sae, HasFrequencyLever) else None
     if lever is not None and hard is not None:
         loss = bias_routed_gap(ctx.hidden_pre, hard, temperature, rows, lever)
     else:

@@ -26,17 +26,19 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from sae_lens.saes.sae import (
+    SAE,
     SAEConfig,
     TrainCoefficientConfig,
     TrainStepInput,
     TrainStepOutput,
 )
 from torch import nn
+from typing_extensions import override
 
 from sae_lens_ext.api import (
     LatentAxis,
@@ -113,30 +115,34 @@ class FreqOrderedArchitectureFields:
 class FreqOrderedSAEConfig(SAEConfig, FreqOrderedArchitectureFields):
     """Inference config of the frequency-ordered SAE."""
 
+    @override
     def __post_init__(self) -> None:
         super().__post_init__()
         self.validate_architecture_fields()
 
+    @override
     @classmethod
     def architecture(cls) -> str:
         return ARCHITECTURE
 
 
-class FreqOrderedEncoderMixin:
+if TYPE_CHECKING:  # a mixin of SAE-Lens SAEs: type-checked as one
+    _SAEBase = SAE[Any]
+else:
+    _SAEBase = object
+
+
+class FreqOrderedEncoderMixin(_SAEBase):
     """Parameters, encoder, decoder and weight folding shared by both classes."""
 
     cfg: Any
-    dtype: torch.dtype
-    device: torch.device
-    W_enc: nn.Parameter
-    W_dec: nn.Parameter
-    b_dec: nn.Parameter
     b_enc: nn.Parameter
     latent_frequency: torch.Tensor
+    frequency_updates: torch.Tensor
 
     def init_freq_ordered_parameters(self) -> None:
         """Create ``b_enc``, the optional parameters and the frequency buffer."""
-        cfg, kw = self.cfg, {"dtype": self.dtype, "device": self.device}
+        cfg, kw = self.cfg, dict[str, Any](dtype=self.dtype, device=self.device)
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
         if cfg.layer_norm:
             self.ln_weight = nn.Parameter(torch.ones(cfg.d_sae, **kw))
@@ -201,22 +207,24 @@ class FreqOrderedEncoderMixin:
         return hidden
 
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.shape[-1] != self.cfg.d_in and not self.hook_z_reshaping_mode:  # type: ignore[attr-defined]
+        if x.shape[-1] != self.cfg.d_in and not self.hook_z_reshaping_mode:
             raise ValueError(
                 f"d_in: the SAE expects inputs of width d_in={self.cfg.d_in}, got {x.shape[-1]}"
             )
-        sae_in = self.process_sae_in(x)  # type: ignore[attr-defined]
-        hidden_pre = self.hook_sae_acts_pre(self.pre_activations(sae_in))  # type: ignore[attr-defined]
-        feature_acts = self.hook_sae_acts_post(self.activation_fn(hidden_pre))  # type: ignore[attr-defined]
+        sae_in = self.process_sae_in(x)
+        hidden_pre = self.hook_sae_acts_pre(self.pre_activations(sae_in))
+        feature_acts = self.hook_sae_acts_post(self.activation_fn(hidden_pre))
         return feature_acts, hidden_pre
 
+    @override
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encode_with_hidden_pre(x)[0]
 
+    @override
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
-        sae_out = self.hook_sae_recons(feature_acts @ self.W_dec + self.b_dec)  # type: ignore[attr-defined]
-        sae_out = self.run_time_activation_norm_fn_out(sae_out)  # type: ignore[attr-defined]
-        return self.reshape_fn_out(sae_out, self.d_head)  # type: ignore[attr-defined]
+        sae_out = self.hook_sae_recons(feature_acts @ self.W_dec + self.b_dec)
+        sae_out = self.run_time_activation_norm_fn_out(sae_out)
+        return self.reshape_fn_out(sae_out, self.d_head)
 
     # --- the latent table (resampling, the sort, optimizer state, folding) -------------------
     def latent_parameters(self) -> dict[str, LatentAxis | None]:
@@ -241,16 +249,18 @@ class FreqOrderedEncoderMixin:
         return table
 
     # --- weight folding ------------------------------------------------------------------
+    @override
     @torch.no_grad()
     def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
         """Fold the trainer's input scale ``s`` (the SAE saw ``s * x``) into the weights."""
-        super().fold_activation_norm_scaling_factor(scaling_factor)  # type: ignore[misc]
+        super().fold_activation_norm_scaling_factor(scaling_factor)
         if self.cfg.skip_projection:
             self.W_skip.data.mul_(scaling_factor)
         if self.cfg.attention:  # attention sees (s x - b_dec) / s: restore its logits
             self.W_q.data.mul_(scaling_factor)
             self.W_k.data.mul_(scaling_factor)
 
+    @override
     def fold_activation_whitening(self, *args: Any, **kwargs: Any) -> None:
         if self.cfg.attention or self.cfg.skip_projection:
             raise NotImplementedError(
@@ -258,19 +268,20 @@ class FreqOrderedEncoderMixin:
                 "skip_projection on; use normalize_activations='none' or "
                 "'expected_average_only_in'"
             )
-        super().fold_activation_whitening(*args, **kwargs)  # type: ignore[misc]
+        super().fold_activation_whitening(*args, **kwargs)
 
+    @override
     def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
         """Refuse weights of another shape with a message naming the setting."""
         for name, value in state_dict.items():
-            own = self._parameters.get(name, self._buffers.get(name))  # type: ignore[attr-defined]
+            own = self._parameters.get(name, self._buffers.get(name))
             if own is not None and tuple(own.shape) != tuple(value.shape):
                 raise ValueError(
                     f"{name}: checkpoint has shape {tuple(value.shape)} but this config "
                     f"(d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}, attention_dim="
                     f"{self.cfg.attention_dim}) gives {tuple(own.shape)}; fix d_in / d_sae"
                 )
-        missing = sorted(set(self._parameters) - set(state_dict))  # type: ignore[attr-defined]
+        missing = sorted(set(self._parameters) - set(state_dict))
         if missing:
             raise ValueError(
                 f"checkpoint lacks {missing}: its layer_norm / skip_projection / attention "
@@ -284,6 +295,7 @@ class FreqOrderedEncoderMixin:
 class FreqOrderedSAE(FreqOrderedEncoderMixin, PluginSAE[FreqOrderedSAEConfig]):
     """Inference class of ``freq_ordered`` (what is saved, loaded and uploaded)."""
 
+    @override
     def initialize_weights(self) -> None:
         super().initialize_weights()
         self.init_freq_ordered_parameters()
@@ -349,6 +361,7 @@ class FreqOrderedTrainingSAEConfig(LossTermTrainingSAEConfig, FreqOrderedArchite
     prefix_min_fraction: float = 0.05
     prefix_exponent: float = 0.5
 
+    @override
     def __post_init__(self) -> None:
         name = type(self).__name__
         check_non_negative(
@@ -380,13 +393,16 @@ class FreqOrderedTrainingSAEConfig(LossTermTrainingSAEConfig, FreqOrderedArchite
         self.validate_architecture_fields()
         super().__post_init__()
 
+    @override
     @classmethod
     def architecture(cls) -> str:
         return ARCHITECTURE
 
+    @override
     def architecture_window(self) -> int:
         return FreqOrderedArchitectureFields.architecture_window(self)
 
+    @override
     def builtin_loss_terms(self) -> list[LossTermSpec]:
         specs = [
             LossTermSpec(ORDERING_TERM, self.ordering_coefficient, self.ordering_warm_up_steps)
@@ -407,10 +423,12 @@ class FreqOrderedTrainingSAE(
         self._sort_due = False
         self.n_sorts = 0
 
+    @override
     def initialize_weights(self) -> None:
         super().initialize_weights()
         self.init_freq_ordered_parameters()
 
+    @override
     @torch.compiler.disable
     def begin_step(self, step_input: TrainStepInput) -> TrainStepInput:
         step_input = super().begin_step(step_input)
@@ -422,6 +440,7 @@ class FreqOrderedTrainingSAE(
             step_input = replace(step_input, dead_neuron_mask=mask & ~alive)
         return step_input
 
+    @override
     @torch.compiler.disable
     def end_step(self, step_input: TrainStepInput, output: TrainStepOutput) -> None:
         """Also ask for a sort after this step's optimizer step when one is due."""
@@ -431,6 +450,7 @@ class FreqOrderedTrainingSAE(
             self._sort_due = True
             request_after_step(self)
 
+    @override
     def after_optimizer_step(self, optimizer: Any) -> torch.Tensor | None:
         """Write a pending resample (with its skip columns, LayerNorm gain/bias and
         frequency restarted), then sort the latents if a sort is due; return the sort's
@@ -442,6 +462,7 @@ class FreqOrderedTrainingSAE(
         super().after_optimizer_step(optimizer)
         return self.sort_latents(optimizer) if self._sort_due else None
 
+    @override
     def skip_after_step_work(self) -> None:
         """A sort without the optimizer would leave Adam's moments on the wrong rows:
         skip it (the next one is due ``sort_latents_every`` steps later)."""
@@ -465,11 +486,13 @@ class FreqOrderedTrainingSAE(
         self.n_sorts += 1
         return perm
 
+    @override
     def base_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
         if self.cfg.adaptive_l1:  # the adaptive_l1 loss term carries the L1 coefficient
             return {}
         return {"l1": TrainCoefficientConfig(self.cfg.l1_coefficient, self.cfg.l1_warm_up_steps)}
 
+    @override
     def base_aux_loss(
         self,
         step_input: TrainStepInput,

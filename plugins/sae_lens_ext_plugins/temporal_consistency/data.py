@@ -116,6 +116,11 @@ class SyntheticSequences:
     directions (each seed then draws its own chain parameters).
     """
 
+    feature_dict: Any
+    is_persistent: torch.Tensor
+    persistence: torch.Tensor
+    switch_on: torch.Tensor
+
     def __init__(
         self,
         cfg: SyntheticSequenceConfig,

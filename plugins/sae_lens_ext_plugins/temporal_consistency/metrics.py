@@ -398,7 +398,7 @@ def inference_sae(sae: Any) -> Any:
         return sae
     state = {k: v.detach().clone() for k, v in sae.state_dict().items()}
     sae.process_state_dict_for_saving_inference(state)
-    out = SAE.from_dict(sae.cfg.get_inference_sae_cfg_dict())
+    out: SAE[Any] = SAE.from_dict(sae.cfg.get_inference_sae_cfg_dict())
     out.load_state_dict(state)
     return out.to(sae.device).eval()
 
