@@ -149,6 +149,10 @@ class PluginSAE(SAE[T_CONFIG], ABC):
       that reads the input directly besides ``W_enc`` and ``b_dec``.
     """
 
+    def __init__(self, cfg: T_CONFIG, use_error_term: bool = False):
+        super().__init__(cfg, use_error_term)
+        latent_parameters(self)  # a latent-indexed tensor left undeclared fails now
+
     def latent_parameters(self) -> Mapping[str, LatentAxis | None]:
         """Every parameter and buffer with an axis of size ``d_sae``: its latent axis and
         how it folds (:class:`~sae_lens_ext.latents.LatentAxis`), or ``None`` when it is

@@ -139,9 +139,9 @@ def gain_sae(cls: type[GainSAE] = GainSAE, d_in: int = 6, d_sae: int = 10) -> Ga
     return cls(GainConfig(d_in=d_in, d_sae=d_sae, dtype="float64"))
 
 
-def test_an_undeclared_latent_tensor_is_named():
+def test_an_undeclared_latent_tensor_is_named_when_the_sae_is_built():
     with pytest.raises(api.LatentTableError, match="parameter 'b_enc' of shape \\(10,\\)"):
-        api.latent_parameters(gain_sae(ForgetfulSAE))
+        gain_sae(ForgetfulSAE)
 
 
 def test_a_declared_name_must_exist_and_have_a_latent_axis():
