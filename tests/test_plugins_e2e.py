@@ -14,6 +14,18 @@ from tests.helpers import lm_runner_args, run_module, run_python
 
 pytestmark = pytest.mark.e2e
 
+#: Four steps of upstream's unchanged SAETrainer on 64 random rows of width 8, with a
+#: dead-latent window of 2 steps (inserted into the subprocess code below as `{FIT_FOUR_STEPS}`).
+FIT_FOUR_STEPS = """data = iter(lambda: torch.randn(64, 8), None)
+trainer_cfg = SAETrainerConfig(
+    n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False, total_training_samples=4 * 64,
+    device='cpu', autocast=False, lr=1e-3, lr_end=1e-3, lr_scheduler_name='constant', lr_warm_up_steps=0,
+    adam_beta1=0.9, adam_beta2=0.999, lr_decay_steps=0, n_restart_cycles=1, train_batch_size_samples=64,
+    dead_feature_window=2, feature_sampling_window=1000, logger=LoggingConfig(log_to_wandb=False),
+)
+trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=data)
+trainer.fit()"""
+
 
 def test_registry_and_disk_round_trip(plugin_site, tmp_path):
     out = run_python(
@@ -97,15 +109,7 @@ torch.manual_seed(0)
 sae = ToyReluTrainingSAE(ToyReluTrainingSAEConfig(d_in=8, d_sae=32, resample_dead_every=4))
 with torch.no_grad():
     sae.b_enc[:5] = -1e4          # latents 0..4 can never fire
-data = iter(lambda: torch.randn(64, 8), None)
-cfg = SAETrainerConfig(
-    n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False, total_training_samples=4 * 64,
-    device='cpu', autocast=False, lr=1e-3, lr_end=1e-3, lr_scheduler_name='constant', lr_warm_up_steps=0,
-    adam_beta1=0.9, adam_beta2=0.999, lr_decay_steps=0, n_restart_cycles=1, train_batch_size_samples=64,
-    dead_feature_window=2, feature_sampling_window=1000, logger=LoggingConfig(log_to_wandb=False),
-)
-trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=data)
-trainer.fit()
+{FIT_FOUR_STEPS}
 expected = torch.zeros(8); expected[0] = 3.0
 assert sae.n_resampled == 5, sae.n_resampled
 assert torch.equal(sae.W_dec[:5], expected.repeat(5, 1))
@@ -114,7 +118,7 @@ assert torch.all(state['exp_avg'][:5] == 0) and torch.all(state['exp_avg_sq'][:5
 assert state['exp_avg'][5:].abs().sum() > 0
 assert torch.all(trainer.optimizer.state[sae.b_enc]['exp_avg'][:5] == 0)
 print('ok')
-""",
+""".replace("{FIT_FOUR_STEPS}", FIT_FOUR_STEPS),
         env=plugin_site.env("toy"),
     )
     assert out.stdout.strip() == "ok"
@@ -170,15 +174,7 @@ sae = ThresholdTopKTrainingSAE(cfg)
 with torch.no_grad():
     sae.b_enc[:5] = -1e4          # latents 0..4 can never fire
     sae.threshold[:5] = 7.0
-data = iter(lambda: torch.randn(64, 8), None)
-trainer_cfg = SAETrainerConfig(
-    n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False, total_training_samples=4 * 64,
-    device='cpu', autocast=False, lr=1e-3, lr_end=1e-3, lr_scheduler_name='constant', lr_warm_up_steps=0,
-    adam_beta1=0.9, adam_beta2=0.999, lr_decay_steps=0, n_restart_cycles=1, train_batch_size_samples=64,
-    dead_feature_window=2, feature_sampling_window=1000, logger=LoggingConfig(log_to_wandb=False),
-)
-trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=data)
-trainer.fit()
+{FIT_FOUR_STEPS}
 assert sae.n_resampled >= 5, sae.n_resampled
 assert torch.equal(sae.threshold[:5].detach(), torch.zeros(5))
 assert torch.equal(sae.b_enc[:5].detach(), torch.zeros(5))
