@@ -10,6 +10,11 @@ SAE-Lens's registries. Set ``SAE_LENS_EXT_AUTOLOAD=0`` to switch it off.
 
 import sys
 
+# `typing` is not imported at start-up (it costs milliseconds); mypy reads this block
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from importlib.machinery import ModuleSpec
+
 TARGET = "sae_lens"
 
 
@@ -31,7 +36,9 @@ def _register_after_import() -> None:
 class SaeLensImportHook:
     """One-shot meta-path finder that wraps ``sae_lens``'s loader."""
 
-    def find_spec(self, fullname: str, path: object = None, target: object = None) -> object:
+    def find_spec(
+        self, fullname: str, path: object = None, target: object = None
+    ) -> "ModuleSpec | None":
         if fullname != TARGET:
             return None
         uninstall()
@@ -53,7 +60,7 @@ class SaeLensImportHook:
             original_exec(module)
             _register_after_import()
 
-        loader.exec_module = exec_module  # type: ignore[union-attr]
+        loader.exec_module = exec_module
         return spec
 
 

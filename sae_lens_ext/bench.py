@@ -382,7 +382,7 @@ def prepared_run(
         from_pretrained_kwargs=metadata.model_from_pretrained_kwargs,
     )
     sae_obj.to(device=device, dtype=_torch_dtype(llm_dtype))
-    fields = {"model_name": model_name, "hook_name": hook_name}
+    fields: dict[str, Any] = {"model_name": model_name, "hook_name": hook_name}
     if metadata.prepend_bos is None:
         fields["prepend_bos"] = model.cfg.default_prepend_bos
     # paths the user gave are relative to this working directory, not to data_dir
@@ -431,7 +431,7 @@ def load_sae(
     release, _, sae_id = str(sae).partition("/")
     if not sae_id:
         raise ValueError(f"{sae!r} is neither a folder nor a hub id 'release/sae_id'")
-    loaded = SAE.from_pretrained(release, sae_id, device=device)
+    loaded: SAE[Any] = SAE.from_pretrained(release, sae_id, device=device)
     with contextlib.suppress(NotImplementedError):  # as general_utils.load_and_format_sae
         loaded.fold_W_dec_norm()
     return loaded, release, sae_id
@@ -722,6 +722,7 @@ def _run_core(run: BenchRun) -> Path:
         )
         store.shuffle_input_dataset(seed=CORE_SHUFFLE_SEED)
         tokenizer = run.model.tokenizer
+        assert tokenizer is not None  # load_model gave the model its tokenizer
         ignore = {tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id}
         scalars, features = core.run_evals(
             sae=run.sae,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 
 import click
+from typing_extensions import override
 
 from sae_lens_ext import __version__
 
@@ -23,10 +25,12 @@ class _LazyPluginGroup(click.Group):
 
         add_plugin_commands(self)
 
+    @override
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._add_plugin_commands()
         return super().list_commands(ctx)
 
+    @override
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
         if command is None:
@@ -34,7 +38,8 @@ class _LazyPluginGroup(click.Group):
             command = super().get_command(ctx, cmd_name)
         return command
 
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[no-untyped-def,override]
+    @override
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         """Run the command; print errors as one line (no traceback unless ``--debug``)."""
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
@@ -157,7 +162,7 @@ def plugins_command(as_json: bool, plain: bool) -> None:
     _print_plugin_table(header, rows)
 
 
-def _print_plugin_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def _print_plugin_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
     """A rich table when the terminal is wide enough to show every name unbroken, else one
     block per plugin (names are never cut)."""
     from rich import box

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -33,7 +34,8 @@ class CliError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = USAGE) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        # click declares exit_code a class variable; one CliError class serves every code
+        self.exit_code = exit_code  # type: ignore[misc]
 
 
 class TrainingInterrupted(Exception):
@@ -75,6 +77,8 @@ def read_mapping(path: str | Path, setting: str, expected: str) -> dict:
     where = f"{setting} {path}" if setting else str(path)
     if not file.is_file():
         raise fail(f"{where}: no such file")
+    error: type[Exception]
+    load: Callable[[str], Any]
     if file.suffix == ".json":
         import json
 
@@ -130,7 +134,7 @@ def show_warning(
     _shown.add(text)
     where = f" ({filename}:{lineno})" if debug() else ""
     stream = file if hasattr(file, "write") else sys.stderr
-    stream.write(f"Warning: {text}{where}\n")  # type: ignore[union-attr]
+    stream.write(f"Warning: {text}{where}\n")
 
 
 def install_warning_format() -> None:
@@ -146,7 +150,7 @@ def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def debug_option(f):  # type: ignore[no-untyped-def]
+def debug_option(f: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--debug`` (show tracebacks) to a command."""
 
     def callback(ctx: click.Context, param: click.Parameter, value: bool) -> bool:

@@ -82,7 +82,7 @@ def load_hooked_sae_transformer(
     if hf_model is None or tokenizer is None:
         hf_model, tokenizer = load_hugging_face(model_name, torch_dtype)
     if not is_local_checkpoint(model_name):
-        return cls.from_pretrained_no_processing(  # type: ignore[return-value]
+        return cls.from_pretrained_no_processing(
             str(model_name),
             hf_model=hf_model,
             tokenizer=tokenizer,
@@ -133,8 +133,8 @@ def transformer_lens_hook_name(hook_name: str, model: str | Path | torch.nn.Modu
 
     if hook_name.startswith(TRANSFORMER_LENS_PREFIXES):
         return hook_name
-    hf_model = model if isinstance(model, torch.nn.Module) else _skeleton(model)
-    n_layers = hf_model.config.num_hidden_layers
+    hf_model: Any = model if isinstance(model, torch.nn.Module) else _skeleton(model)
+    n_layers: int = hf_model.config.num_hidden_layers
     parent, _, index = hook_name.rpartition(".")
     try:
         layers = hf_model.get_submodule(parent) if parent else None

@@ -1,10 +1,10 @@
-"""The public plugin API: every hook a plugin may implement.
+"""The hooks a plugin may implement (the rest of the plugin API is ``sae_lens_ext.api``).
 
 A plugin is any module or object registered under the ``sae_lens_ext``
 entry-point group. It implements some of these hooks, decorated with
 :data:`hookimpl`::
 
-    from sae_lens_ext import hookimpl
+    from sae_lens_ext.api import hookimpl, LossTerm
 
     @hookimpl
     def register_loss_terms(register):
@@ -60,7 +60,8 @@ def register_architectures(register: Callable[[Architecture], None]) -> None:
 def register_loss_terms(register: Callable[[LossTerm], None]) -> None:
     """Register named loss terms.
 
-    A training SAE built on :class:`sae_lens_ext.training.LossTermTrainingSAE`
+    Every training SAE that takes loss terms (a plugin architecture built on
+    ``LossTermTrainingSAE``, or a twin ``<name>_with_loss_terms`` of an SAE-Lens one)
     adds every term enabled in its config's ``loss_terms`` field (for example
     ``"decoder_orthogonality=0.01@500"``: coefficient 0.01, warmed up over 500
     steps through SAE-Lens's ``TrainCoefficientConfig``) to its loss.
@@ -72,7 +73,7 @@ def resample_dead_latents(request: ResampleRequest) -> ResampleResult | None:
     """Choose new parameters for dead latents; the first non-``None`` result wins.
 
     ``request`` carries the SAE, the indices of dead latents and the current
-    batch. Return a :class:`~sae_lens_ext.resampling.ResampleResult` giving, for
+    batch. Return a :class:`~sae_lens_ext.api.ResampleResult` giving, for
     some of the SAE's latent-indexed parameters, the new values of the dead
     latents' rows. The core writes them after the optimizer step and resets the
     optimizer moments of exactly those rows. Return ``None`` to let the next
@@ -102,7 +103,7 @@ def default_demo_architecture() -> str | None:
 def evaluation_metrics(sae: Any, data: EvalData) -> list[Metric] | None:
     """Metrics this plugin adds to ``demo`` and ``evaluate`` for ``sae`` (any SAE-Lens SAE)
     on ``data``; return ``None`` when they do not apply (e.g. sequence metrics on rows).
-    Each :class:`~sae_lens_ext.metrics.Metric` becomes a ``metrics.json`` key and a table row.
+    Each :class:`~sae_lens_ext.api.Metric` becomes a ``metrics.json`` key and a table row.
     """
 
 

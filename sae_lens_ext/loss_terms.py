@@ -5,6 +5,9 @@ its ``calculate_aux_loss``), which checks what each term returns and names the t
 plugin in any error. A term learns whether the step is logged from
 :attr:`LossContext.is_logging_step`; a training loop that logs steps of its own says so
 with :func:`set_logging_step` before each step (the ``sae-lens`` loop does).
+
+Light on purpose (no torch or sae_lens import at module level): plugin entry modules and
+configs read it at start-up.
 """
 
 from __future__ import annotations
@@ -13,15 +16,62 @@ import dataclasses
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     import torch
     from sae_lens.saes.sae import TrainStepInput
 
+    from sae_lens_ext.training import LossTermsMixin
+
 #: A term ``name`` enters the step's losses (and the logs) as ``name + LOSS_SUFFIX``.
 LOSS_SUFFIX = "_loss"
 _LOGGING_STEP_ATTRIBUTE = "_sae_lens_ext_logging_step"
+
+T_OBJECT = TypeVar("T_OBJECT")
+
+
+class BatchCollectives(Protocol):
+    """Reductions over the processes that each hold a block of the global batch.
+
+    The core's data-parallel layer serves an implementation over ``torch.distributed``
+    (``sae-lens train`` / ``demo`` under ``torchrun``); everywhere else (one process,
+    SAE-Lens's own runners) :class:`LocalCollectives` returns its input. Every process
+    calls each method at the same point of the same step.
+    """
+
+    processes: int
+
+    def batch_mean(self, value: torch.Tensor) -> torch.Tensor:
+        """``value``, a mean over this process's rows, as the mean over the global batch
+        (the mean over processes: they hold equal blocks). May work in place."""
+        ...
+
+    def gather_rows(self, value: torch.Tensor) -> torch.Tensor:
+        """Every process's ``value`` stacked along dim 0 (process 0 first)."""
+        ...
+
+    def from_main(self, obj: T_OBJECT) -> T_OBJECT:
+        """Process 0's ``obj`` on every process (tensors inside: on the CPU)."""
+        ...
+
+
+class LocalCollectives:
+    """One process: every reduction returns its input."""
+
+    processes = 1
+
+    def batch_mean(self, value: torch.Tensor) -> torch.Tensor:
+        return value
+
+    def gather_rows(self, value: torch.Tensor) -> torch.Tensor:
+        return value
+
+    def from_main(self, obj: T_OBJECT) -> T_OBJECT:
+        return obj
+
+
+LOCAL_COLLECTIVES = LocalCollectives()
 
 
 @dataclass
@@ -29,11 +79,15 @@ class LossContext:
     """Everything a loss term may look at during one training step.
 
     Attributes:
-        sae: the training SAE.
-        step_input: SAE-Lens's ``TrainStepInput`` of the step (its ``is_logging_step`` is
-            this context's).
-        feature_acts, hidden_pre, sae_out: the step's tensors.
-        options: the ``loss_term_options`` settings (read them with :meth:`option`).
+        sae: the training SAE (any class with :class:`~sae_lens_ext.training.LossTermsMixin`:
+            a plugin architecture or a twin of an upstream one).
+        step_input: SAE-Lens's ``TrainStepInput`` (``sae_in``, ``coefficients``,
+            ``dead_neuron_mask``, ``n_training_steps``; its ``is_logging_step`` is this
+            context's).
+        feature_acts: this step's codes, ``(rows, d_sae)``.
+        hidden_pre: the pre-activations ``encode_with_hidden_pre`` returned.
+        sae_out: the reconstruction.
+        options: the SAE's ``loss_term_options``, parsed (read them with :meth:`option`).
         metrics: values to log, ``name -> scalar tensor or number`` (merged into
             ``TrainStepOutput.metrics``): they reach ``training_log.jsonl``, the progress
             line and wandb on every step that logs.
@@ -41,9 +95,10 @@ class LossContext:
             that write ``training_log.jsonl`` or a progress line, and wandb's; upstream's
             runner: its wandb steps). Compute costly metrics only then; a cheap metric may
             be set on every step.
+        collectives: reductions over data-parallel processes (:meth:`batch_mean`).
     """
 
-    sae: Any
+    sae: LossTermsMixin[Any]
     step_input: TrainStepInput
     feature_acts: torch.Tensor
     hidden_pre: torch.Tensor
@@ -51,6 +106,14 @@ class LossContext:
     options: Mapping[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     is_logging_step: bool = False
+    collectives: BatchCollectives = field(default_factory=lambda: LOCAL_COLLECTIVES)
+
+    def batch_mean(self, value: torch.Tensor) -> torch.Tensor:
+        """``value``, a mean over this step's rows, as the mean over the global batch:
+        the identity in one process, an all-reduce over data-parallel processes. Use it
+        for any batch statistic a term computes that is not a plain mean of the loss
+        (whose gradients the core averages anyway)."""
+        return self.collectives.batch_mean(value)
 
     def option(self, key: str, default: Any) -> Any:
         """A term setting: the SAE config field ``key`` if it has one, else
@@ -183,11 +246,13 @@ def evaluate_loss_terms(
     *,
     options: Mapping[str, str],
     metrics: dict[str, Any],
+    collectives: BatchCollectives | None = None,
 ) -> dict[str, torch.Tensor]:
     """The weighted losses of the enabled ``terms`` for one step, ``{name}_loss`` each
     (coefficient from ``step_input.coefficients``, i.e. warmed up; else the spec's).
 
-    Each term gets a :class:`LossContext` (its ``metrics`` is ``metrics``). A term that
+    Each term gets a :class:`LossContext` (its ``metrics`` is ``metrics``, its
+    ``collectives`` is ``collectives``: the data-parallel reductions, local by default). A term that
     raises, or returns anything but a 0-dimensional floating-point tensor, stops the step
     with a :class:`~sae_lens_ext.plugins.PluginError` naming the term and its plugin (an
     error class of the core itself, such as a window check's ``BatchLayoutError``, which
@@ -207,6 +272,7 @@ def evaluate_loss_terms(
         options=options,
         metrics=metrics,
         is_logging_step=logged,
+        collectives=collectives or LOCAL_COLLECTIVES,
     )
     losses = {}
     for spec, term in terms:

@@ -456,7 +456,8 @@ def loss_terms() -> dict[str, LossTerm]:
 
 
 def register_with_sae_lens() -> None:
-    """Add every plugin architecture to ``sae_lens.registry``; safe to call repeatedly.
+    """Add every plugin architecture, and the loss-term twin of every training architecture
+    (:mod:`sae_lens_ext.twins`), to ``sae_lens.registry``; safe to call repeatedly.
     SAE-Lens's own architectures are never replaced: a plugin architecture of the same
     name is skipped, named once."""
     from sae_lens.registry import (
@@ -485,6 +486,11 @@ def register_with_sae_lens() -> None:
                 f"sae-lens-ext: {owner.label()}: architecture {name!r} skipped: "
                 f"{' '.join(str(exc).split())}"
             )
+    # every training architecture without loss terms gets its loss-term twin (after the
+    # plugins' own, so that a plugin built on an upstream class gets one too)
+    from sae_lens_ext.twins import register_twins
+
+    register_twins()
 
 
 def _register_once(

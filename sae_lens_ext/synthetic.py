@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from typing_extensions import override
 
 from sae_lens_ext.metrics import EvalData
 
@@ -143,6 +144,7 @@ class SyntheticModelData(DemoData):
         model.feature_dict.eval()
         return cls(model)
 
+    @override
     def training_batches(self, batch_size: int, window: int, seed: int) -> Iterator[torch.Tensor]:
         from sae_lens.synthetic.training import SyntheticActivationIterator
 
@@ -150,6 +152,7 @@ class SyntheticModelData(DemoData):
             self.model.feature_dict, self.model.activation_generator, batch_size=batch_size
         )
 
+    @override
     @torch.no_grad()
     def eval_data(self, n_samples: int, seed: int) -> EvalData:
         torch.manual_seed(seed)
@@ -161,9 +164,11 @@ class SyntheticModelData(DemoData):
             description=self.description,
         )
 
+    @override
     def save_files(self, folder: Path) -> None:
         self.model.save(folder / "synthetic_model")
 
+    @override
     @classmethod
     def load_files(cls, folder: Path) -> SyntheticModelData:
         from sae_lens.synthetic import SyntheticModel

@@ -14,6 +14,18 @@ from tests.helpers import lm_runner_args, run_cli_commands, run_module, run_pyth
 
 pytestmark = pytest.mark.e2e
 
+#: Four steps of upstream's unchanged SAETrainer on 64 random rows of width 8, with a
+#: dead-latent window of 2 steps (inserted into the subprocess code below as `{FIT_FOUR_STEPS}`).
+FIT_FOUR_STEPS = """data = iter(lambda: torch.randn(64, 8), None)
+trainer_cfg = SAETrainerConfig(
+    n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False, total_training_samples=4 * 64,
+    device='cpu', autocast=False, lr=1e-3, lr_end=1e-3, lr_scheduler_name='constant', lr_warm_up_steps=0,
+    adam_beta1=0.9, adam_beta2=0.999, lr_decay_steps=0, n_restart_cycles=1, train_batch_size_samples=64,
+    dead_feature_window=2, feature_sampling_window=1000, logger=LoggingConfig(log_to_wandb=False),
+)
+trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=data)
+trainer.fit()"""
+
 
 def test_registry_and_disk_round_trip(plugin_site, tmp_path):
     out = run_python(
@@ -97,15 +109,7 @@ torch.manual_seed(0)
 sae = ToyReluTrainingSAE(ToyReluTrainingSAEConfig(d_in=8, d_sae=32, resample_dead_every=4))
 with torch.no_grad():
     sae.b_enc[:5] = -1e4          # latents 0..4 can never fire
-data = iter(lambda: torch.randn(64, 8), None)
-cfg = SAETrainerConfig(
-    n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False, total_training_samples=4 * 64,
-    device='cpu', autocast=False, lr=1e-3, lr_end=1e-3, lr_scheduler_name='constant', lr_warm_up_steps=0,
-    adam_beta1=0.9, adam_beta2=0.999, lr_decay_steps=0, n_restart_cycles=1, train_batch_size_samples=64,
-    dead_feature_window=2, feature_sampling_window=1000, logger=LoggingConfig(log_to_wandb=False),
-)
-trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=data)
-trainer.fit()
+{FIT_FOUR_STEPS}
 expected = torch.zeros(8); expected[0] = 3.0
 assert sae.n_resampled == 5, sae.n_resampled
 assert torch.equal(sae.W_dec[:5], expected.repeat(5, 1))
@@ -114,7 +118,7 @@ assert torch.all(state['exp_avg'][:5] == 0) and torch.all(state['exp_avg_sq'][:5
 assert state['exp_avg'][5:].abs().sum() > 0
 assert torch.all(trainer.optimizer.state[sae.b_enc]['exp_avg'][:5] == 0)
 print('ok')
-""",
+""".replace("{FIT_FOUR_STEPS}", FIT_FOUR_STEPS),
         env=plugin_site.env("toy"),
     )
     assert out.stdout.strip() == "ok"
@@ -305,3 +309,65 @@ print(logged)
         env={**plugin_site.env("toy", "probes"), "WANDB_MODE": "disabled"},
     )
     assert out.stdout.strip() == "{2: 2, 5: 5, 8: 8}"
+
+
+def test_the_example_architecture_resamples_folds_and_takes_its_term(plugin_site, tmp_path):
+    """plugins/example-threshold-topk (docs/writing-a-plugin.md) under upstream's unchanged
+    SAETrainer: its resampler rewrites dead latents' rows, threshold included, with fresh
+    optimizer moments; its term enters the loss; the saved SAE folds exactly."""
+    out = run_python(
+        f"""
+import torch
+from sae_lens import SAE
+from sae_lens.config import SAETrainerConfig, LoggingConfig
+from sae_lens.training.sae_trainer import SAETrainer
+from sae_lens_ext_threshold_topk.sae import ThresholdTopKTrainingSAE, ThresholdTopKTrainingSAEConfig
+
+torch.manual_seed(0)
+cfg = ThresholdTopKTrainingSAEConfig(d_in=8, d_sae=32, k=4, resample_dead_every=4,
+                                     loss_terms="decoder_coactivation=0.5",
+                                     loss_term_options="coactivation_latents=16")
+sae = ThresholdTopKTrainingSAE(cfg)
+with torch.no_grad():
+    sae.b_enc[:5] = -1e4          # latents 0..4 can never fire
+    sae.threshold[:5] = 7.0
+{FIT_FOUR_STEPS}
+assert sae.n_resampled >= 5, sae.n_resampled
+assert torch.equal(sae.threshold[:5].detach(), torch.zeros(5))
+assert torch.equal(sae.b_enc[:5].detach(), torch.zeros(5))
+torch.testing.assert_close(sae.W_dec[:5].norm(dim=-1), torch.ones(5))
+state = trainer.optimizer.state[sae.threshold]
+assert torch.all(state['exp_avg'][:5] == 0) and state['exp_avg'][5:].abs().sum() > 0
+step = sae.training_forward_pass(__import__('sae_lens.saes.sae', fromlist=['x']).TrainStepInput(
+    torch.randn(64, 8), {{'l0': 0.01, 'decoder_coactivation': 0.5}}, None, 0, False))
+assert step.losses['decoder_coactivation_loss'] > 0 and 'l0_loss' in step.losses
+sae.save_inference_model({str(tmp_path)!r})
+loaded = SAE.load_from_disk({str(tmp_path)!r})
+x = torch.randn(32, 8)
+before = loaded.decode(loaded.encode(x))
+loaded.fold_W_dec_norm()
+torch.testing.assert_close(loaded.decode(loaded.encode(x)), before, rtol=1e-5, atol=1e-6)
+print(type(loaded).__name__)
+""",
+        env=plugin_site.env("threshold_topk"),
+    )
+    assert out.stdout.strip() == "ThresholdTopKSAE"
+
+
+def test_the_docs_teach_the_shipped_example_plugin():
+    """Each file block of docs/writing-a-plugin.md is the file shipped in
+    plugins/example-threshold-topk (the doc test installs and runs the blocks)."""
+    from tests.helpers import REPO
+    from tests.test_docs import blocks
+
+    shipped = REPO / "plugins" / "example-threshold-topk"
+    files = {
+        b.directive.split(" ", 1)[1].removeprefix("my-plugin/"): b.body
+        for b in blocks("docs/writing-a-plugin.md")
+        if b.directive.startswith("file my-plugin/")
+    }
+    assert sorted(files) == sorted(
+        str(p.relative_to(shipped)) for p in shipped.rglob("*") if p.suffix in (".py", ".toml")
+    )
+    for name, body in files.items():
+        assert body + "\n" == (shipped / name).read_text(), name

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from typing_extensions import override
 
 from sae_lens_ext.run.values import NotANumber, to_number
 
@@ -16,6 +17,7 @@ class IntRange(click.IntRange):
     """click's ``IntRange`` that also takes whole numbers written as Python writes floats
     (``--samples 1e6``, ``2.0e+3``); ``1.5`` is refused, not truncated."""
 
+    @override
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, (str, float)):
             try:

@@ -116,4 +116,5 @@ Data-parallel on N processes (one SAE, each process a block of every batch):
 def demo_command(**options: object) -> int:
     from sae_lens_ext.run.demo import DemoOptions, demo
 
+    # click gives each option its declared type; DemoOptions' fields are those options
     return demo(DemoOptions(**options))  # type: ignore[arg-type]

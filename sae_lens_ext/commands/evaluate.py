@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 from sae_lens_ext.commands._options import IntRange
@@ -106,7 +109,7 @@ BENCH_OPTIONS = [
 ]
 
 
-def _bench_options(f):  # type: ignore[no-untyped-def]
+def _bench_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(BENCH_OPTIONS):
         f = option(f)
     return f
@@ -139,4 +142,5 @@ def evaluate_command(
         return evaluate(path, samples=samples, seed=seed, as_json=as_json)
     from sae_lens_ext.run.evaluate_bench import BenchOptions, evaluate_bench
 
+    # click gives each option its declared type; BenchOptions' fields are those options
     return evaluate_bench(path, BenchOptions(benches=benches, samples=samples, **bench))  # type: ignore[arg-type]

@@ -99,10 +99,11 @@ def write_figures(runs: Sequence[RunResults], out: Path) -> list[Path]:
         if frequencies is None:
             print(f"skipped frequency figures of {run.name}: no {FREQUENCY_SOURCE}")
             continue
-        for name, build in (
+        builders: list[tuple[str, Callable[..., Any]]] = [
             ("feature_frequencies.png", f.build_feature_frequencies),
             ("frequency_ordering.png", f.build_frequency_ordering),
-        ):
+        ]
+        for name, build in builders:
             written.append(
                 f.save_figure(build(frequencies, run.name, FREQUENCY_SOURCE), out / run.name / name)
             )

@@ -193,7 +193,9 @@ def plan(options: DemoOptions) -> DemoPlan:
 
     from sae_lens_ext.run.lm_config import check_device
 
-    options.architecture = options.architecture or default_architecture()
+    options.architecture = route_loss_terms(
+        options.architecture or default_architecture(), options.overrides
+    )
     _, cfg_cls = training_classes(options.architecture)
     check_device("device", options.device)
     if options.threads:
@@ -221,6 +223,15 @@ def training_classes(architecture: str) -> tuple[Any, Any]:
             f"{', '.join(sorted(SAE_TRAINING_CLASS_REGISTRY))}"
         )
     return SAE_TRAINING_CLASS_REGISTRY[architecture]
+
+
+def route_loss_terms(architecture: str, overrides: tuple[str, ...]) -> str:
+    """The loss-term twin of an SAE-Lens architecture when ``--set`` gives a loss-term
+    setting it lacks (``--architecture standard --set loss_terms=t=0.1``), else itself."""
+    training_classes(architecture)  # an unknown architecture is named first
+    from sae_lens_ext.twins import route_to_twin
+
+    return route_to_twin(architecture, {item.partition("=")[0].strip() for item in overrides})
 
 
 def default_architecture() -> str:
@@ -401,7 +412,7 @@ def train_demo(
         logger=LoggingConfig(log_to_wandb=False),
         **settings,
     )
-    trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=batches)
+    trainer: SAETrainer[Any, Any] = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=batches)
     mark_layout_served(sae)
     logger = (
         RunLogger(output.log_path, samples, options.batch_size, options.log_every, options.progress)

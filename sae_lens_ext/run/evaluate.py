@@ -68,7 +68,9 @@ def _language_model(sae: Any, folder: Path, tokens: int) -> list[Metric]:
     from sae_lens_ext.run.lm import model_and_store
     from sae_lens_ext.run.report import plugin_metrics
 
-    cfg, model, store = model_and_store(read_runner_cfg(folder))
+    runner_cfg = read_runner_cfg(folder)
+    assert runner_cfg is not None  # evaluate reads LM folders only, which hold one
+    cfg, model, store = model_and_store(runner_cfg)
     sae = sae.to(cfg.device)
     batches = max(1, tokens // (cfg.store_batch_size_prompts * cfg.context_size))
     eval_cfg = EvalConfig(
@@ -88,7 +90,7 @@ def _language_model(sae: Any, folder: Path, tokens: int) -> list[Metric]:
         for category, group in values.items()
         for key, value in (group.items() if isinstance(group, dict) else [(category, group)])
     ]
-    sequences = []
+    sequences: list[torch.Tensor] = []
     with torch.no_grad():
         while sum(s.shape[0] * s.shape[1] for s in sequences) < tokens:
             acts = store.get_activations(store.get_batch_tokens())

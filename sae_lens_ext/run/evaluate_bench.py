@@ -12,11 +12,14 @@ import dataclasses
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sae_lens_ext.bench import BenchSettings
 from sae_lens_ext.errors import fail, one_line
 from sae_lens_ext.run.results import BENCH_DIR, read_runner_cfg
+
+if TYPE_CHECKING:
+    pass
 
 #: ``--bench`` given without a value, or ``--bench default``.
 DEFAULT = "default"

@@ -86,7 +86,7 @@ def bar_panel(
     width = 0.8 / len(series)
     for j, (label, values) in enumerate(series):
         offset = (j - (len(series) - 1) / 2) * width
-        legend = label if any(is_number(v) for v, _ in values) else f"{label} ({NA})"
+        legend: str | None = label if any(is_number(v) for v, _ in values) else f"{label} ({NA})"
         for i, (value, marked) in enumerate(values):
             x = i + offset
             if not is_number(value):

@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import override
+
 from sae_lens_ext.errors import fail, one_line
 from sae_lens_ext.run import lm_config as checks
 from sae_lens_ext.run.output import METRICS_FILENAME, RunOutput, write_json
@@ -207,7 +209,8 @@ def cached_activations_runner(cfg: Any) -> Any:
 
     class CachedActivationsRunner(LanguageModelSAETrainingRunner):
         def __init__(self, cfg: Any) -> None:  # no super().__init__: no model, no store
-            self.cfg, self.model, self.activations_store, self.evaluator = cfg, None, None, None
+            # no model, store or evaluator: a cached-activation run reads neither (internals.md)
+            self.cfg, self.model, self.activations_store, self.evaluator = cfg, None, None, None  # type: ignore[assignment]
             if cfg.from_pretrained_path is not None:
                 self.sae = TrainingSAE.load_from_disk(cfg.from_pretrained_path, cfg.device)
             else:
@@ -215,6 +218,7 @@ def cached_activations_runner(cfg: Any) -> Any:
                 self.sae = TrainingSAE.from_dict(sae_cfg.to_dict())
             self.sae.to(cfg.device)
 
+        @override
         def save_checkpoint(self, checkpoint_path: Path | None) -> None:
             if checkpoint_path is not None:  # the data position is in the loop's state
                 (checkpoint_path / RUNNER_CFG_FILENAME).write_text(json.dumps(self.cfg.to_dict()))
@@ -350,7 +354,8 @@ def lm_streams(runner: Any, n_streams: int) -> Any:
     window = batch_window(runner.sae.cfg)
 
     def make_stream(s: int, rows: int) -> Any:
-        shard = split_dataset_by_node(dataset, rank=s, world_size=n_streams)
+        # load_dataset(split="train") is one Dataset / IterableDataset, never a dict of splits
+        shard = split_dataset_by_node(dataset, rank=s, world_size=n_streams)  # type: ignore[type-var]
         store = ActivationsStore.from_config(runner.model, cfg, override_dataset=shard)
         store.train_batch_size_tokens = rows  # this stream's block of each batch
         return StoreStream(store, window, rows, cfg, seed=cfg.seed + s)
@@ -378,6 +383,7 @@ class StoreStream(Iterator[Any]):
             size = 1 if isinstance(cfg.prefetch_llm_batches, bool) else cfg.prefetch_llm_batches
             self.batches = PrefetchingIterator(iter(self.batches), prefetch=size)
 
+    @override
     def __next__(self) -> Any:
         return next(self.batches)
 
@@ -481,7 +487,7 @@ def _train_lm(cfg: Any, output: RunOutput, *, log_every: int, progress: str, n_s
     runner._set_sae_metadata()  # private upstream name: see docs/internals.md
     data, on_resume = training_data(runner, n_streams)
     trainer_cfg = cfg.to_sae_trainer_config()
-    trainer = SAETrainer(
+    trainer: SAETrainer[Any, Any] = SAETrainer(
         cfg=trainer_cfg,
         sae=runner.sae,
         data_provider=data,

@@ -110,6 +110,7 @@ def parse_upstream(args: list[str], config_file: str | None = None) -> Any:
 
     from sae_lens.llm_sae_training_runner import _parse_cfg_args
 
+    args = route_loss_terms(args)
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
@@ -176,9 +177,33 @@ def _parser_message(message: str, config_file: str | None) -> str:
     return f"{message} ({hint})"
 
 
+def route_loss_terms(args: list[str]) -> list[str]:
+    """``args`` training an SAE-Lens architecture's loss-term twin instead of the
+    architecture itself when they give a loss-term setting (``--loss_terms``...) that the
+    architecture lacks: ``--architecture standard --loss_terms t=0.1`` trains
+    ``standard_with_loss_terms``, which saves a ``standard`` SAE (see
+    :mod:`sae_lens_ext.twins`)."""
+    from sae_lens_ext.twins import TWIN_FIELDS, route_to_twin
+
+    given = {name for name in TWIN_FIELDS if flag_values(args, name)}
+    if not given:
+        return args
+    architecture = last_flag(args, "architecture", "standard")  # upstream's default
+    routed = route_to_twin(architecture, given)
+    if routed == architecture:
+        return args
+    print(
+        f"--architecture {architecture} with --{sorted(given)[0]}: training {routed} "
+        f"(SAE-Lens's {architecture} plus loss terms; it saves a {architecture} SAE)",
+        file=sys.stderr,
+    )
+    return [*args, "--architecture", routed]
+
+
 def print_upstream_help(args: list[str]) -> int:
     from sae_lens.llm_sae_training_runner import _parse_cfg_args
 
+    args = route_loss_terms(args)
     try:
         _parse_cfg_args([*args, "--help"])
     except SystemExit as exc:

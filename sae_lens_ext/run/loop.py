@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from typing_extensions import override
 
 from sae_lens_ext import distributed
 from sae_lens_ext.errors import TrainingInterrupted, fail
@@ -84,6 +85,7 @@ class _Interruptible(Iterator[torch.Tensor]):
     def __init__(self, data: Iterator[torch.Tensor], interrupt: InterruptFlag) -> None:
         self.data, self.interrupt = data, interrupt
 
+    @override
     def __next__(self) -> torch.Tensor:
         if self.interrupt.requested:
             raise TrainingInterrupted(0, None)
@@ -166,7 +168,7 @@ class TrainingLoop:
         self.thresholds = [t for t in self.thresholds if t >= self.trainer.n_training_samples]
         state = torch.load(checkpoint / LOOP_STATE_FILENAME, weights_only=False)
         data_state = self._rank_data_state(state, checkpoint)
-        if data_state is not None:
+        if data_state is not None:  # saved only by a source that has state_dict()
             self.data.load_state_dict(data_state)  # type: ignore[attr-defined]
         self.guard.load_state_dict(state["guard"])
         self._resume_rng = state["rng"]

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from typing_extensions import override
 
 from sae_lens_ext.errors import CliError, TrainingInterrupted, fail
 from sae_lens_ext.run.sweep import Sweep, Variant, begin_variant, interrupted, is_done
@@ -147,6 +148,7 @@ class _Slot(Iterator[torch.Tensor]):
     def __init__(self) -> None:
         self.batch: torch.Tensor | None = None
 
+    @override
     def __next__(self) -> torch.Tensor:
         batch, self.batch = self.batch, None
         if batch is None:
@@ -179,7 +181,7 @@ def build_runners(cfgs: list[Any]) -> list[Any]:
                 "dataset_path", cfg.dataset_path, exc, "--dataset_path ./data-dir --streaming False"
             ) from exc
         after = after or rng_state()
-    set_rng_state(after)
+    set_rng_state(after or before)
     for runner in runners:
         lm.check_d_in(runner)
         runner._set_sae_metadata()  # private upstream name: see docs/internals.md
@@ -267,7 +269,9 @@ def _shared_loop(runner: Any, slot: _Slot, output: Any, log_every: int, progress
         checkpoint_path=None,
         save_final_checkpoint=False,
     )
-    trainer = SAETrainer(cfg=cfg, sae=runner.sae, data_provider=slot, evaluator=runner.evaluator)
+    trainer: SAETrainer[Any, Any] = SAETrainer(
+        cfg=cfg, sae=runner.sae, data_provider=slot, evaluator=runner.evaluator
+    )
     logger = RunLogger(
         output.log_path,
         cfg.total_training_samples,

@@ -5,12 +5,12 @@ at module level). Heavy code lives in ``sae``, ``losses``, ``prefix``,
 ``metrics``, ``reorder`` and ``plots``.
 """
 
-from sae_lens_ext import hookimpl
+from sae_lens_ext.api import hookimpl
 
 
 @hookimpl
 def register_architectures(register):
-    from sae_lens_ext.architectures import Architecture
+    from sae_lens_ext.api import Architecture
     from sae_lens_ext_plugins.freq_ordered.sae import (
         ARCHITECTURE,
         FreqOrderedSAE,
@@ -33,7 +33,7 @@ def register_architectures(register):
 
 @hookimpl
 def register_loss_terms(register):
-    from sae_lens_ext.loss_terms import LossTerm
+    from sae_lens_ext.api import LossTerm
     from sae_lens_ext_plugins.freq_ordered.losses import adaptive_l1_loss, frequency_ordering_loss
     from sae_lens_ext_plugins.freq_ordered.prefix import (
         PREFIX_OPTIONS,
@@ -78,7 +78,7 @@ def demo_setup(architecture):
     a lower L1, and the ordering loss warmed up over the first quarter of the run."""
     if architecture != "freq_ordered":
         return None
-    from sae_lens_ext.synthetic import DemoSetup
+    from sae_lens_ext.api import DemoSetup
 
     return DemoSetup(
         sae_settings={"l1_coefficient": 0.4, "prefix_coefficient": 1.0},
@@ -90,7 +90,7 @@ def demo_setup(architecture):
 def evaluation_metrics(sae, data):
     """Ordering quality of any SAE: Spearman(latent index, firing frequency) and the
     explained variance of its first 10/25/50 % of latents."""
-    from sae_lens_ext.metrics import Metric
+    from sae_lens_ext.api import Metric
     from sae_lens_ext_plugins.freq_ordered.metrics import (
         ordering_spearman,
         prefix_explained_variance,

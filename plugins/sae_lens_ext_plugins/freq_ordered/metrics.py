@@ -17,7 +17,7 @@ DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 def _batches(sae: Any, activations: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
     """Row batches of ``activations`` flattened to ``(N, d_in)``, a whole number of the
     SAE's batch windows each (window architectures see consecutive positions)."""
-    from sae_lens_ext.metrics import batch_rows_for
+    from sae_lens_ext.api import batch_rows_for
 
     x = activations.reshape(-1, activations.shape[-1])
     batch_size = batch_rows_for(sae, batch_size)
@@ -126,7 +126,7 @@ def decoder_consistency(sae_a: Any, sae_b: Any, threshold: float = 0.9) -> Decod
     signed cosine, every latent counted; the smaller dictionary matched in full) as a
     :class:`DecoderConsistency`.
     """
-    from sae_lens_ext.metrics import seed_consistency
+    from sae_lens_ext.api import seed_consistency
 
     result = seed_consistency(sae_a, sae_b, threshold=threshold)
     return DecoderConsistency(

@@ -15,14 +15,14 @@ with ``loss_terms="temporal_consistency=0.1"`` and
 sae_lens are imported inside the hooks only.
 """
 
-from sae_lens_ext import hookimpl
+from sae_lens_ext.api import hookimpl
 
 ARCHITECTURE = "temporal_consistency"
 
 
 @hookimpl
 def register_architectures(register):
-    from sae_lens_ext.architectures import Architecture
+    from sae_lens_ext.api import Architecture
     from sae_lens_ext_plugins.temporal_consistency.sae import (
         TemporalConsistencySAE,
         TemporalConsistencySAEConfig,
@@ -45,7 +45,7 @@ def register_architectures(register):
 
 @hookimpl
 def register_loss_terms(register):
-    from sae_lens_ext.loss_terms import LossTerm
+    from sae_lens_ext.api import LossTerm
     from sae_lens_ext_plugins.temporal_consistency.losses import (
         temporal_batch_window,
         temporal_consistency_loss,
@@ -87,7 +87,7 @@ def demo_setup(architecture):
     persist over positions (measured settings: docs/temporal-consistency.md)."""
     if architecture != ARCHITECTURE:
         return None
-    from sae_lens_ext.synthetic import DemoSetup
+    from sae_lens_ext.api import DemoSetup
     from sae_lens_ext_plugins.temporal_consistency.demo import SequenceDemoData
 
     return DemoSetup(

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from typing_extensions import override
 
-from sae_lens_ext.loss_terms import LossContext
-from sae_lens_ext.windows import BatchLayoutError, check_step_layout
+from sae_lens_ext.api import BatchLayoutError, LossContext, check_step_layout
 
 EPS = 1e-6
 DEFAULT_WINDOW = 4
@@ -62,8 +62,9 @@ class _VariationPenalty(torch.autograd.Function):
     (:func:`_shifted_difference`): no zero-filled buffer, no read-modify-write.
     """
 
+    @override
     @staticmethod
-    def forward(ctx: Any, f: torch.Tensor, norms: torch.Tensor, window: int, stride: int):  # type: ignore[override]
+    def forward(ctx: Any, f: torch.Tensor, norms: torch.Tensor, window: int, stride: int):
         w = f.reshape(-1, window, f.shape[-1])
         diff = torch.sub(w[:, stride:], w[:, :-stride])
         per_latent = torch.linalg.vector_norm(diff, ord=1, dim=(0, 1))
@@ -72,8 +73,9 @@ class _VariationPenalty(torch.autograd.Function):
         acc = torch.promote_types(per_latent.dtype, torch.float32)  # at least float32
         return (per_latent.to(acc) * norms.to(acc)).sum() / ctx.count
 
+    @override
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad_out: torch.Tensor):
         f, norms, per_latent = ctx.saved_tensors
         window, stride = ctx.window, ctx.stride
         scale = grad_out / ctx.count

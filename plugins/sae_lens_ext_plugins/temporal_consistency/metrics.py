@@ -410,7 +410,7 @@ def inference_sae(sae: Any) -> Any:
         return sae
     state = {k: v.detach().clone() for k, v in sae.state_dict().items()}
     sae.process_state_dict_for_saving_inference(state)
-    out = SAE.from_dict(sae.cfg.get_inference_sae_cfg_dict())
+    out: SAE[Any] = SAE.from_dict(sae.cfg.get_inference_sae_cfg_dict())
     out.load_state_dict(state)
     return out.to(sae.device).eval()
 
@@ -474,7 +474,7 @@ def evaluate_on_sequences(
     flat_f = latents.reshape(-1, latents.shape[-1])
     acf = autocorrelation(latents, max_lag)
     alive = alive_latents(latents)
-    from sae_lens_ext.metrics import explained_variance
+    from sae_lens_ext.api import explained_variance
 
     out: dict[str, float] = {
         "explained_variance": explained_variance(flat_x, recon),
@@ -496,7 +496,7 @@ def sequence_metrics(sae: Any, data: Any, redundancy_threshold: float = 0.9) -> 
     """The ``evaluation_metrics`` rows of this plugin for ``data`` (an ``EvalData`` of
     sequences): mean lag-1 autocorrelation of alive latents, redundant pairs and, with
     ground truth, the lag-1 autocorrelation error of the latents matched to true features."""
-    from sae_lens_ext.metrics import Metric
+    from sae_lens_ext.api import Metric
 
     latents = encode_sequences(sae, data.activations)
     acf = autocorrelation(latents, 1)

@@ -7,12 +7,12 @@ not this project's ``temporal_contrastive`` loss term (a different, window-based
 This module stays light: torch and sae_lens are imported inside the hook only.
 """
 
-from sae_lens_ext import hookimpl
+from sae_lens_ext.api import hookimpl
 
 
 @hookimpl
 def register_architectures(register):
-    from sae_lens_ext.architectures import Architecture
+    from sae_lens_ext.api import Architecture
     from sae_lens_ext_plugins.tsae.sae import (
         ARCHITECTURE,
         TSAE,
@@ -45,7 +45,7 @@ def demo_setup(architecture):
 
     if architecture != ARCHITECTURE:
         return None
-    from sae_lens_ext.synthetic import DemoSetup
+    from sae_lens_ext.api import DemoSetup
     from sae_lens_ext_plugins.temporal_consistency.demo import SequenceDemoData
 
     return DemoSetup(

@@ -38,6 +38,7 @@ from sae_lens.saes.matryoshka_batchtopk_sae import (
 )
 from sae_lens.saes.sae import SAEConfig, TrainStepInput, TrainStepOutput
 from sae_lens.saes.topk_sae import act_times_W_dec
+from typing_extensions import override
 
 ARCHITECTURE = "tsae"
 PAIR = 2  # rows per window: positions t and t + 1
@@ -50,6 +51,7 @@ class TSAEConfig(JumpReLUSAEConfig):
 
     matryoshka_widths: list[int] = field(default_factory=list)
 
+    @override
     @classmethod
     def architecture(cls) -> str:
         return ARCHITECTURE
@@ -58,7 +60,7 @@ class TSAEConfig(JumpReLUSAEConfig):
 class TSAE(JumpReLUSAE):
     """Upstream's JumpReLU SAE (same maths); knows which latents are high-level."""
 
-    cfg: TSAEConfig  # type: ignore[assignment]
+    cfg: TSAEConfig
 
     @property
     def high_level_latents(self) -> slice:
@@ -84,12 +86,14 @@ class TSAETrainingSAEConfig(MatryoshkaBatchTopKTrainingSAEConfig):
             ``auxk_alpha = 1/32``).
     """
 
-    k: float = 20
+    # BatchTopK's k is a mean over the batch, a float, as upstream's BatchTopK config has it
+    k: float = 20  # type: ignore[assignment]
     high_level_fraction: float = 0.2
     group_weights: list[float] = field(default_factory=list)
     temporal_coefficient: float = 0.1
     aux_loss_coefficient: float = 1 / 32
 
+    @override
     def __post_init__(self) -> None:
         if not 0 < self.high_level_fraction < 1:
             raise ValueError(
@@ -117,10 +121,12 @@ class TSAETrainingSAEConfig(MatryoshkaBatchTopKTrainingSAEConfig):
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         super().__post_init__()
 
+    @override
     @classmethod
     def architecture(cls) -> str:
         return ARCHITECTURE
 
+    @override
     def get_inference_config_class(self) -> type[SAEConfig]:
         return TSAEConfig
 
@@ -152,7 +158,7 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
     firing frequencies and dead latents over the whole batch (the reference counts firing on
     positions ``t + 1`` only)."""
 
-    cfg: TSAETrainingSAEConfig  # type: ignore[assignment]
+    cfg: TSAETrainingSAEConfig
 
     def __init__(self, cfg: TSAETrainingSAEConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)
@@ -169,6 +175,7 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
             )
         return sae_in[1::PAIR], sae_in[0::PAIR]
 
+    @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         current, previous = self.split_pairs(step_input.sae_in)
         acts, hidden_pre = self.encode_with_hidden_pre(current)
@@ -196,6 +203,7 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
             metrics={"topk_threshold": self.topk_threshold},
         )
 
+    @override
     @torch.no_grad()
     def update_topk_threshold(self, acts_topk: torch.Tensor) -> None:
         """Upstream's update (EMA of the batch's smallest positive activation, unchanged when
@@ -248,10 +256,12 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
         denominator = (residual - residual.mean(0)).pow(2).sum(-1).mean()
         return (l2 / denominator).nan_to_num(0.0) * dead_neuron_mask.any()
 
+    @override
     def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
         self._loaded = True
         super().process_state_dict_for_loading(state_dict)
 
+    @override
     def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
         if self.n_trained_steps == 0 and not self._loaded:
             raise RuntimeError(

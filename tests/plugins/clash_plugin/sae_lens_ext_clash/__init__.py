@@ -2,7 +2,7 @@
 built-in freq_ordered's loss term ``frequency_ordering`` (the built-in keeps it), the probes
 plugin's ``twin`` (refused for both) and SAE-Lens's own architecture ``standard`` (kept)."""
 
-from sae_lens_ext import hookimpl
+from sae_lens_ext.api import hookimpl
 
 
 def zero(ctx):
@@ -11,7 +11,7 @@ def zero(ctx):
 
 @hookimpl
 def register_loss_terms(register):
-    from sae_lens_ext.loss_terms import LossTerm
+    from sae_lens_ext.api import LossTerm
 
     register(LossTerm("frequency_ordering", zero, description="clashes with a built-in"))
     register(LossTerm("twin", zero, description="clashes with the probes plugin"))
@@ -22,7 +22,7 @@ def register_loss_terms(register):
 def register_architectures(register):
     from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 
-    from sae_lens_ext.architectures import Architecture
+    from sae_lens_ext.api import Architecture
 
     class ClashingStandardSAE(StandardSAE):
         pass

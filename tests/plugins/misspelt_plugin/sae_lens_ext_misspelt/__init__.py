@@ -1,6 +1,6 @@
 """A third-party plugin used by the tests: ``register_loss_term`` (no s) is no hook."""
 
-from sae_lens_ext import hookimpl
+from sae_lens_ext.api import hookimpl
 
 
 @hookimpl

@@ -2,7 +2,7 @@
 error the core must trace to its plugin), a well-behaved term that logs a metric only on
 logging steps, and metric and figure hooks that fail."""
 
-from sae_lens_ext import hookimpl
+from sae_lens_ext.api import hookimpl
 
 
 def raises(ctx):
@@ -39,7 +39,7 @@ TERMS = (raises, not_finite, not_scalar, integer, logs_on_logging_steps, twin)
 
 @hookimpl
 def register_loss_terms(register):
-    from sae_lens_ext.loss_terms import LossTerm
+    from sae_lens_ext.api import LossTerm
 
     for fn in TERMS:
         register(LossTerm(fn.__name__, fn, description=(fn.__doc__ or "test-only").strip()))
