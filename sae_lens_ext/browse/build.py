@@ -46,9 +46,9 @@ class BrowseOptions:
 
 
 def parse_latents(spec: str | None, d_sae: int | None = None) -> list[int]:
-    """``0:200,512,1000:1010`` -> latent indices (Python slices, ``:`` bounds optional);
-    ``None``: the first ``DEFAULT_LATENTS``; ``all``: every latent. ``d_sae=None`` checks
-    the syntax only."""
+    """``0:200,512,1000:`` -> latent indices (``START:END`` ranges, END excluded, either
+    bound optional, and single latents); ``None``: the first ``DEFAULT_LATENTS``; ``all``:
+    every latent. ``d_sae=None`` checks the syntax only."""
     size = d_sae if d_sae is not None else 1 << 62
     if spec is None:
         return list(range(min(DEFAULT_LATENTS, size)))
@@ -56,22 +56,20 @@ def parse_latents(spec: str | None, d_sae: int | None = None) -> list[int]:
         return list(range(size)) if d_sae is not None else []
     out: list[int] = []
     for part in spec.split(","):
+        lo_text, colon, hi_text = part.partition(":")
         try:
-            if ":" in part:
-                lo, _, hi = part.partition(":")
-                chosen = range(size)[
-                    slice(int(lo) if lo.strip() else None, int(hi) if hi.strip() else None)
-                ]
-            else:
-                chosen = range(int(part), int(part) + 1)
+            lo = int(lo_text) if lo_text.strip() else 0
+            hi = (int(hi_text) if hi_text.strip() else size) if colon else lo + 1
         except ValueError as exc:
             raise fail(
                 f"--latents {spec}: expected latents as START:END or numbers, comma-separated "
                 "(e.g. 0:200,512), or 'all'"
             ) from exc
-        if d_sae is not None and (not chosen or chosen[-1] >= d_sae or chosen[0] < 0):
+        if lo < 0 or hi <= lo:
+            raise fail(f"--latents {spec}: {part.strip()} selects no latent")
+        if hi > size:
             raise fail(f"--latents {spec}: {part.strip()} is outside the SAE's {d_sae} latents")
-        out += list(chosen) if d_sae is not None else []
+        out += list(range(lo, hi)) if d_sae is not None else []
     return list(dict.fromkeys(out))
 
 
@@ -215,6 +213,7 @@ def finish(collector: Any, source: Any, latents: list[int], sample: Any) -> Any:
         sae=source.sae,
         latents=latents,
         d_sae=len(frequencies),
+        context_size=source.context_size,
         n_tokens=n_tokens,
         n_contexts=collector.n_contexts,
         frequencies=frequencies,
@@ -283,9 +282,11 @@ def browse(target: str, options: BrowseOptions) -> int:
     with TokenProgress(options.tokens, options.progress) as progress:
         data = read(source, latents, options, progress)
     written = write(folder, source, data, options)
+    read_tokens = data.n_contexts * source.context_size
+    ended = " (the dataset ended)" if read_tokens < options.tokens else ""
     print(
-        f"Browser of {len(latents):,} latents of {source.name} ({data.n_tokens:,} tokens read) "
-        f"written to {folder}: open {folder / 'index.html'}"
+        f"Browser of {len(latents):,} latents of {source.name} written to {folder} "
+        f"({read_tokens:,} tokens read{ended}): open {folder / 'index.html'}"
     )
     for path in written:
         print(f"Exported {path}")

@@ -32,8 +32,8 @@ DEFAULT_BEFORE = 36
 #: (values outside fall into the end bins).
 HIST_BINS = 256
 HIST_LOG10 = (-4.0, 4.0)
-#: Elements of one batch of latent activations ``(B, T, d_sae)`` (float32: 256 MiB).
-BATCH_ELEMENTS = 1 << 26
+#: Elements of one batch of latent activations ``(B, T, d_sae)`` (float32: 128 MiB).
+BATCH_ELEMENTS = 1 << 25
 
 
 def batch_contexts(context_size: int, d_sae: int, limit: int = 32) -> int:

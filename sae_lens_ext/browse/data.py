@@ -73,8 +73,9 @@ class BrowserData:
     Attributes:
         latents: the browsed latents, in the order of the index.
         d_sae: the SAE's number of latents.
-        n_tokens: tokens read (special tokens, which are left out, not counted).
-        n_contexts: contexts read.
+        context_size: positions per context.
+        n_tokens: tokens counted: those read, less the special tokens left out.
+        n_contexts: contexts read (``n_contexts * context_size`` tokens).
         frequencies: ``(d_sae,)`` float64 share of tokens on which each latent is non-zero.
         ranks: ``(d_sae,)`` rank of each latent by frequency (1: the most frequent).
         max_values: ``(d_sae,)`` highest activation of each latent.
@@ -91,6 +92,7 @@ class BrowserData:
     sae: Any
     latents: list[int]
     d_sae: int
+    context_size: int
     n_tokens: int
     n_contexts: int
     frequencies: torch.Tensor

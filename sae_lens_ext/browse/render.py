@@ -226,7 +226,12 @@ def index_page(
     sae_name: str,
 ) -> str:
     dead = int((data.frequencies == 0).sum())
-    facts = {**facts, "tokens read": f"{data.n_tokens:,} ({data.n_contexts:,} contexts)"}
+    read = data.n_contexts * data.context_size
+    facts = {
+        **facts,
+        "tokens read": f"{read:,} in {data.n_contexts:,} contexts",
+        "counted": f"{data.n_tokens:,} (BOS, EOS and padding left out)",
+    }
     facts["never fired"] = f"{dead:,} of {data.d_sae:,} latents"
     facts["browsed"] = f"{len(data.latents):,} latents"
     stats = "".join(

@@ -71,7 +71,7 @@ def load_target(target: str, device: str) -> tuple[Any, str, Path | None]:
             )
         return load_saved_sae(folder).to(device), folder.resolve().name, folder
     release, _, sae_id = target.partition("/")
-    if not sae_id or folder.suffix or target.startswith((".", "/", "~")):
+    if not release or not sae_id or target.startswith((".", "/", "~")):
         raise fail(
             f"RUN {target}: no such folder; give a run folder (`sae-lens train` output) or a "
             "Hub SAE as RELEASE/SAE_ID (e.g. gpt2-small-res-jb/blocks.8.hook_resid_pre)"
@@ -119,7 +119,13 @@ def run_settings(sae: Any, folder: Path | None, given: dict[str, Any]) -> dict[s
         raise fail("the SAE's cfg.json names no hook_name: it cannot be read from a model")
     if not settings.get("context_size"):
         raise fail("the SAE's cfg.json names no context_size; give --context-size")
-    if "dataset_path" in given or settings.get("streaming") is None:
+    from sae_lens_ext.run.lm_config import looks_local
+
+    for key, flag in (("model_name", "--model-name"), ("dataset_path", "--dataset")):
+        value = str(settings[key])
+        if looks_local(value) and not Path(value).expanduser().exists():
+            raise fail(f"{flag} {value}: no such file or folder")
+    if given.get("dataset_path") is not None or settings.get("streaming") is None:
         settings["streaming"] = True  # reads only what it needs, local files or the Hub
     return settings
 
