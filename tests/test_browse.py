@@ -350,12 +350,17 @@ def test_refusals_are_one_line_and_leave_nothing(upstream_run: Path, tmp_path: P
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
+    several = tmp_path / "multi"  # SAE-Lens's multi-SAE runner: one SAE per subfolder
+    for name in ("a", "b"):
+        (several / name).mkdir(parents=True)
+        (several / name / "cfg.json").write_text("{}")
     run = str(upstream_run)
     commands = {
         "browse gpt2-small-res-jb/blocks.0.hook_resid_pre": "the Hugging Face Hub cannot be reached",
         "browse no-such-release/some-id": "not a folder, nor a Hub SAE",
         "browse ./no-such-folder": "no such folder",
         f"browse {demo}": "trained on synthetic data",
+        f"browse {several}": f"holds 2 SAEs (a, b); browse one of them, e.g. {several / 'a'}",
         f"browse {run} -o {done}": "already holds a browser; pass --overwrite",
         f"browse {run} -o {other}": "holds other files",
         f"browse {run} --latents 3-4": "--latents 3-4: expected latents as START:END",

@@ -69,6 +69,13 @@ def load_target(target: str, device: str) -> tuple[Any, str, Path | None]:
                 f"RUN {target} is an SAE trained on synthetic data (`sae-lens demo`): there "
                 "are no tokens to show; browse an SAE of a language model"
             )
+        inside = sorted(p.name for p in folder.iterdir() if (p / "cfg.json").is_file())
+        if not (folder / "cfg.json").is_file() and inside:
+            raise fail(
+                f"RUN {target} holds {len(inside)} SAEs ({', '.join(inside[:5])}"
+                f"{', ...' if len(inside) > 5 else ''}); browse one of them, e.g. "
+                f"{folder / inside[0]}"
+            )
         return load_saved_sae(folder).to(device), folder.resolve().name, folder
     release, _, sae_id = target.partition("/")
     if not release or not sae_id or target.startswith((".", "/", "~")):
