@@ -283,7 +283,7 @@ def browse(target: str, options: BrowseOptions) -> int:
         data = read(source, latents, options, progress)
     written = write(folder, source, data, options)
     read_tokens = data.n_contexts * source.context_size
-    ended = " (the dataset ended)" if read_tokens < options.tokens else ""
+    ended = "; the dataset ended" if read_tokens < options.tokens else ""
     print(
         f"Browser of {len(latents):,} latents of {source.name} written to {folder} "
         f"({read_tokens:,} tokens read{ended}): open {folder / 'index.html'}"
