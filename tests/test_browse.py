@@ -251,13 +251,38 @@ def test_statistics_are_those_of_whole_contexts(architecture: str, tiny_lm: Tiny
     assert torch.allclose(data.contexts.acts[3, 0], window, rtol=1e-4, atol=1e-4 * scale)
 
 
-def metadata(tiny: TinyLM):
+@pytest.mark.e2e
+def test_a_hook_outside_the_residual_stream(tiny_lm: TinyLM, tmp_path: Path):
+    """An SAE on a Hugging Face module TransformerLens does not name (``transformer.h.0.mlp``)
+    is read through SAE-Lens's ``load_model``; its page says why no promoted tokens."""
+    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+
+    from sae_lens_ext.browse.build import BrowseOptions, TokenProgress, read, write
+    from sae_lens_ext.browse.source import open_source
+
+    cfg = StandardSAEConfig(
+        d_in=tiny_lm.d_in, d_sae=16, dtype="float32", device="cpu",
+        metadata=metadata(tiny_lm, "transformer.h.0.mlp"),
+    )  # fmt: skip
+    torch.manual_seed(0)
+    StandardSAE(cfg).save_model(str(tmp_path / "mlp"))
+    source = open_source(str(tmp_path / "mlp"), {}, "cpu", "float32")
+    assert source.hook_name == "transformer.h.0.mlp"
+    assert "not the output of one of the model's decoder layers" in source.no_unembedding
+    options = BrowseOptions(tokens=512)
+    data = read(source, list(range(16)), options, TokenProgress(512, "none"))
+    write(tmp_path / "browser", source, data, options)
+    page = (tmp_path / "browser" / "latents" / "0.html").read_text()
+    assert 'Promoted tokens</h2><p class="note">Not shown: hook transformer.h.0.mlp' in page
+
+
+def metadata(tiny: TinyLM, hook_name: str | None = None):
     from sae_lens.saes.sae import SAEMetadata
 
     return SAEMetadata(
         model_name=str(tiny.model_dir),
         model_class_name="AutoModelForCausalLM",
-        hook_name=tiny.hook_name,
+        hook_name=hook_name or tiny.hook_name,
         dataset_path=str(tiny.dataset_dir),
         context_size=tiny.context_size,
         prepend_bos=True,

@@ -159,7 +159,13 @@ def load_model(settings: dict[str, Any], device: str, dtype: str) -> tuple[Any, 
             "connect to the Hugging Face Hub, or give --model-name DIR (a save_pretrained folder)"
         ) from exc
     except ValueError as exc:  # a module with no TransformerLens equivalent
-        return _upstream_model(settings, name, device), hook, one_line(exc)
+        why = (
+            f"hook {hook} is not the output of one of the model's decoder layers, the only "
+            "Hugging Face modules read at a TransformerLens hook (blocks.L.hook_resid_post)"
+            if "decoder layers" in str(exc)
+            else f"TransformerLens' copy of the model differs from it at {hook}"
+        )
+        return _upstream_model(settings, name, device), hook, f"{why}; no unembedding at hand"
     reason = None
     if settings.get("hook_head_index") is not None or not RESIDUAL_HOOK.match(tl_hook):
         reason = (
