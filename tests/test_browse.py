@@ -113,6 +113,18 @@ def test_latent_specs():
             parse_latents(bad, 10)
 
 
+def test_relative_paths_a_run_recorded_are_found_from_anywhere(tmp_path: Path, monkeypatch):
+    from sae_lens_ext.browse.source import _recorded_path
+
+    run = tmp_path / "project" / "runs" / "one"
+    run.mkdir(parents=True)
+    (tmp_path / "project" / "my-text").mkdir()
+    monkeypatch.chdir(run)  # not where the run was started
+    assert _recorded_path("my-text", run) == str(tmp_path / "project" / "my-text")
+    assert _recorded_path("someone/some-dataset", run) == "someone/some-dataset"  # a Hub id
+    assert _recorded_path("my-text", None) == "my-text"
+
+
 def test_tokens_and_plugin_text_are_escaped():
     from sae_lens_ext.browse.data import Context
     from sae_lens_ext.browse.render import HIGHLIGHT, context_html, highlight

@@ -130,11 +130,25 @@ def run_settings(sae: Any, folder: Path | None, given: dict[str, Any]) -> dict[s
 
     for key, flag in (("model_name", "--model-name"), ("dataset_path", "--dataset")):
         value = str(settings[key])
+        if key not in given or given[key] is None:
+            value = settings[key] = _recorded_path(value, folder)
         if looks_local(value) and not Path(value).expanduser().exists():
             raise fail(f"{flag} {value}: no such file or folder")
     if given.get("dataset_path") is not None or settings.get("streaming") is None:
         settings["streaming"] = True  # reads only what it needs, local files or the Hub
     return settings
+
+
+def _recorded_path(value: str, folder: Path | None) -> str:
+    """A relative model or data path the run recorded, found from here or, when the command
+    runs elsewhere, from the folder the run was started in (an ancestor of the run folder)."""
+    path = Path(value).expanduser()
+    if folder is None or path.is_absolute() or path.exists():
+        return value
+    for base in folder.resolve().parents:
+        if (base / path).exists():
+            return str(base / path)
+    return value
 
 
 def load_model(settings: dict[str, Any], device: str, dtype: str) -> tuple[Any, str, str | None]:
