@@ -22,7 +22,7 @@ CURVE_TOKENS = 8192
 def prefix_curve_panel(sae: Any, data: BrowserData) -> Panel:
     """The prefix-EV curve and Spearman(latent index, frequency), as one panel."""
     sample = data.sample.activations
-    sample = sample[: max(1, CURVE_TOKENS // sample.shape[1])]
+    sample = sample[: max(1, CURVE_TOKENS // sample.shape[1])].to(sae.device, sae.dtype)
     d_sae = data.d_sae
     fractions = [f for f in PREFIX_FRACTIONS if round(f * d_sae) >= 1]
     ev = prefix_explained_variance(sae, sample, fractions)
