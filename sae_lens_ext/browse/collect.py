@@ -174,18 +174,19 @@ class LatentCollector:
         top = self.top
         values, order = torch.cat([top.max_values, best.T], 1).topk(self.k, dim=1)
 
-        def keep(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        def keep(old: torch.Tensor, new: torch.Tensor) -> None:
+            """The kept rows of ``old`` and ``new``, written into ``old`` (no new state)."""
             both = torch.cat([old, new], 1)
             index = order.view(*order.shape, *([1] * (both.dim() - 2))).expand(
                 -1, -1, *both.shape[2:]
             )
-            return both.gather(1, index)
+            torch.gather(both, 1, index, out=old)
 
-        top.acts = keep(top.acts, windows)
-        top.tokens = keep(top.tokens, window_tokens)
-        top.context = keep(top.context, ids.unsqueeze(0).expand(n, B))
-        top.start = keep(top.start, start.T)
-        top.max_values = values
+        keep(top.acts, windows)
+        keep(top.tokens, window_tokens)
+        keep(top.context, ids.unsqueeze(0).expand(n, B))
+        keep(top.start, start.T)
+        top.max_values.copy_(values)
 
     def histogram_edges(self) -> torch.Tensor:
         """``(HIST_BINS + 1,)`` bin edges of :attr:`hist` (activation values)."""
