@@ -27,6 +27,8 @@ Groups:
 - evaluation and figures: :class:`Metric`, :class:`EvalData`, :func:`explained_variance`,
   :func:`seed_consistency`, :func:`encode_batches`, :func:`batch_rows_for`,
   :func:`pyplot`, :func:`save_figure`;
+- ``sae-lens browse`` panels: :class:`BrowserData`, :class:`Panel`, :func:`svg_bar_chart`,
+  :func:`svg_line_chart`;
 - ``sae-lens demo``: :class:`DemoSetup`, :class:`DemoData`, :class:`DemoDataOptions`;
 - windows of consecutive positions: :func:`batch_window`, :func:`shared_window`,
   :func:`validate_window_layout`, :func:`check_step_layout`, :func:`mark_layout_served`,
@@ -50,6 +52,9 @@ from sae_lens_ext.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from sae_lens_ext.architectures import Architecture
+    from sae_lens_ext.browse.data import BrowserData, Panel
+    from sae_lens_ext.browse.svg import bar_chart as svg_bar_chart
+    from sae_lens_ext.browse.svg import line_chart as svg_line_chart
     from sae_lens_ext.hooked import (
         load_hooked_sae_transformer,
         splice_sae,
@@ -122,6 +127,10 @@ if TYPE_CHECKING:
 #: Public name -> (private module, name there). Loaded on first access.
 _LAZY: dict[str, tuple[str, str]] = {
     "Architecture": ("sae_lens_ext.architectures", "Architecture"),
+    "BrowserData": ("sae_lens_ext.browse.data", "BrowserData"),
+    "Panel": ("sae_lens_ext.browse.data", "Panel"),
+    "svg_bar_chart": ("sae_lens_ext.browse.svg", "bar_chart"),
+    "svg_line_chart": ("sae_lens_ext.browse.svg", "line_chart"),
     "DeclaresLatentParameters": ("sae_lens_ext.latents", "DeclaresLatentParameters"),
     "LatentAxis": ("sae_lens_ext.latents", "LatentAxis"),
     "LatentTableError": ("sae_lens_ext.latents", "LatentTableError"),
@@ -186,6 +195,7 @@ __all__ = [
     "BatchCollectives",
     "BatchLayoutError",
     "BatchWindowConfig",
+    "BrowserData",
     "DeclaresLatentParameters",
     "DemoData",
     "DemoDataOptions",
@@ -201,6 +211,7 @@ __all__ = [
     "LossTermTrainingSAEConfig",
     "LossTermsMixin",
     "Metric",
+    "Panel",
     "PluginError",
     "PluginSAE",
     "PluginWarning",
@@ -233,6 +244,8 @@ __all__ = [
     "set_logging_step",
     "shared_window",
     "splice_sae",
+    "svg_bar_chart",
+    "svg_line_chart",
     "term_option",
     "transformer_lens_hook_name",
     "twin_name",

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import click
 
     from sae_lens_ext.architectures import Architecture
+    from sae_lens_ext.browse.data import BrowserData, Panel
     from sae_lens_ext.loss_terms import LossTerm
     from sae_lens_ext.metrics import EvalData, Metric
     from sae_lens_ext.resampling import ResampleRequest, ResampleResult
@@ -110,3 +111,15 @@ def evaluation_metrics(sae: Any, data: EvalData) -> list[Metric] | None:
 @hookspec
 def run_figures(sae: Any, data: EvalData, folder: Path) -> list[Path] | None:
     """Write this plugin's figures of ``sae`` on ``data`` into ``folder``; return their paths."""
+
+
+@hookspec
+def browser_panels(sae: Any, data: BrowserData) -> list[Panel] | None:
+    """Panels this plugin adds to ``sae-lens browse`` for ``sae`` (any SAE-Lens SAE).
+
+    ``data`` (:class:`~sae_lens_ext.browse.data.BrowserData`) holds what the browser shows:
+    the browsed latents, frequencies, top contexts, histograms, and a sample of the input
+    activations as whole contexts. Return :class:`~sae_lens_ext.browse.data.Panel` objects
+    (an HTML/SVG fragment each; ``latent=None`` puts one beside the index, ``latent=i`` on
+    latent ``i``'s card), or ``None`` when nothing applies.
+    """

@@ -121,3 +121,11 @@ def run_figures(sae, data, folder):
     from sae_lens_ext_plugins.freq_ordered.plots import plot_frequencies
 
     return plot_frequencies(data.firing_frequencies(sae), folder)
+
+
+@hookimpl
+def browser_panels(sae, data):
+    """For any SAE in ``sae-lens browse``: the prefix-EV curve beside the index."""
+    from sae_lens_ext_plugins.freq_ordered.browse import prefix_curve_panel
+
+    return [prefix_curve_panel(sae, data)]

@@ -107,3 +107,12 @@ def evaluation_metrics(sae, data):
     from sae_lens_ext_plugins.temporal_consistency.metrics import sequence_metrics
 
     return sequence_metrics(sae, data)
+
+
+@hookimpl
+def browser_panels(sae, data):
+    """For any SAE in ``sae-lens browse``: each latent's activation across the positions of
+    its top contexts and its lag-1 autocorrelation; their distribution beside the index."""
+    from sae_lens_ext_plugins.temporal_consistency.browse import temporal_panels
+
+    return temporal_panels(sae, data)

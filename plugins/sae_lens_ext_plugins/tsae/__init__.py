@@ -60,3 +60,17 @@ def demo_setup(architecture):
             "not the temporal term. See docs/tsae.md#the-demo."
         ),
     )
+
+
+@hookimpl
+def browser_panels(sae, data):
+    """For tsae SAEs: each latent's Matryoshka group, and each group's lag-1
+    autocorrelation beside the index (the across-positions panel of any SAE is the
+    temporal_consistency plugin's)."""
+    from sae_lens_ext_plugins.tsae.sae import ARCHITECTURE
+
+    if sae.cfg.architecture() != ARCHITECTURE:
+        return None
+    from sae_lens_ext_plugins.tsae.browse import group_panels
+
+    return group_panels(sae, data)
