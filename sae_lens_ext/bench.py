@@ -38,6 +38,7 @@ import json
 import os
 import random
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -220,6 +221,7 @@ def run_bench(
     *,
     name: str | None = None,
     extra_metrics: ExtraMetrics | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Path]:
     """Run SAE-Bench's ``benches`` on one SAE; return each result file by bench.
 
@@ -237,6 +239,8 @@ def run_bench(
             returns is written beside SAE-Bench's results, to
             ``output_dir/sae_lens_ext/<release>_<sae_id>_eval_results.json``
             (key ``sae_lens_ext`` of the returned dict).
+        progress: called with a line when each bench (and ``extra_metrics``) starts and
+            ends; core also shows SAE-Bench's own batch bars (its ``verbose``).
 
     The SAE is moved to the evaluation device and dtype (as SAE-Bench's ``run_eval``
     does); its cfg is left as it was.
@@ -248,11 +252,17 @@ def run_bench(
         prepared_run(sae, settings, output_dir, name=name, benches=benches) as run,
         _grad_mode_restored(),
     ):
-        for bench in benches:
-            with _tokenizer_restored(run.model.tokenizer):  # sae-probes changes its sides
-                paths[bench] = RUNNERS[bench](run)
-        if extra_metrics is not None:
-            paths["sae_lens_ext"] = write_extra_results(run, extra_metrics(run))
+        say = progress or (lambda line: None)
+        steps = [*benches, *(["sae_lens_ext"] if extra_metrics is not None else [])]
+        for i, bench in enumerate(steps, 1):
+            say(f"[{i}/{len(steps)}] {bench}: running")
+            t0 = time.perf_counter()
+            if bench == "sae_lens_ext":
+                paths[bench] = write_extra_results(run, extra_metrics(run))  # type: ignore[misc]
+            else:
+                with _tokenizer_restored(run.model.tokenizer):  # sae-probes changes its sides
+                    paths[bench] = RUNNERS[bench](run)
+            say(f"[{i}/{len(steps)}] {bench}: done in {time.perf_counter() - t0:.0f}s")
     return paths
 
 
@@ -706,6 +716,7 @@ def _run_core(run: BenchRun) -> Path:
         batch_size_prompts=s.batch_size_prompts,
         dataset=s.dataset,
         context_size=s.context_size,
+        verbose=True,  # SAE-Bench's batch bars: core runs minutes on a real model
         **CORE_METRICS,
     )
     with _dataset_errors("core", [cfg.dataset]):

@@ -15,7 +15,7 @@ def demo_defaults() -> dict[str, Any]:
     return {p.name: p.default for p in demo_command.params if p.name}
 
 
-def demo_options(variant: Variant, log_every: int, progress: str) -> Any:
+def demo_options(variant: Variant, log_every: int | None, progress: str) -> Any:
     """The variant's :class:`~sae_lens_ext.run.demo.DemoOptions`: demo options by name, every
     other setting as ``--set FIELD=VALUE``."""
     import json
@@ -42,7 +42,7 @@ def demo_options(variant: Variant, log_every: int, progress: str) -> Any:
     return DemoOptions(**{k: values[k] for k in DemoOptions.__dataclass_fields__})
 
 
-def plan_demo(sweep: Sweep, log_every: int, progress: str) -> dict[str, Any]:
+def plan_demo(sweep: Sweep, log_every: int | None, progress: str) -> dict[str, Any]:
     """Every variant's options, checked (architecture, config fields, sizes) before any runs."""
     from sae_lens_ext.run.demo import plan
 
