@@ -1,7 +1,7 @@
 """``sae-lens train`` on the tiny local model, for every registered architecture: a run
 interrupted with a real SIGINT and resumed with ``--resume`` ends with the same SAE, byte
-for byte, as the same run uninterrupted (the docs' flags, resampling and the periodic sort
-included).
+for byte, as the same run uninterrupted (the docs' flags; resampling, the periodic sort
+and freq_ordered's prefix mode, which draws from the global generator, included).
 
 Every run goes through ``sae-lens``'s entry point (``cli.main``) in one fresh interpreter,
 so SAE-Lens is imported once: a watcher thread sends the process SIGINT once the run's
@@ -25,7 +25,8 @@ LOG_EVERY = 4
 #: Settings an architecture cannot train without.
 REQUIRED = {"matryoshka_batchtopk": ["--matryoshka_widths", "32", "128"]}
 #: Variants besides the plain run of each architecture: resampling (a wider, sparser SAE,
-#: so that latents die within the run) and the periodic sort, as often as the run allows.
+#: so that latents die within the run), the periodic sort as often as the run allows, and
+#: prefix mode (random prefix lengths each step).
 VARIANTS = {
     "freq_ordered-resample": [
         "--architecture", "freq_ordered", "--d_sae", "512", "--l1_coefficient", "5",
@@ -33,6 +34,7 @@ VARIANTS = {
         "--dead_feature_window", "6",
     ],
     "freq_ordered-sort": ["--architecture", "freq_ordered", "--sort_latents_every", "5"],
+    "freq_ordered-prefix": ["--architecture", "freq_ordered", "--prefix_coefficient", "1"],
 }  # fmt: skip
 
 DRIVER = r"""
