@@ -50,6 +50,7 @@ NO_SORT = ["--sort_latents_every", "0"]  # (with sorting, freq_ordered resamples
 CONFIGS = {
     "standard": ("standard, lr 3e-4", ["--architecture", "standard"]),
     "standard-lr": ("standard, lr 3e-3", ["--architecture", "standard", "--lr", "3e-3"]),
+    "standard-long": ("standard, lr 3e-4, 192 steps", ["--architecture", "standard", *LONG]),
     "standard-lr-long": (
         "standard, lr 3e-3, 192 steps",
         ["--architecture", "standard", "--lr", "3e-3", *LONG],

@@ -135,7 +135,9 @@ def test_train_records_absolute_paths_and_evaluates_after_a_move(folders: dict) 
     assert runner["dataset_path"] == str(folders["work"] / OWT)
     metadata = json.loads((ours / "cfg.json").read_text())["metadata"]
     assert metadata["model_name"] == runner["model_name"]
-    _ok(folders["ours"])  # from another directory, after the folder moved
+    said = _ok(folders["ours"])  # from another directory, after the folder moved
+    assert "SAE-Lens's run_evals: " in said and "Reconstruction Batches" in said  # progress
+    assert "the plugins' metrics: reading 1,024 tokens of whole sequences" in said
     evaluated = json.loads((ours / "evaluation.json").read_text())
     assert math.isfinite(evaluated["kl_div_score"]) and evaluated["l0"] > 0
 
@@ -148,7 +150,8 @@ def test_evaluate_names_what_a_folder_recorded_and_takes_replacements(folders: d
     evaluated = json.loads((folders["work"] / "up-llm" / "evaluation.json").read_text())
     assert math.isfinite(evaluated["ce_loss_score"])
     assert "--model_name ./model, which is not here" in _error(folders["bench recorded"])
-    _ok(folders["bench given"])
+    said = _ok(folders["bench given"])
+    assert "[1/2] core: running" in said and "[2/2] sae_lens_ext: done in" in said
     core = next((folders["work"] / "up-llm" / "eval_results" / "core").glob("*.json"))
     assert json.loads(core.read_text())["eval_result_metrics"]["model_performance_preservation"]
 
