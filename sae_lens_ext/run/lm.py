@@ -448,9 +448,7 @@ def _train_lm(
         reconstruction_warning,
         seed_everything,
     )
-    from sae_lens_ext.run.output import read_log
     from sae_lens_ext.run.progress import default_log_every
-    from sae_lens_ext.run.report import PLOTS_DIR, write_plots
 
     t0 = time.perf_counter()
     seed_everything(cfg.seed)  # upstream's runner never uses cfg.seed
@@ -484,24 +482,28 @@ def _train_lm(
             if not distributed.is_main():
                 return 0  # rank 0 writes the SAE
             metrics = run_summary(cfg, loop, t0, n_streams)
-            with output.staging() as tmp:
-                runner.save_final_sae(
-                    sae, str(tmp), log_feature_sparsity=trainer.log_feature_sparsity
-                )
-                write_json(tmp / METRICS_FILENAME, metrics)
-                with getattr(data, "paused", contextlib.nullcontext)():  # a prefetcher
-                    write_plots(
-                        tmp / PLOTS_DIR,
-                        cfg.sae.architecture(),
-                        read_log(output.log_path),
-                        sae,
-                        figure_data(runner),
-                    )
+            with getattr(data, "paused", contextlib.nullcontext)():  # a prefetcher
+                save_run(runner, sae, trainer, output, metrics)
     finally:
         if hasattr(data, "close"):
             data.close()
     print_summary(output.folder, metrics, reconstruction_warning(loop.last_record))
     return 0
+
+
+def save_run(
+    runner: Any, sae: Any, trainer: Any, output: RunOutput, metrics: dict[str, Any]
+) -> None:
+    """The run's folder, staged (``cfg.json`` moved in last): upstream's final save (SAE,
+    sparsity, ``runner_cfg.json``), ``metrics.json`` and ``plots/``."""
+    from sae_lens_ext.run.output import read_log
+    from sae_lens_ext.run.report import PLOTS_DIR, write_plots
+
+    with output.staging() as tmp:
+        runner.save_final_sae(sae, str(tmp), log_feature_sparsity=trainer.log_feature_sparsity)
+        write_json(tmp / METRICS_FILENAME, metrics)
+        log = read_log(output.log_path)
+        write_plots(tmp / PLOTS_DIR, runner.cfg.sae.architecture(), log, sae, figure_data(runner))
 
 
 #: Most tokens read after training for the plugins' figures (``plots/``); at most a tenth
