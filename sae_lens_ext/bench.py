@@ -716,7 +716,6 @@ def _run_core(run: BenchRun) -> Path:
         batch_size_prompts=s.batch_size_prompts,
         dataset=s.dataset,
         context_size=s.context_size,
-        verbose=True,  # SAE-Bench's batch bars: core runs minutes on a real model
         **CORE_METRICS,
     )
     with _dataset_errors("core", [cfg.dataset]):
@@ -736,7 +735,9 @@ def _run_core(run: BenchRun) -> Path:
             model=run.model,
             eval_config=cfg,
             ignore_tokens=ignore,
-            verbose=cfg.verbose,
+            # SAE-Bench's batch bars (core runs minutes on a real model); the recorded
+            # config stays SAE-Bench's own (its `verbose` changes no result)
+            verbose=True,
         )
     result = core.nested_dict()
     result.update(unique_id=run.sae_name, sae_set=run.release, sae_id=run.sae_id, eval_cfg=cfg)
