@@ -38,6 +38,7 @@ import json
 import os
 import random
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -285,6 +286,7 @@ def run_bench(
     *,
     name: str | None = None,
     extra_metrics: ExtraMetrics | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Path]:
     """Run SAE-Bench's ``benches`` on one SAE; return each result file by bench.
 
@@ -302,6 +304,8 @@ def run_bench(
             returns is written beside SAE-Bench's results, to
             ``output_dir/sae_lens_ext/<release>_<sae_id>_eval_results.json``
             (key ``sae_lens_ext`` of the returned dict).
+        progress: called with a line when each bench (and ``extra_metrics``) starts and
+            ends; core also shows SAE-Bench's own batch bars (its ``verbose``).
 
     The SAE is moved to the evaluation device and dtype (as SAE-Bench's ``run_eval``
     does); its cfg is left as it was.
@@ -313,11 +317,17 @@ def run_bench(
         prepared_run(sae, settings, output_dir, name=name, benches=benches) as run,
         _grad_mode_restored(),
     ):
-        for bench in benches:
-            with _tokenizer_restored(run.model.tokenizer):  # sae-probes changes its sides
-                paths[bench] = RUNNERS[bench](run)
-        if extra_metrics is not None:
-            paths["sae_lens_ext"] = write_extra_results(run, extra_metrics(run))
+        say = progress or (lambda line: None)
+        steps = [*benches, *(["sae_lens_ext"] if extra_metrics is not None else [])]
+        for i, bench in enumerate(steps, 1):
+            say(f"[{i}/{len(steps)}] {bench}: running")
+            t0 = time.perf_counter()
+            if bench == "sae_lens_ext":
+                paths[bench] = write_extra_results(run, extra_metrics(run))  # type: ignore[misc]
+            else:
+                with _tokenizer_restored(run.model.tokenizer):  # sae-probes changes its sides
+                    paths[bench] = RUNNERS[bench](run)
+            say(f"[{i}/{len(steps)}] {bench}: done in {time.perf_counter() - t0:.0f}s")
     return paths
 
 
@@ -730,7 +740,9 @@ def _run_core(run: BenchRun) -> Path:
             model=run.model,
             eval_config=cfg,
             ignore_tokens=ignore,
-            verbose=cfg.verbose,
+            # SAE-Bench's batch bars (core runs minutes on a real model); the recorded
+            # config stays SAE-Bench's own (its `verbose` changes no result)
+            verbose=True,
         )
     result = core.nested_dict()
     result.update(unique_id=run.sae_name, sae_set=run.release, sae_id=run.sae_id, eval_cfg=cfg)

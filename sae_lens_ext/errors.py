@@ -41,13 +41,15 @@ class CliError(click.ClickException):
 class TrainingInterrupted(Exception):
     """Raised at a step boundary after Ctrl-C/SIGTERM, once the checkpoint is saved."""
 
-    def __init__(self, step: int, checkpoint: Path | None) -> None:
+    def __init__(self, step: int, checkpoint: Path | None, note: str | None = None) -> None:
         self.step, self.checkpoint = step, checkpoint
         where = (
             f"checkpoint saved to {checkpoint}; rerun the same command with --resume"
             if checkpoint is not None
             else "no checkpoint saved (none was due yet, or no checkpoint path)"
         )
+        if checkpoint is not None and note:  # what a resumed run will not reproduce
+            where += f" ({note})"
         super().__init__(f"interrupted after step {step}: {where}")
 
 

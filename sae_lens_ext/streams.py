@@ -166,6 +166,12 @@ class StreamBlocks(Iterator[torch.Tensor]):
             if saved["data"] is not None:
                 stream.load_state_dict(saved["data"])
 
+    @property
+    def resume_note(self) -> str | None:
+        """What a resumed run does not reproduce, as the streams say (``None``: nothing)."""
+        notes = {getattr(stream, "resume_note", None) for stream in self.streams.values()}
+        return "; ".join(sorted(n for n in notes if n)) or None
+
     def close(self) -> None:
         for stream in self.streams.values():
             if hasattr(stream, "close"):

@@ -20,10 +20,12 @@ data-parallel layer serves: models and terms hold no distributed code.
 
 from __future__ import annotations
 
+import json
 import warnings
 from abc import ABC
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import torch
@@ -273,6 +275,8 @@ class LossTermTrainingSAEConfig(TrainingSAEConfig, ABC):
 
 
 T_CFG = TypeVar("T_CFG", bound=LossTermTrainingSAEConfig)
+#: A checkpoint's file of :meth:`LossTermTrainingSAE.training_counts`.
+COUNTS_FILENAME = "training_counts.json"
 
 
 class LossTermsMixin(TrainingSAE[T_CFG]):
@@ -393,6 +397,29 @@ class LossTermsMixin(TrainingSAE[T_CFG]):
             if (step + 1) % GUARD_CHECK_EVERY == 0:
                 self.guard.check()
         self._maybe_schedule_resample(step_input, output)
+        output.metrics.update(self.training_counts())  # a trace in every training log
+
+    def training_counts(self) -> dict[str, int]:
+        """Running counts of after-step work since training began, this step's included
+        (in every step's metrics; kept in checkpoints, so a resumed run continues them)."""
+        pending = self._pending_resample  # written right after this step's optimizer step
+        return {"resampled_latents": self.n_resampled + (0 if pending is None else len(pending[0]))}
+
+    def restore_training_counts(self, counts: dict[str, int]) -> None:
+        self.n_resampled = counts.get("resampled_latents", 0)
+
+    @override
+    def save_model(self, path: str | Path) -> tuple[Path, Path]:
+        saved = super().save_model(path)  # checkpoints: also the counts
+        (Path(path) / COUNTS_FILENAME).write_text(json.dumps(self.training_counts()))
+        return saved
+
+    @override
+    def load_weights_from_checkpoint(self, checkpoint_path: Path | str) -> None:
+        super().load_weights_from_checkpoint(checkpoint_path)
+        counts = Path(checkpoint_path) / COUNTS_FILENAME
+        if counts.is_file():
+            self.restore_training_counts(json.loads(counts.read_text()))
 
     @override
     def save_inference_model(self, path: str | Any) -> Any:

@@ -266,7 +266,8 @@ class WindowShuffledLMBatches(WindowBuffer):
     public ``get_batch_tokens`` and ``get_activations`` (whole sequences, no token
     filtering or mixing), keeps ``n_batches_in_buffer`` of them cut into windows, and
     serves batches of whole windows shuffled across the buffer (:class:`WindowBuffer`).
-    The store's own checkpoint holds its dataset position.
+    ``load_state_dict`` also puts the store back at the checkpoint's position, exactly
+    (:class:`~sae_lens_ext.lm_batches.StoreReads`).
     """
 
     def __init__(
@@ -283,15 +284,21 @@ class WindowShuffledLMBatches(WindowBuffer):
             context_size=int(store.training_context_size),
             exclude_special_tokens=getattr(store, "exclude_special_tokens", None),
         )
-        self.store = store
+        from sae_lens_ext.lm_batches import StoreReads
+
+        self.store, self.reads = store, StoreReads(store, new_epoch_warning=False)
         super().__init__(window, batch_size, n_batches_in_buffer, seed)
 
     @override
     def read(self) -> torch.Tensor:
-        acts = self.store.get_activations(self.store.get_batch_tokens())
-        acts = acts.reshape(acts.shape[0], acts.shape[1], -1).to(self.store.device)
+        acts = self.reads.sequences()
         check_finite(acts, f"activations of LM batch {self.n_read}")
         return acts
+
+    @override
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reads.skip_to(int(state["n_read"]))
+        super().load_state_dict(state)
 
 
 # ---------------------------------------------------------------------------------------

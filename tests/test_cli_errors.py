@@ -109,6 +109,16 @@ def prepare(root: Path, tiny: TinyLM) -> None:
     (root / "runs" / "bad-runner-cfg" / "training_log.jsonl").write_text(
         '{"step": 0, "loss": 1.5}\n'
     )
+    # run folders trained elsewhere, by upstream's multi-SAE runner, on synthetic data
+    shutil.copytree(root / "runs" / "done", root / "runs" / "elsewhere")
+    (root / "runs" / "elsewhere" / "runner_cfg.json").write_text(
+        '{"model_name": "./gone-model", "dataset_path": "./my-text"}'
+    )
+    for name in ("std", "fo"):
+        shutil.copytree(root / "runs" / "done", root / "runs" / "multi" / name)
+    (root / "runs" / "multi" / "runner_cfg.json").write_text('{"saes": {"std": {}, "fo": {}}}')
+    shutil.copytree(root / "runs" / "done", root / "runs" / "demo")
+    (root / "runs" / "demo" / "demo_data").mkdir()
 
 
 def snapshot(root: Path) -> dict[str, int]:

@@ -340,3 +340,31 @@ def test_autocast_step_with_resampling(dtype):
     opt.step()
     assert sae.n_resampled == 3 and torch.isfinite(out.loss)
     assert sae.W_enc.dtype == torch.float32
+
+
+def test_resamples_and_sorts_are_counted_in_upstreams_log_dict_and_checkpoints(tmp_path):
+    """Under SAE-Lens's own trainer (its optimizer post-hook runs the after-step work): the
+    counts reach ``build_train_step_log_dict`` and survive a checkpoint."""
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    torch.manual_seed(0)
+    sae = training_sae(sort_latents_every=3, resample_dead_every=4)
+    with torch.no_grad():
+        sae.b_enc[: D_SAE // 2] = -100.0  # half the latents never fire: resampled
+    cfg = SAETrainerConfig(
+        total_training_samples=8 * 64, train_batch_size_samples=64, dead_feature_window=2,
+        lr=3e-4, lr_end=3e-4,
+        logger=LoggingConfig(log_to_wandb=False),
+    )  # fmt: skip
+    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
+    for _ in range(8):
+        output = trainer.step(torch.randn(64, D_IN))
+        trainer.n_training_steps += 1
+    log = trainer.build_train_step_log_dict(output, trainer.n_training_samples)
+    assert log["metrics/latent_sorts"] == 2  # after steps 3 and 6
+    assert log["metrics/resampled_latents"] == sae.n_resampled > 0
+    sae.save_model(tmp_path)
+    resumed = training_sae(sort_latents_every=3, resample_dead_every=4)
+    resumed.load_weights_from_checkpoint(tmp_path)
+    assert resumed.training_counts() == {"resampled_latents": sae.n_resampled, "latent_sorts": 2}

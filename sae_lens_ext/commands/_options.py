@@ -36,16 +36,17 @@ def _stacked(options: list[Decorator]) -> Decorator:
     return decorate
 
 
-def progress_options(log_every: int, log_file: str = "training_log.jsonl") -> Decorator:
-    """``--log-every`` (default ``log_every``, written to ``log_file``) and ``--progress``."""
+def progress_options(log_file: str = "training_log.jsonl") -> Decorator:
+    """``--log-every`` (written to ``log_file``; unset: chosen from the run's length) and
+    ``--progress``."""
     return _stacked(
         [
             click.option(
                 "--log-every",
                 type=IntRange(min=1),
-                default=log_every,
-                show_default=True,
-                help=f"Write losses to {log_file} every this many steps.",
+                default=None,
+                help=f"Write losses to {log_file} every this many steps  [default: about "
+                "150 records per run, every step of a run under 225 steps]",
             ),
             click.option(
                 "--progress",
@@ -58,7 +59,7 @@ def progress_options(log_every: int, log_file: str = "training_log.jsonl") -> De
     )
 
 
-def run_options(log_every: int) -> Decorator:
+def run_options() -> Decorator:
     """``--resume``, ``--overwrite`` and :func:`progress_options`."""
     return _stacked(
         [
@@ -72,7 +73,7 @@ def run_options(log_every: int) -> Decorator:
                 is_flag=True,
                 help="Replace an output folder that already holds a trained SAE or checkpoints.",
             ),
-            progress_options(log_every),
+            progress_options(),
         ]
     )
 

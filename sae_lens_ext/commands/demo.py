@@ -101,7 +101,7 @@ Data-parallel on N processes (one SAE, each process a block of every batch):
     show_default=True,
     help="Periodic checkpoints (Ctrl-C always saves one).",
 )
-@run_options(log_every=20)
+@run_options()
 @click.option("--device", default="cpu", show_default=True)
 @click.option(
     "--threads",

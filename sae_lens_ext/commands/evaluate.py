@@ -17,9 +17,13 @@ Without --bench, PATH is a run folder; writes PATH/evaluation.json:
   a `sae-lens demo` folder (holds demo_data/): fresh samples of the same ground
     truth; generic metrics (MCC, explained variance, L0, dead latents...) and
     every installed plugin's metrics;
-  a `sae-lens train` folder (holds runner_cfg.json): SAE-Lens's run_evals on the
-    model and dataset it was trained on (KL and CE-loss scores, reconstruction,
-    sparsity), and the plugins' metrics on whole sequences of the same activations.
+  a `sae-lens train` folder, or one written by SAE-Lens's runners (holds
+    runner_cfg.json, or its parent does for MultiSAETrainingRunner): SAE-Lens's
+    run_evals on the model and dataset it was trained on (KL and CE-loss scores,
+    reconstruction, sparsity), and the plugins' metrics on whole sequences of
+    the same activations. --model_name, --model_class_name, --dataset_path and
+    --device replace what the folder recorded (with or without --bench), e.g.
+    for a folder trained on another machine.
 
 \b
 With --bench BENCHES (comma-separated; `--bench` alone: core, absorption,
@@ -109,6 +113,16 @@ BENCH_OPTIONS = [
 ]
 
 
+#: Options that also apply without --bench (they replace what the run folder recorded):
+#: the runner-config key of each.
+DATA = {
+    "model_name": "model_name",
+    "model_class_name": "model_class_name",
+    "dataset": "dataset_path",
+    "device": "device",
+}
+
+
 def _bench_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(BENCH_OPTIONS):
         f = option(f)
@@ -134,12 +148,13 @@ def evaluate_command(
 ) -> int:
     if benches is None:
         flags = {p.name: p.opts[0] for p in click.get_current_context().command.params}
-        given = [flags[k] for k, v in bench.items() if v not in (None, ())]
+        given = [flags[k] for k, v in bench.items() if v not in (None, ()) and k not in DATA]
         if given:
             raise click.UsageError(f"{given[0]} needs --bench")
         from sae_lens_ext.run.evaluate import evaluate
 
-        return evaluate(path, samples=samples, seed=seed, as_json=as_json)
+        data = {key: bench[k] for k, key in DATA.items() if bench.get(k) is not None}
+        return evaluate(path, samples=samples, seed=seed, as_json=as_json, data=data)
     from sae_lens_ext.run.evaluate_bench import BenchOptions, evaluate_bench
 
     # click gives each option its declared type; BenchOptions' fields are those options

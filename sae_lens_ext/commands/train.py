@@ -60,7 +60,7 @@ Cached activations (upstream's CacheActivationsRunner output), any architecture:
     help="YAML (or JSON) file of upstream option names and values; flags given "
     "on the command line win. Nested `sae:`/`logger:` sections are allowed.",
 )
-@run_options(log_every=50)
+@run_options()
 @click.option(
     "--help-options",
     is_flag=True,
@@ -73,7 +73,7 @@ def train_command(
     config_file: str | None,
     resume: bool,
     overwrite: bool,
-    log_every: int,
+    log_every: int | None,
     progress: str,
     help_options: bool,
     data_streams: int,

@@ -65,7 +65,7 @@ class DemoOptions:
     n_checkpoints: int
     resume: bool
     overwrite: bool
-    log_every: int
+    log_every: int | None
     progress: str
     device: str
     threads: int
@@ -390,7 +390,7 @@ def train_demo(
 
     from sae_lens_ext import distributed
     from sae_lens_ext.run.loop import TrainingLoop
-    from sae_lens_ext.run.progress import RunLogger
+    from sae_lens_ext.run.progress import RunLogger, default_log_every
     from sae_lens_ext.windows import mark_layout_served
 
     steps = samples // options.batch_size
@@ -414,12 +414,13 @@ def train_demo(
     )
     trainer: SAETrainer[Any, Any] = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=batches)
     mark_layout_served(sae)
+    log_every = options.log_every or default_log_every(samples, options.batch_size)
     logger = (
-        RunLogger(output.log_path, samples, options.batch_size, options.log_every, options.progress)
+        RunLogger(output.log_path, samples, options.batch_size, log_every, options.progress)
         if distributed.is_main()
         else None
     )
-    loop = TrainingLoop(trainer, batches, logger=logger, check_every=options.log_every)
+    loop = TrainingLoop(trainer, batches, logger=logger, check_every=log_every)
     if distributed.is_main():
         print(
             f"Training a {options.architecture} SAE (d_in {options.d_in}, d_sae "

@@ -9,6 +9,7 @@ Settings left unset take SAE-Bench's defaults; a ``sae-lens train`` folder's
 from __future__ import annotations
 
 import dataclasses
+import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from sae_lens_ext.bench import BenchSettings
 from sae_lens_ext.errors import fail, one_line
-from sae_lens_ext.run.results import BENCH_DIR, read_runner_cfg
+from sae_lens_ext.run.results import BENCH_DIR, training_record
 
 if TYPE_CHECKING:
     pass
@@ -140,8 +141,9 @@ def _type_name(annotation: Any) -> str:
 
 
 def runner_defaults(folder: Path) -> dict[str, Any]:
-    """Model, model class, dataset and context size a ``sae-lens train`` folder recorded."""
-    runner = read_runner_cfg(folder)
+    """Model, model class, dataset and context size a run folder recorded (``sae-lens
+    train``, SAE-Lens's runners)."""
+    runner = training_record(folder)
     if runner is None:
         return {}
     return {
@@ -156,6 +158,7 @@ def settings_for(target: str, options: BenchOptions) -> tuple[Any, Path]:
     """SAE-Bench settings (unset: the run's recorded settings, then SAE-Bench's defaults)
     and the output folder."""
     from sae_lens_ext.bench import check_benches
+    from sae_lens_ext.run.evaluate import check_recorded_paths, refuse_multi_sae_folder
     from sae_lens_ext.run.lm_config import check_device, looks_local
 
     folder = Path(target)
@@ -165,9 +168,18 @@ def settings_for(target: str, options: BenchOptions) -> tuple[Any, Path]:
             f"PATH {target} is an SAE trained on synthetic data (`sae-lens demo`): SAE-Bench "
             "evaluates SAEs of a language model; evaluate it without --bench"
         )
+    if local:
+        refuse_multi_sae_folder(folder)
     recorded = runner_defaults(folder) if local else {}
     given = ("model_name", "model_class_name", "dataset", "context_size")
-    merged = {**recorded, **{k: getattr(options, k) for k in given if getattr(options, k)}}
+    supplied = {k: getattr(options, k) for k in given if getattr(options, k)}
+    if recorded:
+        record = {"model_name": recorded["model_name"], "dataset_path": recorded["dataset"]}
+        names = {"model_name": "model_name", "dataset": "dataset_path"}
+        check_recorded_paths(
+            folder, record, {names[k] for k in supplied if k in names}, required=False
+        )
+    merged = {**recorded, **supplied}
     model, model_class = merged.get("model_name"), merged.get("model_class_name")
     if model and Path(model).expanduser().exists() and model_class == "HookedTransformer":
         raise fail(
@@ -206,10 +218,10 @@ def plugin_metrics(samples: int) -> Any:
     hook, as whole sequences (core's dataset and context size)."""
 
     def compute(run: Any) -> dict[str, Any]:
-        import torch
         from sae_bench.evals.core.eval_config import CoreEvalConfig
         from sae_lens.training.activations_store import ActivationsStore
 
+        from sae_lens_ext.lm_batches import store_sequences
         from sae_lens_ext.metrics import EvalData, metrics_dict
         from sae_lens_ext.run.report import plugin_metrics
 
@@ -222,13 +234,8 @@ def plugin_metrics(samples: int) -> Any:
             dataset=run.settings.dataset or defaults.dataset,
             dataset_trust_remote_code=True,
         )
-        sequences, tokens = [], 0
-        with torch.no_grad():
-            while tokens < samples:
-                acts = store.get_activations(store.get_batch_tokens())
-                sequences.append(acts.reshape(acts.shape[0], acts.shape[1], -1).float().cpu())
-                tokens += acts.shape[0] * acts.shape[1]
-        data = EvalData(torch.cat(sequences), description=f"{run.model_name} {run.sae_hook_name}")
+        sequences = store_sequences(store, samples)
+        data = EvalData(sequences, description=f"{run.model_name} {run.sae_hook_name}")
         metrics = plugin_metrics(run.sae, data)
         labels = {m.key: m.label or m.key for m in metrics if m.row() is not None}
         return {**metrics_dict(metrics), "tokens": data.n_rows, "labels": labels}
@@ -251,6 +258,7 @@ def evaluate_bench(target: str, options: BenchOptions) -> int:
             output_dir,
             name=options.name,
             extra_metrics=plugin_metrics(options.samples),
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
         )
     except BenchDataError as exc:
         raise fail(exc.advice(CLI_NAMES)) from exc

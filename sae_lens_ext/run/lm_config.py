@@ -382,6 +382,41 @@ def fit_buffer(cfg: Any, args: list[str], window: int) -> None:
     cfg.n_batches_in_buffer = needed
 
 
+#: Share of a run's steps the activation-norm estimate reads when the user did not choose.
+NORM_ESTIMATE_SHARE = 0.05
+
+
+def fit_norm_estimate(cfg: Any, args: list[str]) -> None:
+    """Size the activation-norm estimate to the run when the user did not.
+
+    Upstream reads ``n_batches_for_norm_estimate`` = 1000 batches before the first step
+    whenever ``normalize_activations`` is ``expected_average_only_in`` (or
+    ``covariance_whitening``): minutes of a short run. Unset, it becomes 5 % of the run's
+    steps (at least one batch; for whitening at least ``10 x d_in`` rows), and at most
+    upstream's 1000; the choice is said.
+    """
+    mode = cfg.sae.normalize_activations
+    if mode not in ("expected_average_only_in", "covariance_whitening"):
+        return
+    if flag_values(args, "n_batches_for_norm_estimate"):
+        return
+    batch = cfg.train_batch_size_tokens
+    steps = math.ceil(cfg.training_tokens / batch)
+    floor = math.ceil(10 * cfg.sae.d_in / batch) if mode == "covariance_whitening" else 1
+    chosen = min(
+        cfg.n_batches_for_norm_estimate, max(floor, math.ceil(NORM_ESTIMATE_SHARE * steps))
+    )
+    if chosen == cfg.n_batches_for_norm_estimate:
+        return
+    print(
+        f"n_batches_for_norm_estimate: {cfg.n_batches_for_norm_estimate} -> {chosen} "
+        f"({chosen * batch:,} tokens, 5% of the run's {steps:,} steps), read before the "
+        "first step; set --n_batches_for_norm_estimate to choose",
+        file=sys.stderr,
+    )
+    cfg.n_batches_for_norm_estimate = chosen
+
+
 def precheck(args: list[str], *, overwrite: bool) -> None:
     """Checks on the raw flags (no SAE-Lens import): an output that holds a trained SAE."""
     output = last_flag(args, "output_path", "output")

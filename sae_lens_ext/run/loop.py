@@ -25,12 +25,14 @@ position) while the others wait.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,11 @@ from sae_lens_ext.run.replicas import ReplicaSync
 
 LOOP_STATE_FILENAME = "loop_state.pt"
 DEFAULT_MAX_SILENT_STEPS = 200
+#: What a resumed run does not reproduce when wandb evaluations read the training data.
+WANDB_EVAL_RESUME_NOTE = (
+    "with --log_to_wandb True the periodic evaluations read the training data source and "
+    "a resumed run does not replay them, so its batches differ from an uninterrupted run's"
+)
 
 
 class InterruptFlag:
@@ -127,8 +134,6 @@ class TrainingLoop:
             ``load_state_dict()`` pair, if it has one, goes into checkpoints.
         logger: JSONL log and progress display.
         interrupt: the Ctrl-C flag (installed by :meth:`run`).
-        on_resume: extra state to restore from a checkpoint (e.g. the LM activation
-            store's dataset position).
         check_every: under torchrun, guards and replica checks run every this many steps
             (default: the logger's ``log_every``); in one process they run whenever the
             logger makes a record.
@@ -141,11 +146,10 @@ class TrainingLoop:
         *,
         logger: RunLogger | None = None,
         interrupt: InterruptFlag | None = None,
-        on_resume: Callable[[Path], None] | None = None,
         check_every: int | None = None,
     ) -> None:
         self.trainer, self.sae, self.cfg = trainer, trainer.sae, trainer.cfg
-        self.data, self.logger, self.on_resume = data, logger, on_resume
+        self.data, self.logger = data, logger
         self.interrupt = interrupt or InterruptFlag()
         self.replicas = ReplicaSync(trainer)
         self.stop = distributed.StopAgreement()
@@ -156,6 +160,7 @@ class TrainingLoop:
         self.thresholds = list(trainer.checkpoint_thresholds)  # upstream's schedule
         self.last_checkpoint: Path | None = None
         self.last_record: dict[str, Any] = {}
+        self.first_step_at: float | None = None  # time.perf_counter() when training began
         self._resume_rng: dict[str, Any] | None = None
         if hasattr(self.sae, "post_step_by_caller"):
             self.sae.post_step_by_caller = True  # this loop runs after-step work and guards
@@ -172,8 +177,6 @@ class TrainingLoop:
             self.data.load_state_dict(data_state)  # type: ignore[attr-defined]
         self.guard.load_state_dict(state["guard"])
         self._resume_rng = state["rng"]
-        if self.on_resume is not None:
-            self.on_resume(checkpoint)
 
     @staticmethod
     def _rank_data_state(state: dict[str, Any], checkpoint: Path) -> Any:
@@ -193,7 +196,9 @@ class TrainingLoop:
         with self.interrupt:
             if resume_from is not None:
                 if distributed.is_main():
-                    print(f"Resuming from {resume_from}", file=sys.stderr)
+                    note = self.resume_note()
+                    print(f"Resuming from {resume_from}{f' ({note})' if note else ''}",
+                          file=sys.stderr)  # fmt: skip
                 self.resume_from(resume_from)
             self.sae.to(self.cfg.device)
             self.replicas.start()
@@ -208,6 +213,7 @@ class TrainingLoop:
 
     def _train_steps(self) -> None:
         trainer = self.trainer
+        self.first_step_at = time.perf_counter()
         if self.logger is not None:
             self.logger.start(trainer.n_training_samples, trainer.n_training_steps)
         try:
@@ -223,8 +229,15 @@ class TrainingLoop:
         on batches that stop promptly on Ctrl-C."""
         trainer, sae_cfg = self.trainer, self.sae.cfg
         scaler, n = trainer.activation_scaler, self.cfg.n_batches_for_norm_estimate
-        data = self.replicas.normalization_batches(_Interruptible(self.data, self.interrupt))
+        data: Iterator[torch.Tensor] = self.replicas.normalization_batches(
+            _Interruptible(self.data, self.interrupt)
+        )
         mode = sae_cfg.normalize_activations
+        due = (mode == "expected_average_only_in" and scaler.scaling_factor is None) or (
+            mode == "covariance_whitening" and scaler.whitening is None
+        )
+        if due and self.logger is not None:
+            data = self.logger.counted(data, n, f"{mode} normalisation estimate")
         if mode == "expected_average_only_in" and scaler.scaling_factor is None:
             scaler.estimate_scaling_factor(
                 d_in=sae_cfg.d_in, data_provider=data, n_batches_for_norm_estimate=n
@@ -268,7 +281,15 @@ class TrainingLoop:
         if stop and trainer.n_training_samples < self.cfg.total_training_samples:
             self.check()
             checkpoint = self.save_checkpoint(str(trainer.n_training_samples))
-            raise TrainingInterrupted(trainer.n_training_steps, checkpoint)
+            raise TrainingInterrupted(trainer.n_training_steps, checkpoint, self.resume_note())
+
+    def resume_note(self) -> str | None:
+        """What a run resumed from this loop's checkpoints does not reproduce (``None``:
+        it continues bit-identically)."""
+        notes = [getattr(self.data, "resume_note", None)]
+        if self.cfg.logger.log_to_wandb and self.trainer.evaluator is not None:
+            notes.append(WANDB_EVAL_RESUME_NOTE)
+        return "; ".join(n for n in notes if n) or None
 
     def is_logging_step(self, rows: int) -> bool:
         """Whether the step about to run on ``rows`` rows (this process's) is logged: a
@@ -325,7 +346,9 @@ class TrainingLoop:
         every = logger_cfg.wandb_log_frequency * logger_cfg.eval_every_n_wandb_logs
         if trainer.evaluator is not None and (step + 1) % every == 0:
             self.sae.eval()
-            metrics = trainer.evaluator(self.sae, self.data, trainer.activation_scaler)
+            paused = getattr(self.data, "paused", contextlib.nullcontext)  # a prefetcher
+            with paused():
+                metrics = trainer.evaluator(self.sae, self.data, trainer.activation_scaler)
             self.sae.train()
             wandb.log(metrics, step=step)
 

@@ -12,14 +12,27 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from typing_extensions import override
 
 from sae_lens_ext.metrics import explained_variance
 
 PRINT_SECONDS = 10.0
+#: Records of ``training_log.jsonl`` per run when ``--log-every`` is not given.
+LOG_RECORDS = 150
+#: A phase before training (the normalisation estimate) says how far it is after this long.
+FIRST_PRINT_SECONDS = 3.0
+
+
+def default_log_every(total_samples: int, batch_size: int) -> int:
+    """Steps between records when the user did not choose: about ``LOG_RECORDS`` records
+    per run, and every step of a run under 225 steps (so a short run still draws curves)."""
+    steps = max(1, -(-total_samples // batch_size))
+    return max(1, round(steps / LOG_RECORDS))
 
 
 class RunLogger:
@@ -27,7 +40,7 @@ class RunLogger:
 
     ``mode``: ``auto`` (bar if stderr is a terminal, else plain lines), ``bar``,
     ``plain`` or ``none``. Plain lines: about 20 per run, and at least one every
-    ``PRINT_SECONDS`` seconds.
+    ``PRINT_SECONDS`` seconds. ``log_every`` ``None``: :func:`default_log_every`.
     """
 
     def __init__(
@@ -35,13 +48,13 @@ class RunLogger:
         log_path: Path | None,
         total_samples: int,
         batch_size: int,
-        log_every: int = 50,
+        log_every: int | None = None,
         mode: str = "auto",
     ) -> None:
         self.log_path = log_path
         self.total_samples = total_samples
         self.total_steps = max(1, -(-total_samples // batch_size))
-        self.log_every = max(1, log_every)
+        self.log_every = max(1, log_every or default_log_every(total_samples, batch_size))
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "plain"
         self.mode = mode
@@ -88,6 +101,16 @@ class RunLogger:
         self._task = self._progress.add_task(
             "train", total=self.total_samples, completed=completed, rate=0.0, losses=""
         )
+
+    def counted(self, batches: Iterator[Any], total: int, what: str) -> Iterator[Any]:
+        """``batches`` read by a phase before training (``total`` of them): it is
+        announced, and in plain mode a line says how far it is after
+        ``FIRST_PRINT_SECONDS`` and every ``PRINT_SECONDS`` (on a terminal, upstream's
+        own bar shows it)."""
+        if self.mode == "none":
+            return batches
+        print(f"{what}: reading {total:,} batches before the first step", file=sys.stderr)
+        return batches if self.mode != "plain" else CountedBatches(batches, total, what)
 
     def rate(self, n_training_samples: int) -> float:
         elapsed = time.perf_counter() - self._t0
@@ -157,8 +180,10 @@ class RunLogger:
             "loss": float(output.loss),
         }
         for name, value in [*output.losses.items(), *output.metrics.items()]:
-            if (isinstance(value, torch.Tensor) and value.numel() == 1) or isinstance(
-                value, (int, float)
+            if isinstance(value, int) and not isinstance(value, bool):
+                record[name] = value  # a count (e.g. resampled latents so far)
+            elif (isinstance(value, torch.Tensor) and value.numel() == 1) or isinstance(
+                value, float
             ):
                 record[name] = float(value)
         self._metric_names = [n for n in output.metrics if n in record]
@@ -176,6 +201,33 @@ class RunLogger:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+class CountedBatches(Iterator[Any]):
+    """Batches of a phase of ``total`` batches, with a plain progress line after
+    ``FIRST_PRINT_SECONDS`` and then every ``PRINT_SECONDS`` seconds."""
+
+    def __init__(self, batches: Iterator[Any], total: int, what: str) -> None:
+        self.batches, self.total, self.what = batches, total, what
+        self.done, self._t0 = 0, time.perf_counter()
+        self._next_print = self._t0 + FIRST_PRINT_SECONDS
+
+    @override
+    def __next__(self) -> Any:
+        batch = next(self.batches)
+        self.done += 1
+        now = time.perf_counter()
+        if now >= self._next_print or (self.done == self.total and now - self._t0 > 1):
+            elapsed = now - self._t0
+            eta = elapsed / self.done * (self.total - self.done)
+            print(
+                f"{self.what}: {self.done:,}/{self.total:,} batches | {elapsed:.0f}s | "
+                f"ETA {eta:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+            self._next_print = now + PRINT_SECONDS
+        return batch
 
 
 def loss_text(record: dict[str, Any], metrics: list[str] | tuple[str, ...] = ()) -> str:

@@ -35,6 +35,30 @@ def plugin_figures(sae: Any, data: EvalData, folder: Path) -> list[Path]:
     return call_each_list("run_figures", Path, sae=sae, data=data, folder=folder)
 
 
+def has_plugin_figures() -> bool:
+    """Whether any loaded plugin draws figures (``run_figures``): data are read only then."""
+    from sae_lens_ext.plugins import load_plugins
+
+    return bool(load_plugins().hook.run_figures.get_hookimpls())
+
+
+def write_plots(
+    folder: Path,
+    name: str,
+    log: list[dict[str, Any]],
+    sae: Any = None,
+    data: EvalData | None = None,
+) -> list[Path]:
+    """A run's ``plots/`` (``sae-lens demo`` and ``sae-lens train``): the training curves of
+    its log and, given ``data``, every plugin's figures of ``sae`` on them."""
+    from sae_lens_ext.run.figures import plot_training_curves
+
+    paths = [plot_training_curves({name: log}, folder / "training_curves.png")] if log else []
+    if sae is not None and data is not None:
+        paths += plugin_figures(sae, data, folder)
+    return paths
+
+
 def evaluate_and_save(
     sae: Any,
     trainer: Any,
@@ -49,7 +73,6 @@ def evaluate_and_save(
     from sae_lens.constants import SPARSITY_FILENAME
     from safetensors.torch import save_file
 
-    from sae_lens_ext.run.figures import plot_training_curves
     from sae_lens_ext.synthetic import DATA_DIR
 
     evaluation = data.eval_data(eval_samples, seed)
@@ -62,11 +85,8 @@ def evaluate_and_save(
         save_file({"sparsity": trainer.log_feature_sparsity}, tmp / SPARSITY_FILENAME)
         data.save(tmp / DATA_DIR)
         write_json(tmp / METRICS_FILENAME, result)
-        plots = tmp / PLOTS_DIR
-        plot_training_curves(
-            {run_info["architecture"]: read_log(output.log_path)}, plots / "training_curves.png"
-        )
-        plugin_figures(sae, evaluation, plots)
+        log = read_log(output.log_path)
+        write_plots(tmp / PLOTS_DIR, run_info["architecture"], log, sae, evaluation)
     return result
 
 

@@ -293,7 +293,7 @@ def run_sweep(
     output: str | None = None,
     sets: tuple[str, ...] = (),
     dry_run: bool = False,
-    log_every: int = 50,
+    log_every: int | None = None,
     progress: str = "auto",
 ) -> int:
     """The body of ``sae-lens sweep``."""

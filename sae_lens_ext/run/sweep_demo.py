@@ -35,7 +35,7 @@ def demo_option(variant: Variant, key: str, value: Any) -> Any:
         raise fail(f"variant {variant.name}: {key}: {exc.format_message()}") from None
 
 
-def demo_options(variant: Variant, log_every: int, progress: str) -> Any:
+def demo_options(variant: Variant, log_every: int | None, progress: str) -> Any:
     """The variant's :class:`~sae_lens_ext.run.demo.DemoOptions`: demo options by name, every
     other setting as ``--set FIELD=VALUE``."""
     import json
@@ -62,7 +62,7 @@ def demo_options(variant: Variant, log_every: int, progress: str) -> Any:
     return DemoOptions(**{k: values[k] for k in DemoOptions.__dataclass_fields__})
 
 
-def plan_demo(sweep: Sweep, log_every: int, progress: str) -> dict[str, Any]:
+def plan_demo(sweep: Sweep, log_every: int | None, progress: str) -> dict[str, Any]:
     """Every variant's options, checked (architecture, config fields, sizes) before any runs."""
     from sae_lens_ext.run.demo import plan
 

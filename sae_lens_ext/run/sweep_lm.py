@@ -101,7 +101,9 @@ def group_lm(sweep: Sweep) -> list[Group]:
     return list(groups.values())
 
 
-def train_lm_variants(sweep: Sweep, groups: list[Group], log_every: int, progress: str) -> None:
+def train_lm_variants(
+    sweep: Sweep, groups: list[Group], log_every: int | None, progress: str
+) -> None:
     from sae_lens_ext.run.lm import run_lm
     from sae_lens_ext.run.output import RunOutput
 
@@ -184,7 +186,7 @@ def build_runners(cfgs: list[Any]) -> list[Any]:
     set_rng_state(after or before)
     for runner in runners:
         lm.check_d_in(runner)
-        runner._set_sae_metadata()  # private upstream name: see docs/internals.md
+        lm.record_inputs(runner)
     return runners
 
 
@@ -209,7 +211,7 @@ def estimate_normalization(source: Iterator[torch.Tensor], trainers: list[Any]) 
         trainer.activation_scaler.whitening = scaler.whitening
 
 
-def train_shared(sweep: Sweep, group: Group, log_every: int, progress: str) -> None:
+def train_shared(sweep: Sweep, group: Group, log_every: int | None, progress: str) -> None:
     """Train a group of variants on one pass over the activations (see the module docstring)."""
     from sae_lens_ext.run import lm
     from sae_lens_ext.run.loop import InterruptFlag
@@ -242,7 +244,7 @@ def train_shared(sweep: Sweep, group: Group, log_every: int, progress: str) -> N
                 variants, runners, loops, outputs, strict=True
             ):
                 sae = loop.finish()
-                metrics = lm.run_summary(runner.cfg, loop, time.perf_counter() - t0)
+                metrics = lm.run_summary(runner.cfg, loop, t0)
                 sparsity = loop.trainer.log_feature_sparsity
                 with output.staging() as tmp:
                     runner.save_final_sae(sae, str(tmp), log_feature_sparsity=sparsity)
@@ -256,7 +258,9 @@ def train_shared(sweep: Sweep, group: Group, log_every: int, progress: str) -> N
             source.close()
 
 
-def _shared_loop(runner: Any, slot: _Slot, output: Any, log_every: int, progress: str) -> Any:
+def _shared_loop(
+    runner: Any, slot: _Slot, output: Any, log_every: int | None, progress: str
+) -> Any:
     """The core loop of one variant, fed by its slot; checkpoints off (see module docstring)."""
     from sae_lens.training.sae_trainer import SAETrainer
 

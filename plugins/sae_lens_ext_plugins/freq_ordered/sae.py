@@ -444,11 +444,20 @@ class FreqOrderedTrainingSAE(
     @torch.compiler.disable
     def end_step(self, step_input: TrainStepInput, output: TrainStepOutput) -> None:
         """Also ask for a sort after this step's optimizer step when one is due."""
-        super().end_step(step_input, output)
         every = self.cfg.sort_latents_every
         if every and (step_input.n_training_steps + 1) % every == 0:
             self._sort_due = True
             request_after_step(self)
+        super().end_step(step_input, output)
+
+    @override
+    def training_counts(self) -> dict[str, int]:
+        return {**super().training_counts(), "latent_sorts": self.n_sorts + int(self._sort_due)}
+
+    @override
+    def restore_training_counts(self, counts: dict[str, int]) -> None:
+        super().restore_training_counts(counts)
+        self.n_sorts = counts.get("latent_sorts", 0)
 
     @override
     def after_optimizer_step(self, optimizer: Any) -> torch.Tensor | None:
