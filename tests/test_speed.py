@@ -57,8 +57,21 @@ CONFIGS: dict[str, tuple[str, dict[str, Any], int]] = {
     "tsae": ("tsae", {"k": 4}, 0),
 }
 # functions of ours that read a tensor which is on the CPU on every machine (no sync):
-# prefix lengths are drawn from torch's global CPU generator, which checkpoints save
-HOST_ONLY = {"TorchUniform.random"}
+# prefix lengths are drawn from torch's global CPU generator, which checkpoints save; the
+# contrastive term's sparse path runs on CPU tensors only (sparse_path_applies is False on an
+# accelerator before it reads anything: test_temporal_unit)
+HOST_ONLY = {
+    "TorchUniform.random",
+    "sparse_path_applies",
+    "_Codes.__init__",
+    "_Codes.input_gradient",
+    "_Offset.__init__",
+    "_Offset.cosines",
+    "_Offset.backward",
+    "_join",
+    "SparseWindowInfoNCE.forward",
+    "SparseWindowInfoNCE.backward",
+}
 # torch functions that read a tensor's value on the host (a host-device sync on an
 # accelerator) or whose output size depends on values (nonzero inside: a sync too)
 SYNCING = {

@@ -188,7 +188,8 @@ def test_sparse_contrastive_under_bf16_autocast_matches_the_dense_products():
 
 def test_contrastive_takes_the_dense_products_where_the_sparse_path_would_not_be_exact():
     """Codes that are not a ReLU's output (their zero entries may carry a gradient, e.g.
-    GELU or a leaf tensor), dense codes, and tensors of a GPU take the dense products."""
+    GELU or a leaf tensor), dense codes, and tensors on an accelerator (where the sparse path's
+    host reads would be syncs) take the dense products."""
     from sae_lens_ext_plugins.temporal_consistency import contrastive
 
     pre, bias = relu_codes(256, 512, 8)
@@ -198,6 +199,8 @@ def test_contrastive_takes_the_dense_products_where_the_sparse_path_would_not_be
     assert not contrastive.sparse_path_applies(relu.detach().requires_grad_(), 512)  # a leaf
     gelu = torch.nn.functional.gelu((pre + bias).requires_grad_())
     assert not contrastive.sparse_path_applies(gelu, 512)
+    on_accelerator = torch.empty(256, 512, device="meta")  # decided before reading a value
+    assert not contrastive.sparse_path_applies(on_accelerator, 512)
     dense = torch.relu(torch.randn(256, 512, requires_grad=True))  # half the latents fire
     assert not contrastive.sparse_path_applies(dense, 512)
     loss = contrastive_penalty(dense, 4, 1.0, 0.1)
