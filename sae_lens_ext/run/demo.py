@@ -50,6 +50,7 @@ class DemoOptions:
     threads: int
     data_seed: int | None = None  # the ground truth's seed (default: ``seed``)
     data_streams: int = 0
+    preset: str | None = None  # a named preset of the architecture (before ``overrides``)
 
     @property
     def resolved_data_seed(self) -> int:
@@ -112,6 +113,7 @@ def _train_and_report(
             "resampled_latents": getattr(sae, "n_resampled", 0),
             "processes": distributed.world_size(),
             "data_streams": options.data_streams or distributed.world_size(),
+            "preset": options.preset,
             "sae_config": settings,
             "train_time_s": round(time.perf_counter() - t0, 2),
         }
@@ -143,7 +145,19 @@ def plan(options: DemoOptions) -> tuple[Any, type[Any], int, dict[str, Any]]:
             f"--samples {samples} is less than one batch (--batch-size {options.batch_size}); "
             f"give --samples {options.batch_size} or more"
         )
-    return setup, cfg_cls, samples, demo_settings(setup, cfg_cls, steps, options.overrides)
+    preset = _preset_settings(options.architecture, options.preset)
+    return setup, cfg_cls, samples, demo_settings(setup, cfg_cls, steps, options.overrides, preset)
+
+
+def _preset_settings(architecture: str, name: str | None) -> dict[str, Any]:
+    from sae_lens_ext.presets import PresetError, get_preset
+
+    if name is None:
+        return {}
+    try:
+        return dict(get_preset(architecture, name).settings)
+    except PresetError as exc:
+        raise fail(str(exc)) from exc
 
 
 def training_classes(architecture: str) -> tuple[Any, Any]:
@@ -174,12 +188,18 @@ def demo_setup(architecture: str) -> Any:
 
 
 def demo_settings(
-    setup: Any, cfg_cls: type[Any], steps: int, overrides: tuple[str, ...]
+    setup: Any,
+    cfg_cls: type[Any],
+    steps: int,
+    overrides: tuple[str, ...],
+    preset: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Config fields: the plugin's defaults (those the config has), then ``--set``."""
+    """Config fields: the plugin's demo defaults (those the config has), then the preset's
+    settings, then ``--set``."""
     names = {f.name for f in fields(cfg_cls)}
     settings = {k: v for k, v in setup.sae_settings.items() if k in names}
     settings.update({k: round(f * steps) for k, f in setup.per_step_settings.items() if k in names})
+    settings.update(preset or {})
     settings.update(parse_overrides(overrides, cfg_cls))
     return settings
 
@@ -266,11 +286,11 @@ def train_demo(
 ) -> tuple[Any, Any]:
     """Upstream's trainer, driven by the core loop; returns the SAE and the trainer."""
     from sae_lens.config import LoggingConfig, SAETrainerConfig
-    from sae_lens.training.sae_trainer import SAETrainer
 
     from sae_lens_ext import distributed
     from sae_lens_ext.run.loop import TrainingLoop
     from sae_lens_ext.run.progress import RunLogger
+    from sae_lens_ext.training import make_trainer
     from sae_lens_ext.windows import mark_layout_served
 
     steps = samples // options.batch_size
@@ -288,7 +308,7 @@ def train_demo(
         feature_sampling_window=max(20, steps // 5),
         logger=LoggingConfig(log_to_wandb=False),
     )
-    trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=batches)
+    trainer = make_trainer(trainer_cfg, sae, batches)
     mark_layout_served(sae)
     logger = (
         RunLogger(output.log_path, samples, options.batch_size, options.log_every, options.progress)
