@@ -22,6 +22,7 @@ from sae_lens_ext import hookspecs
 if TYPE_CHECKING:
     from sae_lens_ext.architectures import Architecture
     from sae_lens_ext.loss_terms import LossTerm
+    from sae_lens_ext.presets import Preset
 
 ENTRY_POINT_GROUP = "sae_lens_ext"
 LOAD_PLUGINS_ENV = "SAE_LENS_EXT_LOAD_PLUGINS"
@@ -40,6 +41,7 @@ class PluginInfo:
     version: str | None = None
     architectures: list[str] = field(default_factory=list)
     loss_terms: list[str] = field(default_factory=list)
+    presets: list[str] = field(default_factory=list)
     resampler: bool = False
     commands: list[str] = field(default_factory=list)
     error: str | None = None
@@ -51,6 +53,7 @@ class PluginInfo:
             "version": self.version,
             "architectures": self.architectures,
             "loss_terms": self.loss_terms,
+            "presets": self.presets,
             "resampler": self.resampler,
             "commands": self.commands,
             "error": self.error,
@@ -64,6 +67,7 @@ _infos: dict[str, PluginInfo] = {}
 _loaded = False
 _architectures: dict[str, Architecture] | None = None
 _loss_terms: dict[str, LossTerm] | None = None
+_presets: dict[str, Preset] | None = None
 
 
 def _warn(plugin: str, what: str, exc: BaseException) -> None:
@@ -111,11 +115,11 @@ def load_plugins() -> pluggy.PluginManager:
 
 def register_plugin(plugin: object, name: str) -> None:
     """Register an in-process plugin object (tests, notebooks) and refresh the registries."""
-    global _architectures, _loss_terms
+    global _architectures, _loss_terms, _presets
     load_plugins()
     pm.register(plugin, name=name)
     _infos.setdefault(name, PluginInfo(name=name))
-    _architectures = _loss_terms = None
+    _architectures = _loss_terms = _presets = None
 
 
 def add_plugin_commands(group: Any) -> None:
@@ -178,6 +182,14 @@ def loss_terms() -> dict[str, LossTerm]:
     return _loss_terms
 
 
+def presets() -> dict[str, Preset]:
+    """Every preset the loaded plugins register, by ``architecture/name``."""
+    global _presets
+    if _presets is None:
+        _presets = _collect("register_presets", lambda p: p.key, "presets")
+    return _presets
+
+
 def register_with_sae_lens() -> None:
     """Add every plugin architecture to ``sae_lens.registry``; safe to call repeatedly."""
     from sae_lens.registry import (
@@ -233,6 +245,7 @@ def plugin_infos() -> list[PluginInfo]:
     """Loaded plugins with what each provides (used by ``sae-lens plugins``)."""
     architectures()
     loss_terms()
+    presets()
     for impl in pm.hook.resample_dead_latents.get_hookimpls():
         _infos.setdefault(impl.plugin_name, PluginInfo(name=impl.plugin_name)).resampler = True
     return sorted(_infos.values(), key=lambda i: i.name)

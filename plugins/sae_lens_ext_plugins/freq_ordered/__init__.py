@@ -67,6 +67,14 @@ def register_loss_terms(register):
 
 
 @hookimpl
+def register_presets(register):
+    from sae_lens_ext_plugins.freq_ordered.presets import presets
+
+    for preset in presets():
+        register(preset)
+
+
+@hookimpl
 def default_demo_architecture():
     return "freq_ordered"
 
