@@ -46,7 +46,7 @@ GUARD_CHECK_EVERY = 100
 #: A warm-up given as a fraction of the run, when the SAE never learns the run's length
 #: (SAE-Lens's own runners: :meth:`LossTermTrainingSAE.set_training_steps`), is that fraction
 #: of this many steps.
-FALLBACK_TRAINING_STEPS = 2000
+FALLBACK_TRAINING_STEPS = 1000
 
 
 class _NonNegativeL1(torch.autograd.Function):

@@ -301,7 +301,7 @@ class FreqOrderedTrainingSAEConfig(LossTermTrainingSAEConfig, FreqOrderedArchite
     (``*_warm_up_steps``, which then wins). The run's length is what ``sae-lens train``,
     ``demo`` and ``sweep`` tell the SAE (:meth:`~sae_lens_ext.training.LossTermTrainingSAE.
     set_training_steps`); SAE-Lens's own runners cannot, and there a fraction is taken of
-    ``FALLBACK_TRAINING_STEPS`` (2,000) steps, with a warning.
+    ``FALLBACK_TRAINING_STEPS`` (1,000) steps, with a warning.
 
     Args:
         ordering_coefficient: weight of the ``frequency_ordering`` loss (log run 2: 0.3).
