@@ -25,7 +25,7 @@ from sae_lens_ext_plugins.temporal_consistency.sae import (
 from sae_lens_ext.loss_terms import LossTermSpec, parse_loss_terms
 from sae_lens_ext.presets import Preset, PresetError, describe_presets, get_preset, presets_of
 from sae_lens_ext.training import FALLBACK_TRAINING_STEPS, make_trainer
-from tests.helpers import TinyLM, run_cli_commands
+from tests.helpers import REPO, TinyLM, run_cli_commands
 
 
 def fo(**kw) -> FreqOrderedTrainingSAE:
@@ -130,6 +130,22 @@ def test_freq_ordered_presets_are_the_logs_cumulative_runs():
     assert last.resample_dead_every and last.adaptive_l1 and last.layer_norm
     assert last.skip_projection and last.attention and last.attention_window == 8
     assert configs["no-prefix"].prefix_coefficient == 0 and configs["no-prefix"].sort_latents_every
+
+
+def test_the_docs_list_every_preset_with_its_measured_row():
+    page = (REPO / "docs" / "freq-ordered.md").read_text()
+    for preset in presets_of("freq_ordered").values():
+        assert preset.measured, preset.name
+        assert f"| `{preset.name}` | {preset.description} | {preset.measured} |" in page
+
+
+def test_temporal_consistency_preset_is_the_tuned_contrastive_setting():
+    preset = get_preset("temporal_consistency", "contrastive")
+    cfg = TemporalConsistencyTrainingSAEConfig(d_in=8, d_sae=32, **preset.settings)
+    assert [(s.name, s.coefficient) for s in cfg.enabled_loss_terms()] == [
+        ("temporal_contrastive", 1.0)
+    ]
+    assert cfg.temporal_contrastive_fraction == 1.0
 
 
 def test_preset_errors_name_the_fix():
