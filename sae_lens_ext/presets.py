@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
@@ -27,7 +27,7 @@ class PresetError(ValueError):
     """An unknown preset, or one of another architecture (the message names the fix)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Preset:
     """Training-config settings of ``architecture`` under ``name``.
 
@@ -44,7 +44,6 @@ class Preset:
     settings: Mapping[str, Any]
     description: str = ""
     measured: str = ""
-    _frozen: tuple[tuple[str, Any], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -54,7 +53,6 @@ class Preset:
             raise ValueError(
                 f"preset {self.key}: {unset[0]} is None; leave a field out to keep its default"
             )
-        object.__setattr__(self, "_frozen", tuple(self.settings.items()))
 
     @property
     def key(self) -> str:

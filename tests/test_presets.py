@@ -203,6 +203,7 @@ def test_presets_in_train_and_demo(tiny_lm: TinyLM, tmp_path: Path):
     assert "add --architecture freq_ordered" in results[2][2]
     assert not (tmp_path / "bad").exists()
 
+    from sae_lens_ext.errors import CliError
     from sae_lens_ext.run.lm import parse_config
     from tests.helpers import lm_runner_args
 
@@ -210,3 +211,6 @@ def test_presets_in_train_and_demo(tiny_lm: TinyLM, tmp_path: Path):
     cfg = parse_config([*args, "--preset", "log-run-7", "--layer_norm", "False"], None)
     assert cfg.sae.adaptive_l1 and not cfg.sae.layer_norm and cfg.sae.prefix_coefficient == 0
     assert parse_config(args, None).sae.prefix_coefficient == 1.0  # the defaults
+    standard = lm_runner_args(tiny_lm, "standard", tmp_path / "lm")[2:]
+    with pytest.raises(CliError, match="preset of freq_ordered, not of standard; add --arch"):
+        parse_config([*standard, "--preset", "log-run-7"], None)
