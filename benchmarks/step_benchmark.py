@@ -22,6 +22,12 @@ alive at each row's peak.
 first step's extra wall time; inductor's on-disk cache starts empty unless
 ``--warm-compile-cache``, so it is the cold figure a first run pays). Sizes are ``d_in x d_sae x batch``.
 
+Fresh SAEs on random batches fire about half their latents. ``--l0 N`` sets each row's
+encoder bias (every architecture with a ``b_enc``, ``standard`` included) so that a latent
+fires on ``N / d_sae`` of the first batch's rows, as a trained SAE's sparse codes do: the
+dense products cost the same, but work that scales with the active codes is then measured
+at a realistic sparsity.
+
     .venv/bin/python benchmarks/step_benchmark.py --sizes 768x16384x4096 --dtypes fp32,bf16
 """
 
@@ -65,6 +71,15 @@ EXTRA_ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
         False,
     ),
     "tsae": ("tsae", {}, False),
+    "temporal_contrastive, tuned": (
+        "temporal_consistency",
+        {
+            "temporal_coefficient": 0.0,
+            "temporal_contrastive_coefficient": 1.0,
+            "temporal_contrastive_fraction": 1.0,
+        },
+        False,
+    ),
 }
 COMPILED_ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "standard, compile_sae": ("standard", {}, True),
@@ -97,8 +112,10 @@ def trainer_config(batch: int, device: str, autocast: bool) -> Any:
 
 
 def build_row(name: str, spec: tuple[str, dict[str, Any], bool], size: tuple[int, int, int],
-              device: str, autocast: bool, mode: str | None) -> Row:  # fmt: skip
-    """A fresh SAE (seed 0) of the row's architecture and an upstream trainer for it."""
+              device: str, autocast: bool, mode: str | None,
+              l0_batch: tuple[int, torch.Tensor] | None = None) -> Row:  # fmt: skip
+    """A fresh SAE (seed 0) of the row's architecture and an upstream trainer for it (with
+    ``l0_batch = (N, batch)``: its codes made to fire N latents per row on that batch)."""
     from sae_lens.registry import get_sae_training_class
     from sae_lens.training.sae_trainer import SAETrainer
 
@@ -110,12 +127,24 @@ def build_row(name: str, spec: tuple[str, dict[str, Any], bool], size: tuple[int
     torch.manual_seed(0)
     sae = sae_cls(cfg_cls(d_in=d_in, d_sae=d_sae, device=device, **fields))
     mark_layout_served(sae)  # random rows: the window layout is the benchmark's choice
+    if l0_batch is not None:
+        set_l0(sae, *l0_batch)
     if compiled:  # what LanguageModelSAETrainingRunner._compile_sae_if_needed does
         sae.training_forward_pass = torch.compile(sae.training_forward_pass, mode=mode)
     trainer = SAETrainer(
         cfg=trainer_config(batch, device, autocast), sae=sae, data_provider=iter(())
     )
     return Row(name, trainer, compiled)
+
+
+@torch.no_grad()
+def set_l0(sae: Any, l0: int, batch: torch.Tensor) -> None:
+    """Set ``b_enc`` so that each latent fires on ``l0 / d_sae`` of ``batch``'s rows."""
+    if not hasattr(sae, "b_enc"):
+        return
+    pre = (batch.to(sae.W_enc.device) - sae.b_dec) @ sae.W_enc
+    rank = max(1, round(batch.shape[0] * l0 / sae.cfg.d_sae))
+    sae.b_enc.copy_(-pre.topk(rank, dim=0).values[-1])
 
 
 def clock(device: str) -> Callable[[], float]:
@@ -228,9 +257,10 @@ def measure(size: tuple[int, int, int], dtype: str, specs: dict[str, Any],
     """Every row at one size and dtype: times (interleaved), ratios, peak memory."""
     device, (d_in, _, batch) = args.device, size
     autocast = DTYPES[dtype]
-    rows = [build_row(n, s, size, device, autocast, args.mode) for n, s in specs.items()]
     g = torch.Generator().manual_seed(0)
     batches = [torch.randn(batch, d_in, generator=g).to(device) for _ in range(4)]
+    l0_batch = (args.l0, batches[0]) if args.l0 else None
+    rows = [build_row(n, s, size, device, autocast, args.mode, l0_batch) for n, s in specs.items()]
     warm_up(rows, batches, args.warm_up, device)
     time_rows(rows, batches, args.rounds, device)
     base = rows[0].times
@@ -335,7 +365,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="reuse inductor's on-disk cache (default: a fresh one, so compile times are cold)",
     )
-    parser.add_argument("--extra", action="store_true", help="add prefix, normalized, tsae rows")
+    parser.add_argument(
+        "--l0", type=int, default=0, help="active latents per row (0: as initialised)"
+    )
+    parser.add_argument(
+        "--extra", action="store_true", help="add prefix, normalized, tsae, tuned contrastive rows"
+    )
     parser.add_argument(
         "--rows", action="append", default=[], help="only this row (repeat; standard is kept)"
     )

@@ -27,6 +27,8 @@ Groups:
 - evaluation and figures: :class:`Metric`, :class:`EvalData`, :func:`explained_variance`,
   :func:`seed_consistency`, :func:`encode_batches`, :func:`batch_rows_for`,
   :func:`pyplot`, :func:`save_figure`;
+- presets and the run's length: :class:`Preset`, :class:`PresetError`, :func:`get_preset`,
+  :func:`make_trainer` (upstream's ``SAETrainer``, after telling the SAE the run's length);
 - ``sae-lens browse`` panels: :class:`BrowserData`, :class:`Panel`, :func:`svg_bar_chart`,
   :func:`svg_line_chart`;
 - ``sae-lens demo``: :class:`DemoSetup`, :class:`DemoData`, :class:`DemoDataOptions`;
@@ -93,6 +95,7 @@ if TYPE_CHECKING:
         load_plugins,
         register_plugin,
     )
+    from sae_lens_ext.presets import Preset, PresetError, get_preset
     from sae_lens_ext.resampling import (
         AfterOptimizerStep,
         ResampleRequest,
@@ -108,6 +111,7 @@ if TYPE_CHECKING:
         PluginSAE,
         check_non_negative,
         decoder_weighted_sparsity,
+        make_trainer,
     )
     from sae_lens_ext.twins import twin_name
     from sae_lens_ext.windows import (
@@ -159,6 +163,10 @@ _LAZY: dict[str, tuple[str, str]] = {
     "PluginWarning": ("sae_lens_ext.plugins", "PluginWarning"),
     "load_plugins": ("sae_lens_ext.plugins", "load_plugins"),
     "register_plugin": ("sae_lens_ext.plugins", "register_plugin"),
+    "Preset": ("sae_lens_ext.presets", "Preset"),
+    "PresetError": ("sae_lens_ext.presets", "PresetError"),
+    "get_preset": ("sae_lens_ext.presets", "get_preset"),
+    "make_trainer": ("sae_lens_ext.training", "make_trainer"),
     "AfterOptimizerStep": ("sae_lens_ext.resampling", "AfterOptimizerStep"),
     "ResampleRequest": ("sae_lens_ext.resampling", "ResampleRequest"),
     "ResampleResult": ("sae_lens_ext.resampling", "ResampleResult"),
@@ -215,6 +223,8 @@ __all__ = [
     "PluginError",
     "PluginSAE",
     "PluginWarning",
+    "Preset",
+    "PresetError",
     "ResampleRequest",
     "ResampleResult",
     "WindowBuffer",
@@ -228,11 +238,13 @@ __all__ = [
     "encode_batches",
     "explained_variance",
     "fold_decoder_norms",
+    "get_preset",
     "hookimpl",
     "is_logging_step",
     "latent_parameters",
     "load_hooked_sae_transformer",
     "load_plugins",
+    "make_trainer",
     "mark_layout_served",
     "parse_options",
     "permute_latents",
@@ -258,6 +270,7 @@ _LIGHT = {
     "sae_lens_ext.architectures",
     "sae_lens_ext.loss_terms",
     "sae_lens_ext.plugins",
+    "sae_lens_ext.presets",
     "sae_lens_ext.resampling",
 }
 

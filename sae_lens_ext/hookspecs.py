@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from sae_lens_ext.browse.data import BrowserData, Panel
     from sae_lens_ext.loss_terms import LossTerm
     from sae_lens_ext.metrics import EvalData, Metric
+    from sae_lens_ext.presets import Preset
     from sae_lens_ext.resampling import ResampleRequest, ResampleResult
     from sae_lens_ext.synthetic import DemoSetup
 
@@ -66,6 +67,18 @@ def register_loss_terms(register: Callable[[LossTerm], None]) -> None:
     adds every term enabled in its config's ``loss_terms`` field (for example
     ``"decoder_orthogonality=0.01@500"``: coefficient 0.01, warmed up over 500
     steps through SAE-Lens's ``TrainCoefficientConfig``) to its loss.
+    """
+
+
+@hookspec
+def register_presets(register: Callable[[Preset], None]) -> None:
+    """Register named presets of training-config settings.
+
+    Call ``register(Preset(name, architecture, settings, description))`` once per preset.
+    ``sae-lens train --preset NAME`` and ``sae-lens demo --preset NAME`` start from the
+    preset of the chosen architecture (the user's own settings win), as does a sweep
+    variant's ``preset: NAME``; ``sae-lens train --architecture ARCH --help-options`` lists
+    them with their flags. SAE-Lens's own runner takes no ``--preset``: give it those flags.
     """
 
 

@@ -176,40 +176,55 @@ class LossTerm:
 
 @dataclass(frozen=True)
 class LossTermSpec:
-    """One enabled term: name, coefficient and warm-up steps."""
+    """One enabled term: name, coefficient and warm-up (steps, or a fraction of the run)."""
 
     name: str
     coefficient: float
     warm_up_steps: int = 0
+    warm_up_fraction: float | None = None
+    """If set, the warm-up is this fraction of the run's steps
+    (:meth:`~sae_lens_ext.training.LossTermTrainingSAE.warm_up_steps`) and ``warm_up_steps``
+    is not used."""
+
+    def __post_init__(self) -> None:
+        fraction = self.warm_up_fraction
+        if fraction is not None and not 0.0 <= fraction <= 1.0:
+            raise ValueError(
+                f"loss term {self.name!r}: the warm-up fraction must be in [0, 1], got {fraction}"
+            )
 
 
 _SPEC = re.compile(r"^\s*([a-z][a-z0-9_]*)\s*(?:=\s*([^@\s]+))?\s*(?:@\s*(\S+))?\s*$")
 
 
 def parse_loss_terms(spec: str, field_name: str = "loss_terms") -> list[LossTermSpec]:
-    """Parse ``"name=coef@warmup, other=coef"`` (coefficient defaults to 1, warm-up to 0)."""
+    """Parse ``"name=coef@warmup, other=coef"`` (coefficient defaults to 1, warm-up to 0).
+    The warm-up is in steps (``@500``) or a share of the run (``@50%``)."""
     out: list[LossTermSpec] = []
+    hint = "write name=coefficient@warm_up_steps (or @P% of the run)"
     for part in filter(None, (p.strip() for p in spec.split(","))):
         m = _SPEC.match(part)
         if m is None:
-            raise ValueError(
-                f"{field_name}: cannot parse {part!r}; write name=coefficient@warm_up_steps"
-            )
+            raise ValueError(f"{field_name}: cannot parse {part!r}; {hint}")
         name, coef_s, warm_s = m.groups()
+        warm, fraction = 0, None
         try:
             coef = float(coef_s) if coef_s is not None else 1.0
-            warm = int(warm_s) if warm_s is not None else 0
+            if warm_s is not None and warm_s.endswith("%"):
+                fraction = float(warm_s[:-1]) / 100
+            elif warm_s is not None:
+                warm = int(warm_s)
         except ValueError:
-            raise ValueError(
-                f"{field_name}: bad number in {part!r}; write name=coefficient@warm_up_steps"
-            ) from None
+            raise ValueError(f"{field_name}: bad number in {part!r}; {hint}") from None
         if not coef >= 0:
             raise ValueError(f"{field_name}: coefficient of {name!r} must be >= 0, got {coef}")
-        if warm < 0:
-            raise ValueError(f"{field_name}: warm-up of {name!r} must be >= 0, got {warm}")
+        if warm < 0 or (fraction is not None and not 0 <= fraction <= 1):
+            raise ValueError(
+                f"{field_name}: warm-up of {name!r} must be >= 0 steps or 0-100%, got {warm_s}"
+            )
         if any(s.name == name for s in out):
             raise ValueError(f"{field_name}: {name!r} is given twice")
-        out.append(LossTermSpec(name, coef, warm))
+        out.append(LossTermSpec(name, coef, warm, fraction))
     return out
 
 

@@ -34,6 +34,7 @@ from sae_lens_ext import hookspecs
 if TYPE_CHECKING:
     from sae_lens_ext.architectures import Architecture
     from sae_lens_ext.loss_terms import LossTerm
+    from sae_lens_ext.presets import Preset
 
 ENTRY_POINT_GROUP = "sae_lens_ext"
 LOAD_PLUGINS_ENV = "SAE_LENS_EXT_LOAD_PLUGINS"
@@ -72,6 +73,7 @@ class PluginInfo:
     version: str | None = None
     architectures: list[str] = field(default_factory=list)
     loss_terms: list[str] = field(default_factory=list)
+    presets: list[str] = field(default_factory=list)
     resampler: bool = False
     commands: list[str] = field(default_factory=list)
     error: str | None = None
@@ -96,6 +98,7 @@ class PluginInfo:
             "version": self.version,
             "architectures": self.architectures,
             "loss_terms": self.loss_terms,
+            "presets": self.presets,
             "resampler": self.resampler,
             "commands": self.commands,
             "error": self.error,
@@ -111,11 +114,12 @@ _loaded = False
 _warned: set[str] = set()
 _architectures: dict[str, Architecture] | None = None
 _loss_terms: dict[str, LossTerm] | None = None
+_presets: dict[str, Preset] | None = None
 #: (kind, name) -> the plugin that provides it / the plugins whose collision refused it
 _owners: dict[tuple[str, str], PluginInfo] = {}
 _refused: dict[tuple[str, str], list[PluginInfo]] = {}
 
-_KIND_LABEL = {"architectures": "architecture", "loss_terms": "loss term"}
+_KIND_LABEL = {"architectures": "architecture", "loss_terms": "loss term", "presets": "preset"}
 
 
 def warn_once(message: str) -> None:
@@ -208,12 +212,12 @@ def _hook_names() -> list[str]:
 
 def register_plugin(plugin: object, name: str) -> None:
     """Register an in-process plugin object (tests, notebooks) and refresh the registries."""
-    global _architectures, _loss_terms
+    global _architectures, _loss_terms, _presets
     load_plugins()
     pm.register(plugin, name=name)
     info(name)
     _check_pending()
-    _architectures = _loss_terms = None
+    _architectures = _loss_terms = _presets = None
 
 
 # --- calling -------------------------------------------------------------------------------
@@ -455,6 +459,16 @@ def loss_terms() -> dict[str, LossTerm]:
     return _loss_terms
 
 
+def presets() -> dict[str, Preset]:
+    """Every preset the loaded plugins register, by ``architecture/name``."""
+    global _presets
+    if _presets is None:
+        from sae_lens_ext.presets import Preset
+
+        _presets = _collect("register_presets", "presets", Preset, lambda p: p.key)
+    return _presets
+
+
 def register_with_sae_lens() -> None:
     """Add every plugin architecture, and the loss-term twin of every training architecture
     (:mod:`sae_lens_ext.twins`), to ``sae_lens.registry``; safe to call repeatedly.
@@ -515,6 +529,7 @@ def plugin_infos() -> list[PluginInfo]:
     """Loaded plugins with what each provides (used by ``sae-lens plugins``)."""
     architectures()
     loss_terms()
+    presets()
     for impl in _implementers("resample_dead_latents"):
         info(impl.plugin_name).resampler = True
     return sorted(_infos.values(), key=lambda i: i.name)

@@ -70,6 +70,10 @@ from sae_lens_ext.resampling import (
 
 #: Under SAE-Lens's own runners, the guards are checked every this many steps.
 GUARD_CHECK_EVERY = 100
+#: A warm-up given as a fraction of the run, when the SAE never learns the run's length
+#: (SAE-Lens's own runners: :meth:`LossTermTrainingSAE.set_training_steps`), is that fraction
+#: of this many steps.
+FALLBACK_TRAINING_STEPS = 1000
 
 T_CONFIG = TypeVar("T_CONFIG", bound=SAEConfig)
 
@@ -304,6 +308,9 @@ class LossTermsMixin(TrainingSAE[T_CFG]):
         #: Served by the core's data-parallel layer (see :class:`BatchCollectives`).
         self.collectives: BatchCollectives = LOCAL_COLLECTIVES
         self.guard = TrainingGuard(cfg.max_silent_steps)
+        #: The run's number of optimizer steps, if a training loop said it.
+        self.training_steps: int | None = None
+        self._warned_length = False
         latent_parameters(self)  # a latent-indexed tensor left undeclared fails now
 
     # --- what the architecture computes -----------------------------------------------
@@ -333,13 +340,48 @@ class LossTermsMixin(TrainingSAE[T_CFG]):
         (:meth:`BatchCollectives.batch_mean`; the identity in one process)."""
         return self.collectives.batch_mean(value)
 
+    # --- the run's length ----------------------------------------------------------------
+    def set_training_steps(self, steps: int) -> None:
+        """Tell the SAE its run's number of optimizer steps, before the trainer is built
+        (:func:`make_trainer` does; ``sae-lens train``, ``demo`` and ``sweep`` use it), so
+        that warm-ups given as a fraction of the run are taken of it. SAE-Lens's own runners
+        cannot tell an SAE the run's length: there, such warm-ups are that fraction of
+        ``FALLBACK_TRAINING_STEPS`` steps, and building the trainer warns once."""
+        if steps < 0:
+            raise ValueError(f"set_training_steps: steps must be >= 0, got {steps}")
+        self.training_steps = steps
+
+    def warm_up_steps(self, spec: LossTermSpec) -> int:
+        """A term's warm-up in steps: ``spec.warm_up_steps``, or ``spec.warm_up_fraction`` of
+        the run (of ``FALLBACK_TRAINING_STEPS`` when the run's length is unknown)."""
+        if spec.warm_up_fraction is None:
+            return spec.warm_up_steps
+        steps = FALLBACK_TRAINING_STEPS if self.training_steps is None else self.training_steps
+        return round(spec.warm_up_fraction * steps)
+
+    def _warn_unknown_length(self) -> None:
+        fractions = [s for s, _ in self._terms if s.warm_up_fraction]
+        if self.training_steps is not None or not fractions or self._warned_length:
+            return
+        self._warned_length = True
+        terms = ", ".join(f"{s.name} over {self.warm_up_steps(s)}" for s in fractions)
+        warnings.warn(
+            f"{type(self).__name__}: nothing told the SAE its run's length (SAE-Lens's own "
+            f"runners cannot), so warm-ups given as a fraction of the run are taken of "
+            f"{FALLBACK_TRAINING_STEPS} steps ({terms} steps); set the *_warm_up_steps fields "
+            "to choose, or train with sae-lens train, demo or sweep, which tell it",
+            UserWarning,
+            stacklevel=3,
+        )
+
     # --- SAE-Lens interface -----------------------------------------------------------
     @override
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        self._warn_unknown_length()
         return {
             **self.architecture_coefficients(),
             **{
-                spec.name: TrainCoefficientConfig(spec.coefficient, spec.warm_up_steps)
+                spec.name: TrainCoefficientConfig(spec.coefficient, self.warm_up_steps(spec))
                 for spec, _ in self._terms
             },
         }
@@ -541,6 +583,17 @@ class LossTermTrainingSAE(LossTermsMixin[T_CFG], PluginSAE[T_CFG], Generic[T_CFG
         sae_out: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         return self.base_aux_loss(step_input, feature_acts, hidden_pre, sae_out)
+
+
+def make_trainer(cfg: Any, sae: Any, data_provider: Any, **kwargs: Any) -> Any:
+    """Upstream's ``SAETrainer(cfg=cfg, sae=sae, data_provider=..., **kwargs)``, after telling
+    the SAE the run's length (``sae.set_training_steps(cfg.total_training_steps)``, if it has
+    that method): the trainer reads the SAE's coefficient warm-ups when it is built."""
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    if callable(getattr(sae, "set_training_steps", None)):
+        sae.set_training_steps(cfg.total_training_steps)
+    return SAETrainer(cfg=cfg, sae=sae, data_provider=data_provider, **kwargs)
 
 
 def _on_cpu(result: ResampleResult | None) -> ResampleResult | None:

@@ -20,6 +20,7 @@ from torch.overrides import TorchFunctionMode
 
 from sae_lens_ext.run.loop import TrainingLoop
 from sae_lens_ext.run.progress import RunLogger
+from sae_lens_ext.training import make_trainer as upstream_trainer
 from sae_lens_ext.windows import mark_layout_served
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +41,7 @@ CONFIGS: dict[str, tuple[str, dict[str, Any], int]] = {
             "attention_window": 4,
             "adaptive_l1": True,
             "prefix_coefficient": 1.0,
+            "prefix_warm_up_steps": 0,
         },
         7,
     ),
@@ -57,8 +59,21 @@ CONFIGS: dict[str, tuple[str, dict[str, Any], int]] = {
     "tsae": ("tsae", {"k": 4}, 0),
 }
 # functions of ours that read a tensor which is on the CPU on every machine (no sync):
-# prefix lengths are drawn from torch's global CPU generator, which checkpoints save
-HOST_ONLY = {"TorchUniform.random"}
+# prefix lengths are drawn from torch's global CPU generator, which checkpoints save; the
+# contrastive term's sparse path runs on CPU tensors only (sparse_path_applies is False on an
+# accelerator before it reads anything: test_temporal_unit)
+HOST_ONLY = {
+    "TorchUniform.random",
+    "sparse_path_applies",
+    "_Codes.__init__",
+    "_Codes.input_gradient",
+    "_Offset.__init__",
+    "_Offset.cosines",
+    "_Offset.backward",
+    "_join",
+    "SparseWindowInfoNCE.forward",
+    "SparseWindowInfoNCE.backward",
+}
 # torch functions that read a tensor's value on the host (a host-device sync on an
 # accelerator) or whose output size depends on values (nonzero inside: a sync too)
 SYNCING = {
@@ -177,7 +192,7 @@ def make_trainer(name: str, device: str = "cpu", seed: int = 0) -> SAETrainer:
     with torch.no_grad():
         if hasattr(sae, "b_enc"):
             sae.b_enc[: D_SAE // 8] = -100.0  # dead latents: resampling must happen
-    return SAETrainer(cfg=trainer_cfg(device), sae=sae, data_provider=iter(()))
+    return upstream_trainer(trainer_cfg(device), sae, iter(()))  # tells it the run's length
 
 
 def batches(device: str = "cpu") -> Iterator[torch.Tensor]:

@@ -80,6 +80,13 @@ Data-parallel on N processes (one SAE, each process a block of every batch):
     "--seed to train the same SAE on the same data with another initialisation.",
 )
 @click.option(
+    "--preset",
+    default=None,
+    metavar="NAME",
+    help="Start from a named preset of the architecture's settings (--set wins); list "
+    "them with `sae-lens train --architecture ARCH --help-options`.",
+)
+@click.option(
     "--set",
     "overrides",
     multiple=True,

@@ -71,6 +71,7 @@ class DemoOptions:
     threads: int
     data_seed: int | None = None  # the ground truth's seed (default: ``seed``)
     data_streams: int = 0
+    preset: str | None = None  # a named preset of the architecture (before ``overrides``)
 
     @property
     def resolved_data_seed(self) -> int:
@@ -147,6 +148,7 @@ def _train_and_report(
             "resampled_latents": getattr(sae, "n_resampled", 0),
             "processes": distributed.world_size(),
             "data_streams": options.data_streams or distributed.world_size(),
+            "preset": options.preset,
             "sae_config": demo_plan.settings,
             **(
                 {"trainer_config": demo_plan.trainer_settings} if demo_plan.trainer_settings else {}
@@ -208,10 +210,22 @@ def plan(options: DemoOptions) -> DemoPlan:
             f"--samples {samples} is less than one batch (--batch-size {options.batch_size}); "
             f"give --samples {options.batch_size} or more"
         )
-    settings, trainer_settings = demo_settings(setup, cfg_cls, steps, options.overrides)
+    preset = _preset_settings(options.architecture, options.preset)
+    settings, trainer_settings = demo_settings(setup, cfg_cls, steps, options.overrides, preset)
     demo_plan = DemoPlan(setup, cfg_cls, samples, settings, trainer_settings)
     demo_plan.sae_config(options)
     return demo_plan
+
+
+def _preset_settings(architecture: str, name: str | None) -> dict[str, Any]:
+    from sae_lens_ext.presets import PresetError, get_preset
+
+    if name is None:
+        return {}
+    try:
+        return dict(get_preset(architecture, name).settings)
+    except PresetError as exc:
+        raise fail(str(exc)) from exc
 
 
 def training_classes(architecture: str) -> tuple[Any, Any]:
@@ -251,13 +265,19 @@ def demo_setup(architecture: str) -> Any:
 
 
 def demo_settings(
-    setup: Any, cfg_cls: type[Any], steps: int, overrides: tuple[str, ...]
+    setup: Any,
+    cfg_cls: type[Any],
+    steps: int,
+    overrides: tuple[str, ...],
+    preset: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """SAE config fields (the plugin's defaults the config has, then ``--set``) and
-    trainer settings (``--set`` of a field of upstream's ``SAETrainerConfig``)."""
+    """SAE config fields (the plugin's demo defaults the config has, then the preset's
+    settings, then ``--set``) and trainer settings (``--set`` of a field of upstream's
+    ``SAETrainerConfig``)."""
     names = {f.name for f in fields(cfg_cls)}
     settings = {k: v for k, v in setup.sae_settings.items() if k in names}
     settings.update({k: round(f * steps) for k, f in setup.per_step_settings.items() if k in names})
+    settings.update(preset or {})
     sae_overrides, trainer_settings = parse_overrides(overrides, cfg_cls)
     settings.update(sae_overrides)
     return settings, trainer_settings
@@ -386,11 +406,11 @@ def train_demo(
 ) -> tuple[Any, Any]:
     """Upstream's trainer, driven by the core loop; returns the SAE and the trainer."""
     from sae_lens.config import LoggingConfig, SAETrainerConfig
-    from sae_lens.training.sae_trainer import SAETrainer
 
     from sae_lens_ext import distributed
     from sae_lens_ext.run.loop import TrainingLoop
     from sae_lens_ext.run.progress import RunLogger, default_log_every
+    from sae_lens_ext.training import make_trainer
     from sae_lens_ext.windows import mark_layout_served
 
     steps = samples // options.batch_size
@@ -412,7 +432,7 @@ def train_demo(
         logger=LoggingConfig(log_to_wandb=False),
         **settings,
     )
-    trainer: SAETrainer[Any, Any] = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=batches)
+    trainer = make_trainer(trainer_cfg, sae, batches)
     mark_layout_served(sae)
     log_every = options.log_every or default_log_every(samples, options.batch_size)
     logger = (

@@ -40,15 +40,18 @@ def train(
     progress: str,
     help_options: bool,
     data_streams: int = 0,
+    preset: str | None = None,
 ) -> int:
     """The body of ``sae-lens train`` (see ``sae-lens train --help``)."""
     if config_file is not None:
         args = checks.options_to_args(checks.config_file_options(config_file)) + args
+    if preset is not None:  # after a --config file's preset: the command line wins
+        args = [*args, "--preset", preset]
     if not help_options:
         checks.precheck(args, overwrite=overwrite)  # before SAE-Lens's slow import
     checks.check_architecture(args)
     if help_options:
-        return checks.print_upstream_help(args)
+        return print_help_options(args)
     if not args:
         raise fail("no options given; see 'sae-lens train --help' for an example")
     cfg = parse_config(args, config_file, data_streams)
@@ -67,12 +70,54 @@ def train(
     return run_lm(cfg, output, log_every=log_every, progress=progress, data_streams=data_streams)
 
 
+def print_help_options(args: list[str]) -> int:
+    """Upstream's option list for ``--architecture``, then the architecture's presets."""
+    from sae_lens_ext.presets import describe_presets
+
+    code = checks.print_upstream_help(without_preset(args)[1])
+    listing = describe_presets(checks.last_flag(args, "architecture", "standard"))
+    print(f"\n{listing}" if listing else "\nNo presets registered for this architecture.")
+    return code
+
+
+def without_preset(args: list[str]) -> tuple[str | None, list[str]]:
+    """The last ``--preset NAME`` of ``args`` (from the command line, a ``--config`` file
+    or a sweep variant), and the other arguments."""
+    name, rest, i = None, [], 0
+    while i < len(args):
+        if args[i] == "--preset" and i + 1 < len(args):
+            name, i = args[i + 1], i + 2
+            continue
+        if args[i].startswith("--preset="):
+            name = args[i].split("=", 1)[1]
+        else:
+            rest.append(args[i])
+        i += 1
+    return name, rest
+
+
+def apply_preset(args: list[str]) -> list[str]:
+    """``args`` with a ``--preset NAME`` replaced by the preset's flags, put first so that
+    every flag given wins."""
+    from sae_lens_ext.presets import PresetError, get_preset
+
+    name, rest = without_preset(args)
+    if name is None:
+        return rest
+    try:
+        preset = get_preset(checks.last_flag(rest, "architecture", "standard"), name)
+    except PresetError as exc:
+        raise fail(str(exc)) from exc
+    return [*preset.flags(), *rest]
+
+
 def parse_config(args: list[str], config_file: str | None, data_streams: int = 0) -> Any:
     """Upstream's runner config from the flags, with every check that needs no model."""
     from sae_lens_ext import distributed
     from sae_lens_ext.streams import check_streams
     from sae_lens_ext.windows import BatchLayoutError, batch_window, validate_window_layout
 
+    args = apply_preset(args)
     checks.check_context_flag(args)
     cfg = checks.parse_upstream(["--log_to_wandb", "False", *args], config_file)
     if cfg.output_path is None or str(cfg.output_path) == "None":
@@ -452,8 +497,6 @@ def _main_logger(trainer_cfg: Any, output: RunOutput, log_every: int, progress: 
 def _train_lm(
     cfg: Any, output: RunOutput, *, log_every: int | None, progress: str, n_streams: int
 ) -> int:
-    from sae_lens.training.sae_trainer import SAETrainer
-
     from sae_lens_ext import distributed
     from sae_lens_ext.run.loop import (
         InterruptFlag,
@@ -462,6 +505,7 @@ def _train_lm(
         seed_everything,
     )
     from sae_lens_ext.run.progress import default_log_every
+    from sae_lens_ext.training import make_trainer
 
     t0 = time.perf_counter()
     seed_everything(cfg.seed)  # upstream's runner never uses cfg.seed
@@ -474,10 +518,10 @@ def _train_lm(
     log_every = log_every or default_log_every(  # the same on every rank
         trainer_cfg.total_training_samples, trainer_cfg.train_batch_size_samples
     )
-    trainer: SAETrainer[Any, Any] = SAETrainer(
-        cfg=trainer_cfg,
-        sae=runner.sae,
-        data_provider=data,
+    trainer = make_trainer(
+        trainer_cfg,
+        runner.sae,
+        data,
         evaluator=runner.evaluator,
         save_checkpoint_fn=runner.save_checkpoint,
     )

@@ -28,7 +28,8 @@ The sweep file (YAML) names the data once and the variants as changes to it::
 
 Settings are the options of ``sae-lens demo`` (any other key is a field of the SAE's
 training config, as ``--set``) or of ``sae-lens train`` (upstream names, ``sae:`` sections
-allowed). Each variant trains into ``OUTPUT/<name>/``, a complete run folder once its
+allowed); ``preset: NAME`` starts a variant from a named preset of its architecture (its
+other settings win). Each variant trains into ``OUTPUT/<name>/``, a complete run folder once its
 ``cfg.json`` is there; a rerun skips finished variants, resumes an interrupted one from its
 checkpoint, and evaluates what has not been evaluated. ``OUTPUT/results.csv`` and
 ``results.md`` hold every variant's metrics.
@@ -75,6 +76,7 @@ DEMO_OPTIONS = (
     "n_checkpoints",
     "device",
     "threads",
+    "preset",
 )
 #: Keys of ``evaluate:`` besides the ``sae-lens evaluate --bench`` options.
 EVALUATE_KEYS = ("samples", "bench", "bench_options")

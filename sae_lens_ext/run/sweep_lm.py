@@ -262,10 +262,9 @@ def _shared_loop(
     runner: Any, slot: _Slot, output: Any, log_every: int | None, progress: str
 ) -> Any:
     """The core loop of one variant, fed by its slot; checkpoints off (see module docstring)."""
-    from sae_lens.training.sae_trainer import SAETrainer
-
     from sae_lens_ext.run.loop import TrainingLoop
     from sae_lens_ext.run.progress import RunLogger
+    from sae_lens_ext.training import make_trainer
 
     cfg = dataclasses.replace(
         runner.cfg.to_sae_trainer_config(),
@@ -273,9 +272,7 @@ def _shared_loop(
         checkpoint_path=None,
         save_final_checkpoint=False,
     )
-    trainer: SAETrainer[Any, Any] = SAETrainer(
-        cfg=cfg, sae=runner.sae, data_provider=slot, evaluator=runner.evaluator
-    )
+    trainer = make_trainer(cfg, runner.sae, slot, evaluator=runner.evaluator)
     logger = RunLogger(
         output.log_path,
         cfg.total_training_samples,

@@ -67,23 +67,17 @@ def register_loss_terms(register):
 
 
 @hookimpl
-def default_demo_architecture():
-    return "freq_ordered"
+def register_presets(register):
+    from sae_lens_ext_plugins.freq_ordered.presets import presets
+
+    for preset in presets():
+        register(preset)
 
 
 @hookimpl
-def demo_setup(architecture):
-    """The demo trains ``freq_ordered`` in prefix mode (every prefix of the frequency order
-    trained to reconstruct, ramped up over the whole run, as the benchmark recommends) with
-    a lower L1, and the ordering loss warmed up over the first quarter of the run."""
-    if architecture != "freq_ordered":
-        return None
-    from sae_lens_ext.api import DemoSetup
-
-    return DemoSetup(
-        sae_settings={"l1_coefficient": 0.4, "prefix_coefficient": 1.0},
-        per_step_settings={"ordering_warm_up_steps": 0.25, "prefix_warm_up_steps": 1.0},
-    )
+def default_demo_architecture():
+    """``sae-lens demo`` trains ``freq_ordered`` at its defaults (the prefix mode)."""
+    return "freq_ordered"
 
 
 @hookimpl

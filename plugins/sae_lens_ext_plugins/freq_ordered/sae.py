@@ -303,14 +303,24 @@ class FreqOrderedSAE(FreqOrderedEncoderMixin, PluginSAE[FreqOrderedSAEConfig]):
 
 @dataclass(kw_only=True)
 class FreqOrderedTrainingSAEConfig(LossTermTrainingSAEConfig, FreqOrderedArchitectureFields):
-    """Training config of ``freq_ordered``. Defaults are the benchmarked recommendation
-    (docs/benchmarks-freq-ordered.md).
+    """Training config of ``freq_ordered``. The defaults are the benchmarked recommendation,
+    the prefix mode (docs/benchmarks-freq-ordered.md): ordering loss and periodic sort, the
+    prefix term at 1 ramped over the whole run, a lower L1; named presets give the research
+    log's runs (``sae-lens train --preset log-run-5``).
+
+    Warm-ups are a fraction of the run (``*_warm_up_fraction``) unless given in steps
+    (``*_warm_up_steps``, which then wins). The run's length is what ``sae-lens train``,
+    ``demo`` and ``sweep`` tell the SAE (:meth:`~sae_lens_ext.training.LossTermTrainingSAE.
+    set_training_steps`); SAE-Lens's own runners cannot, and there a fraction is taken of
+    ``FALLBACK_TRAINING_STEPS`` (1,000) steps, with a warning.
 
     Args:
         ordering_coefficient: weight of the ``frequency_ordering`` loss (log run 2: 0.3).
-        ordering_warm_up_steps: the ordering coefficient ramps linearly from 0 over
-            this many steps (log run 3: 0 -> 0.5 over 1000 steps; default 0: the
-            loss does most good while latents are still choosing their features).
+        ordering_warm_up_steps: the ordering coefficient ramps linearly from 0 over this
+            many steps (log run 3: 0 -> 0.5 over 1000 of its 4,882 steps); ``None``
+            (default): over ``ordering_warm_up_fraction`` of the run.
+        ordering_warm_up_fraction: that ramp as a share of the run (default 0: the loss
+            does most good while latents are still choosing their features).
         frequency_decay: decay of the EMA firing-rate buffer ``latent_frequency``
             (time constant ``1 / (1 - decay)`` steps).
         frequency_temperature: temperature of the soft firing rate
@@ -319,6 +329,8 @@ class FreqOrderedTrainingSAEConfig(LossTermTrainingSAEConfig, FreqOrderedArchite
             the batch (0: all rows); it only carries a gradient estimate.
         l1_coefficient: weight of the L1 penalty on ``acts * ||W_dec row||``
             (the base of the adaptive L1; log run 5 used 0.04 on its own data scale).
+            Default 0.6: the prefix term makes codes denser, and the benchmark's prefix mode
+            takes 0.6x the L1 of ``standard``'s runs.
         l1_warm_up_steps: linear warm-up of the L1 coefficient.
         adaptive_l1: scale the L1 penalty by the batch's mean cosine similarity
             between input and reconstruction (log run 5), as the ``adaptive_l1``
@@ -329,9 +341,11 @@ class FreqOrderedTrainingSAEConfig(LossTermTrainingSAEConfig, FreqOrderedArchite
             computes does not change. Not in the log; see the docs for why it is on.
         prefix_coefficient: weight of the ``prefix_reconstruction`` loss, the mean
             reconstruction loss of prefixes (the first ``k`` latents of the current
-            order) drawn every step (0: off; benchmark recommendation 1 with
-            ``prefix_warm_up_steps`` = the run's steps). See ``prefix.py``.
-        prefix_warm_up_steps: linear warm-up of that weight (recommended: the whole run).
+            order) drawn every step (default 1; 0: off). See ``prefix.py``.
+        prefix_warm_up_steps: linear warm-up of that weight in steps; ``None`` (default):
+            over ``prefix_warm_up_fraction`` of the run.
+        prefix_warm_up_fraction: that ramp as a share of the run (default 1: the whole run,
+            so that features form before the prefixes reorganise them).
         prefix_samples: prefix lengths drawn per step (stratified).
         prefix_min_fraction: shortest prefix drawn, as a fraction of ``d_sae``.
         prefix_exponent: prefix lengths follow ``p(k) ~ k^-prefix_exponent`` on
@@ -347,16 +361,18 @@ class FreqOrderedTrainingSAEConfig(LossTermTrainingSAEConfig, FreqOrderedArchite
     """
 
     ordering_coefficient: float = 0.3
-    ordering_warm_up_steps: int = 0
+    ordering_warm_up_steps: int | None = None
+    ordering_warm_up_fraction: float = 0.0
     frequency_decay: float = 0.99
     frequency_temperature: float = 0.1
     ordering_rows: int = 128
-    l1_coefficient: float = 1.0
+    l1_coefficient: float = 0.6
     l1_warm_up_steps: int = 0
     adaptive_l1: bool = False
     sort_latents_every: int = 25
-    prefix_coefficient: float = 0.0
-    prefix_warm_up_steps: int = 0
+    prefix_coefficient: float = 1.0
+    prefix_warm_up_steps: int | None = None
+    prefix_warm_up_fraction: float = 1.0
     prefix_samples: int = 4
     prefix_min_fraction: float = 0.05
     prefix_exponent: float = 0.5
@@ -367,15 +383,21 @@ class FreqOrderedTrainingSAEConfig(LossTermTrainingSAEConfig, FreqOrderedArchite
         check_non_negative(
             self,
             "ordering_coefficient",
-            "ordering_warm_up_steps",
             "l1_coefficient",
             "l1_warm_up_steps",
             "sort_latents_every",
             "ordering_rows",
             "prefix_coefficient",
-            "prefix_warm_up_steps",
             "prefix_exponent",
         )
+        for steps in ("ordering_warm_up_steps", "prefix_warm_up_steps"):
+            if getattr(self, steps) is not None:
+                check_non_negative(self, steps)
+        for fraction in ("ordering_warm_up_fraction", "prefix_warm_up_fraction"):
+            if not 0.0 <= getattr(self, fraction) <= 1.0:
+                raise ValueError(
+                    f"{name}.{fraction} must be in [0, 1], got {getattr(self, fraction)}"
+                )
         if self.prefix_samples < 1:
             raise ValueError(f"{name}.prefix_samples must be >= 1, got {self.prefix_samples}")
         if not 0.0 < self.prefix_min_fraction < 1.0:
@@ -404,13 +426,19 @@ class FreqOrderedTrainingSAEConfig(LossTermTrainingSAEConfig, FreqOrderedArchite
 
     @override
     def builtin_loss_terms(self) -> list[LossTermSpec]:
-        specs = [
-            LossTermSpec(ORDERING_TERM, self.ordering_coefficient, self.ordering_warm_up_steps)
-        ]
+        ordering = warm_up(self.ordering_warm_up_steps, self.ordering_warm_up_fraction)
+        specs = [LossTermSpec(ORDERING_TERM, self.ordering_coefficient, *ordering)]
         if self.adaptive_l1:
             specs.append(LossTermSpec(ADAPTIVE_L1_TERM, self.l1_coefficient, self.l1_warm_up_steps))
-        specs.append(LossTermSpec(PREFIX_TERM, self.prefix_coefficient, self.prefix_warm_up_steps))
+        prefix = warm_up(self.prefix_warm_up_steps, self.prefix_warm_up_fraction)
+        specs.append(LossTermSpec(PREFIX_TERM, self.prefix_coefficient, *prefix))
         return specs
+
+
+def warm_up(steps: int | None, fraction: float) -> tuple[int, float | None]:
+    """``LossTermSpec``'s ``(warm_up_steps, warm_up_fraction)``: the steps if given, else the
+    fraction of the run."""
+    return (steps, None) if steps is not None else (0, fraction)
 
 
 class FreqOrderedTrainingSAE(

@@ -123,7 +123,8 @@ def make_trainer(
 ) -> Any:
     """Upstream's ``SAETrainer`` for ``training_steps`` steps of ``batch_size`` rows."""
     from sae_lens.config import SAETrainerConfig
-    from sae_lens.training.sae_trainer import SAETrainer
+
+    from sae_lens_ext.api import make_trainer as upstream_trainer
 
     trainer_cfg = SAETrainerConfig(
         total_training_samples=training_steps * batch_size,
@@ -136,7 +137,7 @@ def make_trainer(
         dead_feature_window=max(1, training_steps // 4),
         feature_sampling_window=max(1, training_steps),
     )
-    trainer: SAETrainer[Any, Any] = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=provider)
+    trainer = upstream_trainer(trainer_cfg, sae, provider)
     trainer.sae.to(device)
     return trainer
 
