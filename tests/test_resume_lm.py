@@ -45,7 +45,7 @@ from sae_lens_ext.cli import cli
 
 common, required, variants = (json.loads(a) for a in sys.argv[1:4])
 runs = {
-    name: ["--architecture", name, *required.get(name, [])]
+    name: ["--architecture", name, *required.get(name.removesuffix("_with_loss_terms"), [])]
     for name in sorted(SAE_TRAINING_CLASS_REGISTRY)
 }
 runs.update(variants)
