@@ -3,12 +3,13 @@
 Every row trains on the same synthetic stream (same seeds, same number of
 samples, same lr, same batch size) through SAE-Lens's ``SAETrainer.step``:
 
-- upstream ``standard`` and ``matryoshka_batchtopk``;
-- ``freq_ordered`` with its defaults;
-- ``freq_ordered`` with the ``prefix_reconstruction`` term (the recommended prefix
-  mode, and one-change variations of it), and ``standard`` at the L0 of that mode;
-- ``freq_ordered`` with each option of the research log switched on alone
-  (ordering loss and all other options off otherwise).
+- upstream ``standard`` (also at the L0 of the prefix mode) and ``matryoshka_batchtopk``;
+- ``freq_ordered`` at its defaults (the prefix mode), told the run's length as
+  ``sae-lens train`` tells it and not told it (SAE-Lens's own runners: the fallback
+  warm-up), then one change at a time;
+- ``freq_ordered`` without the prefix term (the ``no-prefix`` preset, the defaults before
+  the prefix mode; and with the sort alone);
+- every registered preset of ``freq_ordered``: the research log's runs 2 to 9, cumulative.
 
 Columns: ground-truth MCC, explained variance, L0 and dead latents (upstream's
 ``eval_sae_on_synthetic_data``), Spearman(latent index, measured frequency),
@@ -43,6 +44,7 @@ import json
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +70,8 @@ from sae_lens_ext_plugins.freq_ordered.metrics import (
 from sae_lens_ext_plugins.freq_ordered.reorder import reorder_by_frequency
 from smoke import is_smoke, smoke_argv
 
+from sae_lens_ext.training import FALLBACK_TRAINING_STEPS, make_trainer
+
 FRACTIONS = (0.1, 0.25, 0.5)
 
 
@@ -91,35 +95,34 @@ class Row:
     architecture: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     consistency: bool = False  # also train with seed + 1 and compare the dictionaries
+    told_length: bool = True  # False: the SAE is not told the run's length (upstream's runners)
 
 
-# every option of the log alone: the ordering loss and all other options off
-# (the in-training sort is not a log option: off in these rows)
-OFF = {"ordering_coefficient": 0.0, "ordering_warm_up_steps": 0, "sort_latents_every": 0}
-RECOMMENDED = "freq_ordered + prefix (recommended)"
+DEFAULTS = "freq_ordered (defaults)"
+NO_PREFIX = "preset no-prefix (the defaults before the prefix mode)"
 
 
 def prefix_rows(setup: Setup) -> list[Row]:
-    """The prefix mode: ``prefix_coefficient`` 1 ramped over the whole run, other prefix
-    fields at their defaults, ``l1_coefficient`` 0.6x the other rows'; then one change at a
-    time."""
-    steps = setup.samples // setup.batch_size
-    base = {
-        "l1_coefficient": 0.6 * setup.l1,
-        "prefix_coefficient": 1.0,
-        "prefix_warm_up_steps": steps,
-    }
+    """``freq_ordered`` at its defaults (the prefix mode: ``prefix_coefficient`` 1 ramped over
+    the whole run, ``l1_coefficient`` 0.6x ``standard``'s), then one change at a time."""
 
-    def row(name: str, consistency: bool = False, **changes: Any) -> Row:
-        return Row(name, "freq_ordered", {**base, **changes}, consistency)
+    def row(name: str, consistency: bool = False, told_length: bool = True, **changes: Any) -> Row:
+        settings = {"l1_coefficient": 0.6 * setup.l1, **changes}
+        return Row(name, "freq_ordered", settings, consistency, told_length)
 
     return [
-        row(RECOMMENDED, True),
+        row(DEFAULTS, True),
+        row(
+            f"defaults, run's length unknown (ramp over {FALLBACK_TRAINING_STEPS} steps)",
+            told_length=False,
+        ),
         row("prefix: l1 x1 (L0 of standard)", True, l1_coefficient=setup.l1),
         row("prefix: coefficient 2, l1 x1", True, prefix_coefficient=2.0, l1_coefficient=setup.l1),
         row("prefix: coefficient 2", prefix_coefficient=2.0),
         row("prefix: coefficient 0.5", prefix_coefficient=0.5),
         row("prefix: no warm-up", True, prefix_warm_up_steps=0),
+        row("prefix: ramp over the first quarter", prefix_warm_up_fraction=0.25),
+        row("prefix: ordering warm-up over the first quarter", ordering_warm_up_fraction=0.25),
         row(
             "prefix: no sort, no ordering loss",
             True,
@@ -131,35 +134,27 @@ def prefix_rows(setup: Setup) -> list[Row]:
     ]
 
 
-def log_rows(setup: Setup) -> list[Row]:
-    """Each option of the research log alone (runs 2 to 9)."""
-    steps = setup.samples // setup.batch_size
-    off = {**OFF, "l1_coefficient": setup.l1}
-    return [
-        Row("+ ordering 0.3 (run 2)", "freq_ordered", {**off, "ordering_coefficient": 0.3}),
-        Row(
-            "+ ordering 0 -> 0.5 warm-up (run 3)",
-            "freq_ordered",
-            {**off, "ordering_coefficient": 0.5, "ordering_warm_up_steps": min(1000, steps // 2)},
-        ),
-        Row(
-            "+ resampling (run 4)",
-            "freq_ordered",
-            {**off, "resample_dead_every": max(1, steps // 4)},
-        ),
-        Row("+ adaptive L1 (run 5)", "freq_ordered", {**off, "adaptive_l1": True}),
-        Row("+ LayerNorm (run 7)", "freq_ordered", {**off, "layer_norm": True}),
-        Row("+ skip 0.1 (run 8)", "freq_ordered", {**off, "skip_projection": True}),
-        Row(
-            "+ attention, window 8 (run 9)",
-            "freq_ordered",
-            {**off, "attention": True, "attention_window": 8},
-        ),
-    ]
+def preset_rows(setup: Setup) -> list[Row]:
+    """Every preset of ``freq_ordered`` (the research log's runs 2 to 9, cumulative), as
+    registered; resampling every quarter of this short run instead of every 1000 steps."""
+    from sae_lens_ext.presets import presets_of
+
+    rows = []
+    for name, preset in presets_of("freq_ordered").items():
+        if name == "no-prefix" or name == "log-run-6":  # no-prefix: above; 6: the settings of 5
+            continue
+        settings = dict(preset.settings)
+        if settings.get("resample_dead_every"):
+            settings["resample_dead_every"] = max(1, setup.samples // setup.batch_size // 4)
+        if settings.get("l1_coefficient") == 1.0:
+            settings["l1_coefficient"] = setup.l1
+        rows.append(Row(f"preset {name}", "freq_ordered", settings))
+    return rows
 
 
 def rows(setup: Setup) -> list[Row]:
     widths = [setup.d_sae // 8, setup.d_sae // 4, setup.d_sae // 2, setup.d_sae]
+    no_prefix = {"l1_coefficient": setup.l1, "prefix_coefficient": 0.0}
     return [
         Row("standard", "standard", {"l1_coefficient": setup.l1}, consistency=True),
         Row(
@@ -174,20 +169,15 @@ def rows(setup: Setup) -> list[Row]:
             {"k": 9, "matryoshka_widths": widths},
             consistency=True,
         ),
-        Row(
-            "freq_ordered (defaults)",
-            "freq_ordered",
-            {"l1_coefficient": setup.l1},
-            consistency=True,
-        ),
-        Row(
-            "sort only, no ordering loss",
-            "freq_ordered",
-            {**OFF, "l1_coefficient": setup.l1, "sort_latents_every": 25},
-            consistency=True,
-        ),
         *prefix_rows(setup),
-        *log_rows(setup),
+        Row(NO_PREFIX, "freq_ordered", no_prefix, consistency=True),
+        Row(
+            "no prefix, sort only (no ordering loss)",
+            "freq_ordered",
+            {**no_prefix, "ordering_coefficient": 0.0},
+            consistency=True,
+        ),
+        *preset_rows(setup),
     ]
 
 
@@ -196,7 +186,9 @@ def make_sae(row: Row, setup: Setup) -> Any:
     return sae_class(cfg_class(d_in=setup.d_in, d_sae=setup.d_sae, **row.kwargs))
 
 
-def trainer_for(sae: Any, setup: Setup, data: Callable[[int], torch.Tensor]) -> SAETrainer:
+def trainer_for(
+    sae: Any, setup: Setup, data: Callable[[int], torch.Tensor], told_length: bool = True
+) -> SAETrainer:
     cfg = SAETrainerConfig(  # upstream's defaults otherwise: constant lr, no checkpoints
         total_training_samples=setup.samples,
         train_batch_size_samples=setup.batch_size,
@@ -206,7 +198,11 @@ def trainer_for(sae: Any, setup: Setup, data: Callable[[int], torch.Tensor]) -> 
         feature_sampling_window=1000,
         logger=LoggingConfig(log_to_wandb=False),
     )
-    return SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
+    if not told_length:  # as SAE-Lens's own runners build it: the SAE's fallback warm-up
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
+    return make_trainer(cfg, sae, iter(()))  # tells the SAE the run's length
 
 
 class SeededStream:
@@ -232,7 +228,7 @@ def train(row: Row, setup: Setup, stream: SeededStream, seed: int | None = None)
     SAE's initialisation."""
     torch.manual_seed(setup.seed if seed is None else seed)
     sae = make_sae(row, setup)
-    trainer = trainer_for(sae, setup, stream)
+    trainer = trainer_for(sae, setup, stream, row.told_length)
     for i in range(setup.samples // setup.batch_size):
         trainer.maybe_reset_sparsity()
         trainer.step(stream(i))
@@ -298,13 +294,13 @@ LARGE = {"d_in": 256, "d_sae": 2048, "batch_size": 1024, "timing_steps": 30}
 LM_SIZE = {"d_in": 768, "d_sae": 16384, "batch_size": 4096, "timing_steps": 6}
 LARGE_ROWS = (
     "standard",
-    "freq_ordered (defaults)",
-    "sort only, no ordering loss",
-    "+ ordering 0.3 (run 2)",
-    RECOMMENDED,
+    DEFAULTS,
     "prefix: no sort, no ordering loss",
+    NO_PREFIX,
+    "no prefix, sort only (no ordering loss)",
+    "preset log-run-2",
 )
-LM_ROWS = ("standard", "freq_ordered (defaults)", RECOMMENDED)
+LM_ROWS = ("standard", DEFAULTS, NO_PREFIX)
 
 
 def time_at_size(setup: Setup, size: dict[str, int], names: tuple[str, ...]) -> dict[str, Timing]:
@@ -482,7 +478,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lm-timing", action="store_true", help="also time d_in 768, d_sae 16k")
     parser.add_argument("--out", default="", help="write the markdown tables here")
     parser.add_argument("--json", default="", help="write raw results here")
-    smaller = ["--samples", "4096", "--d-sae", "128", "--only", "freq_ordered (defaults)"]
+    smaller = ["--samples", "4096", "--d-sae", "128", "--only", DEFAULTS]
     args = parser.parse_args(smoke_argv(argv, [*smaller, "--no-consistency"]))
     torch.set_num_threads(args.threads)
     sae_lens_logger.setLevel("WARNING")

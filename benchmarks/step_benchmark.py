@@ -76,6 +76,15 @@ EXTRA_ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
         False,
     ),
     "tsae": ("tsae", {}, False),
+    "temporal_contrastive, tuned": (
+        "temporal_consistency",
+        {
+            "temporal_coefficient": 0.0,
+            "temporal_contrastive_coefficient": 1.0,
+            "temporal_contrastive_fraction": 1.0,
+        },
+        False,
+    ),
 }
 COMPILED_ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "standard, compile_sae": ("standard", {}, True),
@@ -457,7 +466,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="reuse inductor's on-disk cache (default: a fresh one, so compile times are cold)",
     )
-    parser.add_argument("--extra", action="store_true", help="add prefix, normalized, tsae rows")
+    parser.add_argument(
+        "--l0", type=int, default=0, help="active latents per row (0: as initialised)"
+    )
+    parser.add_argument(
+        "--extra", action="store_true", help="add prefix, normalized, tsae, tuned contrastive rows"
+    )
     parser.add_argument(
         "--l0",
         default="",

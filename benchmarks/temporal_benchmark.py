@@ -54,9 +54,10 @@ REGIMES: dict[str, dict[str, Any]] = {
         "k": 25,
     },
 }
-# the best settings found for the temporal methods on the hard regime (docs: what we tried)
+# the best settings found for the temporal methods on the hard regime (docs: what we tried);
+# the contrastive one is temporal_consistency's preset "contrastive"
 TUNED: dict[str, tuple[str, dict[str, Any]]] = {
-    "temporal_contrastive tuned (c=1, all latents)": (
+    "preset contrastive (c=1, all latents)": (
         "temporal_contrastive",
         {"temporal_contrastive_coefficient": 1.0, "temporal_contrastive_fraction": 1.0},
     ),

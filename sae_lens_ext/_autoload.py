@@ -10,6 +10,11 @@ SAE-Lens's registries. Set ``SAE_LENS_EXT_AUTOLOAD=0`` to switch it off.
 
 import sys
 
+# `typing` is not imported at start-up (it costs milliseconds); mypy reads this block
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from importlib.machinery import ModuleSpec
+
 TARGET = "sae_lens"
 
 
@@ -31,7 +36,9 @@ def _register_after_import() -> None:
 class SaeLensImportHook:
     """One-shot meta-path finder that wraps ``sae_lens``'s loader."""
 
-    def find_spec(self, fullname: str, path: object = None, target: object = None) -> object:
+    def find_spec(
+        self, fullname: str, path: object = None, target: object = None
+    ) -> "ModuleSpec | None":
         if fullname != TARGET:
             return None
         uninstall()
@@ -53,11 +60,17 @@ class SaeLensImportHook:
             original_exec(module)
             _register_after_import()
 
-        loader.exec_module = exec_module  # type: ignore[union-attr]
+        loader.exec_module = exec_module
         return spec
 
 
 _HOOK = SaeLensImportHook()
+
+
+def _is_hook(finder: object) -> bool:
+    # by name: a .pth read twice (a site directory listed twice) runs this module twice,
+    # and each run has its own class
+    return type(finder).__name__ == SaeLensImportHook.__name__
 
 
 def install() -> None:
@@ -65,12 +78,12 @@ def install() -> None:
     if TARGET in sys.modules:
         _register_after_import()
         return
-    if not any(isinstance(f, SaeLensImportHook) for f in sys.meta_path):
+    if not any(_is_hook(f) for f in sys.meta_path):
         sys.meta_path.insert(0, _HOOK)
 
 
 def uninstall() -> None:
-    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, SaeLensImportHook)]
+    sys.meta_path[:] = [f for f in sys.meta_path if not _is_hook(f)]
 
 
 install()

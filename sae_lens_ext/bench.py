@@ -38,6 +38,7 @@ import json
 import os
 import random
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -90,8 +91,68 @@ CONFIG_CLASSES = {
 }
 
 
+#: SAE-Bench hub datasets that cannot be copied under ``data_dir`` (configs per language
+#: pair; a dataset script): without the hub, leave them out of ``dataset_names``.
+NOT_COPYABLE = ("Helsinki-NLP/europarl", "codeparrot/github-code")
+
+#: How :meth:`BenchDataError.advice` names the settings (Python: ``BenchSettings`` fields;
+#: ``{names}``: the dataset names to keep, comma-separated, ``{names_list}``: as a list).
+PYTHON_NAMES = {
+    "dataset": "dataset=PATH",
+    "data_dir": "data_dir=DATA_DIR",
+    "model": "model_name=DIR",
+    "dataset_names": "overrides['{bench}']['dataset_names'] = {names_list}",
+}
+
+
 class BenchDataError(RuntimeError):
-    """A dataset or model an evaluation needs could not be loaded."""
+    """A dataset or model an evaluation needs could not be loaded.
+
+    ``str()`` is one line for Python callers; :meth:`advice` words the same fix with other
+    setting names (the command line's flags)."""
+
+    def __init__(
+        self,
+        *,
+        reason: str,
+        bench: str = "",
+        hub_ids: Sequence[str] = (),
+        dataset_names: Sequence[str] = (),
+        model: str = "",
+    ) -> None:
+        self.reason, self.bench, self.model = reason, bench, model
+        self.hub_ids, self.dataset_names = list(hub_ids), list(dataset_names)
+        super().__init__(self.advice(PYTHON_NAMES))
+
+    def advice(self, names: Mapping[str, str]) -> str:
+        """The message, naming settings as ``names`` does (keys of :data:`PYTHON_NAMES`)."""
+        if self.model:
+            return (
+                f"model {self.model!r} could not be loaded ({self.reason}): connect to the "
+                f"Hugging Face Hub, or pass {names['model']}, a folder written by save_pretrained"
+            )
+        copyable = [h for h in self.hub_ids if h not in NOT_COPYABLE]
+        fixed = [h for h in self.hub_ids if h in NOT_COPYABLE]
+        local = f"a local copy ({names['dataset']}) or " if self.bench == "core" else ""
+        message = (
+            f"{self.bench} needs dataset(s) {', '.join(self.hub_ids)} ({self.reason}): connect "
+            "to the Hugging Face Hub"
+        )
+        if copyable:
+            message += (
+                f", or provide {local}copies of {', '.join(copyable)} as DATA_DIR/<hub id>/ "
+                f"with its train and test splits and give {names['data_dir']}"
+            )
+        if fixed:
+            kept = [n for n in self.dataset_names if hub_datasets([n])[0] not in NOT_COPYABLE]
+            setting = names["dataset_names"].format(
+                bench=self.bench, names=",".join(kept), names_list=repr(kept)
+            )
+            message += (
+                f"; {', '.join(fixed)} cannot be copied that way: leave "
+                f"{'it' if len(fixed) == 1 else 'them'} out with {setting}"
+            )
+        return message
 
 
 # Benches that encode single-token activations taken out of their prompts (2-D rows from
@@ -103,6 +164,11 @@ SINGLE_TOKEN_BENCHES = ("absorption", "sparse_probing_sae_probes")
 class OutOfContextError(ValueError):
     """Benches that would feed single tokens to an SAE whose encoder reads several
     consecutive positions together: its code of such rows is not defined."""
+
+
+class ModelTooSmallError(ValueError):
+    """The model cannot serve a bench: absorption finds too few first letters that a
+    probe reads from its vocabulary (SAE-Bench recommends models of 2B parameters or more)."""
 
 
 def encoder_window(cfg: Any) -> int:
@@ -220,6 +286,7 @@ def run_bench(
     *,
     name: str | None = None,
     extra_metrics: ExtraMetrics | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Path]:
     """Run SAE-Bench's ``benches`` on one SAE; return each result file by bench.
 
@@ -237,6 +304,8 @@ def run_bench(
             returns is written beside SAE-Bench's results, to
             ``output_dir/sae_lens_ext/<release>_<sae_id>_eval_results.json``
             (key ``sae_lens_ext`` of the returned dict).
+        progress: called with a line when each bench (and ``extra_metrics``) starts and
+            ends; core also shows SAE-Bench's own batch bars (its ``verbose``).
 
     The SAE is moved to the evaluation device and dtype (as SAE-Bench's ``run_eval``
     does); its cfg is left as it was.
@@ -248,11 +317,17 @@ def run_bench(
         prepared_run(sae, settings, output_dir, name=name, benches=benches) as run,
         _grad_mode_restored(),
     ):
-        for bench in benches:
-            with _tokenizer_restored(run.model.tokenizer):  # sae-probes changes its sides
-                paths[bench] = RUNNERS[bench](run)
-        if extra_metrics is not None:
-            paths["sae_lens_ext"] = write_extra_results(run, extra_metrics(run))
+        say = progress or (lambda line: None)
+        steps = [*benches, *(["sae_lens_ext"] if extra_metrics is not None else [])]
+        for i, bench in enumerate(steps, 1):
+            say(f"[{i}/{len(steps)}] {bench}: running")
+            t0 = time.perf_counter()
+            if bench == "sae_lens_ext":
+                paths[bench] = write_extra_results(run, extra_metrics(run))  # type: ignore[misc]
+            else:
+                with _tokenizer_restored(run.model.tokenizer):  # sae-probes changes its sides
+                    paths[bench] = RUNNERS[bench](run)
+            say(f"[{i}/{len(steps)}] {bench}: done in {time.perf_counter() - t0:.0f}s")
     return paths
 
 
@@ -317,7 +392,7 @@ def prepared_run(
         from_pretrained_kwargs=metadata.model_from_pretrained_kwargs,
     )
     sae_obj.to(device=device, dtype=_torch_dtype(llm_dtype))
-    fields = {"model_name": model_name, "hook_name": hook_name}
+    fields: dict[str, Any] = {"model_name": model_name, "hook_name": hook_name}
     if metadata.prepend_bos is None:
         fields["prepend_bos"] = model.cfg.default_prepend_bos
     # paths the user gave are relative to this working directory, not to data_dir
@@ -366,7 +441,7 @@ def load_sae(
     release, _, sae_id = str(sae).partition("/")
     if not sae_id:
         raise ValueError(f"{sae!r} is neither a folder nor a hub id 'release/sae_id'")
-    loaded = SAE.from_pretrained(release, sae_id, device=device)
+    loaded: SAE[Any] = SAE.from_pretrained(release, sae_id, device=device)
     with contextlib.suppress(NotImplementedError):  # as general_utils.load_and_format_sae
         loaded.fold_W_dec_norm()
     return loaded, release, sae_id
@@ -384,113 +459,56 @@ def load_hooked_transformer(
 
     A TransformerLens hook name (``blocks.L...``) on a hub model loads exactly as
     SAE-Bench loads it (``from_pretrained_no_processing``). A local folder, or a hook
-    named after a Hugging Face module, goes through the Hugging Face model: the
-    module must be one of the model's decoder layers, read as
-    ``blocks.L.hook_resid_post``, and both must give the same activations.
+    named after a Hugging Face module, goes through the Hugging Face model
+    (:func:`sae_lens_ext.hooked.load_hooked_sae_transformer`): the module must be one of
+    the model's decoder layers, read as ``blocks.L.hook_resid_post``
+    (:func:`sae_lens_ext.hooked.transformer_lens_hook_name`), and both must give the same
+    activations.
     """
     from transformer_lens import HookedTransformer
 
+    from sae_lens_ext.hooked import (
+        is_local_checkpoint,
+        load_hooked_sae_transformer,
+        load_hugging_face,
+        transformer_lens_hook_name,
+    )
+
     torch_dtype = _torch_dtype(dtype)
-    local = (Path(model_name) / "config.json").is_file()
-    if not local and hook_name.startswith("blocks."):
+    if not is_local_checkpoint(model_name) and hook_name.startswith("blocks."):
         with _model_errors(model_name):
             model = HookedTransformer.from_pretrained_no_processing(
                 model_name, device=device, dtype=torch_dtype, **(from_pretrained_kwargs or {})
             )
         return model, _checked_hook(model, hook_name, model_name)
     with _model_errors(model_name):
-        hf_model, tokenizer = _load_hugging_face(model_name, torch_dtype)
-        if local:
-            model = _local_hooked_transformer(model_name, hf_model, tokenizer, device, torch_dtype)
-        else:
-            model = HookedTransformer.from_pretrained_no_processing(
-                model_name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=torch_dtype
-            )
+        hf_model, tokenizer = load_hugging_face(model_name, torch_dtype)
+        model = load_hooked_sae_transformer(
+            model_name,
+            device=device,
+            dtype=torch_dtype,
+            hf_model=hf_model,
+            tokenizer=tokenizer,
+            model_class=HookedTransformer,
+        )
     if hook_name in model.hook_dict:
         return model, _checked_hook(model, hook_name, model_name)
-    tl_hook = _decoder_layer_hook(hf_model, hook_name, model.cfg.n_layers, model_name)
+    try:
+        tl_hook = transformer_lens_hook_name(hook_name, hf_model)
+    except ValueError as exc:
+        raise ValueError(
+            f"SAE hook of {model_name}: {exc}; SAE-Bench evaluates residual-stream SAEs"
+        ) from None
+    if tl_hook not in model.hook_dict:
+        raise ValueError(f"hook {hook_name!r} is not a TransformerLens hook of {model_name}")
     check_same_activations(hf_model, hook_name, model, tl_hook)
     return model, tl_hook
-
-
-def _load_hugging_face(model_name: str, torch_dtype: Any) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    hf_model = AutoModelForCausalLM.from_pretrained(model_name, dtype=torch_dtype).eval()
-    return hf_model, AutoTokenizer.from_pretrained(model_name)
-
-
-def _local_hooked_transformer(
-    folder: str, hf_model: Any, tokenizer: Any, device: str, dtype: Any
-) -> Any:
-    """``HookedTransformer.from_pretrained_no_processing`` for a local folder.
-
-    ``from_pretrained`` accepts hub names only (``get_official_model_name``), but the
-    loaders it calls read local folders; these are its steps with no processing.
-    """
-    from transformer_lens import HookedTransformer
-    from transformer_lens import loading_from_pretrained as loading
-
-    with _config_folder(folder, hf_model.config) as config_folder:
-        cfg = loading.get_pretrained_model_config(
-            config_folder, hf_cfg=hf_model.config.to_dict(), device=device, dtype=dtype
-        )
-        state_dict = loading.get_pretrained_state_dict(config_folder, cfg, hf_model, dtype=dtype)
-    cfg.tokenizer_name = folder
-    model = HookedTransformer(cfg, tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(
-        state_dict,
-        fold_ln=False,
-        center_writing_weights=False,
-        center_unembed=False,
-        fold_value_biases=False,
-        refactor_factored_attn_matrices=False,
-    )
-    model.move_model_modules_to_device()
-    return model.eval()
-
-
-@contextlib.contextmanager
-def _config_folder(folder: str, hf_config: Any) -> Iterator[str]:
-    """The folder TransformerLens reads ``config.json`` from.
-
-    TransformerLens' GPT-2 converter reads ``n_ctx``, which transformers>=5 no longer
-    writes (it is ``n_positions``): such a config is read from a copy that has it.
-    """
-    if hasattr(hf_config, "n_ctx") or not hasattr(hf_config, "n_positions"):
-        yield folder
-        return
-    config = json.loads((Path(folder) / "config.json").read_text())
-    with tempfile.TemporaryDirectory(prefix="tl_config_") as tmp:
-        copy_folder = Path(tmp) / Path(folder).name  # the model's name in TransformerLens
-        copy_folder.mkdir()
-        config["n_ctx"] = hf_config.n_positions
-        (copy_folder / "config.json").write_text(json.dumps(config))
-        yield str(copy_folder)
 
 
 def _checked_hook(model: Any, hook_name: str, model_name: str) -> str:
     if hook_name not in model.hook_dict:
         raise ValueError(f"hook {hook_name!r} is not a TransformerLens hook of {model_name}")
     return hook_name
-
-
-def _decoder_layer_hook(hf_model: Any, hook_name: str, n_layers: int, model_name: str) -> str:
-    """``blocks.L.hook_resid_post`` when ``hook_name`` is the L-th decoder layer."""
-    import torch
-
-    parent, _, index = hook_name.rpartition(".")
-    try:
-        layers = hf_model.get_submodule(parent) if parent else None
-    except AttributeError:
-        layers = None
-    if isinstance(layers, torch.nn.ModuleList) and len(layers) == n_layers and index.isdigit():
-        return f"blocks.{int(index)}.hook_resid_post"
-    raise ValueError(
-        f"SAE hook {hook_name!r} of {model_name} is neither a TransformerLens hook nor the "
-        f"output of one of its {n_layers} decoder layers; SAE-Bench evaluates residual-stream "
-        "SAEs at blocks.L.hook_resid_post"
-    )
 
 
 def check_same_activations(hf_model: Any, hf_module: str, model: Any, tl_hook: str) -> float:
@@ -648,23 +666,19 @@ def _model_errors(model_name: str) -> Iterator[None]:
     try:
         yield
     except OSError as error:
-        raise BenchDataError(
-            f"model {model_name!r} could not be loaded ({_first_line(error)}): connect to the "
-            "Hugging Face Hub, or pass model_name=DIR, a folder written by save_pretrained"
-        ) from error
+        raise BenchDataError(model=model_name, reason=_first_line(error)) from error
 
 
 @contextlib.contextmanager
-def _dataset_errors(bench: str, hub_ids: Sequence[str]) -> Iterator[None]:
+def _dataset_errors(
+    bench: str, hub_ids: Sequence[str], dataset_names: Sequence[str] = ()
+) -> Iterator[None]:
     """Turn a failed dataset load into one line naming what to provide."""
     try:
         yield
     except OSError as error:  # ConnectionError offline, FileNotFoundError / DatasetNotFoundError
-        local = "a local copy (dataset=PATH) or " if bench == "core" else ""
         raise BenchDataError(
-            f"{bench} needs dataset(s) {', '.join(hub_ids)} ({_first_line(error)}): connect to "
-            f"the Hugging Face Hub, or provide {local}copies as DATA_DIR/<hub id>/ with its "
-            "train and test splits and set data_dir=DATA_DIR"
+            bench=bench, hub_ids=hub_ids, dataset_names=dataset_names, reason=_first_line(error)
         ) from error
 
 
@@ -718,6 +732,7 @@ def _run_core(run: BenchRun) -> Path:
         )
         store.shuffle_input_dataset(seed=CORE_SHUFFLE_SEED)
         tokenizer = run.model.tokenizer
+        assert tokenizer is not None  # load_model gave the model its tokenizer
         ignore = {tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id}
         scalars, features = core.run_evals(
             sae=run.sae,
@@ -725,7 +740,9 @@ def _run_core(run: BenchRun) -> Path:
             model=run.model,
             eval_config=cfg,
             ignore_tokens=ignore,
-            verbose=cfg.verbose,
+            # SAE-Bench's batch bars (core runs minutes on a real model); the recorded
+            # config stays SAE-Bench's own (its `verbose` changes no result)
+            verbose=True,
         )
     result = core.nested_dict()
     result.update(unique_id=run.sae_name, sae_set=run.release, sae_id=run.sae_id, eval_cfg=cfg)
@@ -777,19 +794,22 @@ def _run_absorption(run: BenchRun) -> Path:
         probes_dir=dirs["probes"],
     )
     with torch.enable_grad():  # run_eval: torch.set_grad_enabled(True)
-        probing = run_k_sparse_probing_experiment(
-            **common,
-            experiment_dir=dirs["k_sparse_probing"],
-            f1_jump_threshold=cfg.f1_jump_threshold,
-            k_sparse_probe_l1_decay=cfg.k_sparse_probe_l1_decay,
-            k_sparse_probe_batch_size=cfg.k_sparse_probe_batch_size,
-            k_sparse_probe_num_epochs=cfg.k_sparse_probe_num_epochs,
-            eval_batch_size=cfg.eval_k_sparse_probe_batch_size,
-            precalc_k_sparse_probe_sae_acts=cfg.precalc_k_sparse_probe_sae_acts,
-        )
+        try:
+            probing = run_k_sparse_probing_experiment(
+                **common,
+                experiment_dir=dirs["k_sparse_probing"],
+                f1_jump_threshold=cfg.f1_jump_threshold,
+                k_sparse_probe_l1_decay=cfg.k_sparse_probe_l1_decay,
+                k_sparse_probe_batch_size=cfg.k_sparse_probe_batch_size,
+                k_sparse_probe_num_epochs=cfg.k_sparse_probe_num_epochs,
+                eval_batch_size=cfg.eval_k_sparse_probe_batch_size,
+                precalc_k_sparse_probe_sae_acts=cfg.precalc_k_sparse_probe_sae_acts,
+            )
+        except KeyError as error:  # a letter with no word in the vocabulary's training split
+            raise _missing_letter(run, error) from error
         found = int((probing["f1_probe"] > cfg.min_GT_probe_f1).sum())
         if found < cfg.min_feats_for_eval:  # run_eval stops here without writing a result
-            raise RuntimeError(
+            raise ModelTooSmallError(
                 f"absorption: only {found} first-letter probes of {run.model_name} reach "
                 f"F1 > {cfg.min_GT_probe_f1}; SAE-Bench needs min_feats_for_eval="
                 f"{cfg.min_feats_for_eval} (it recommends models of 2B parameters or more)"
@@ -805,6 +825,25 @@ def _run_absorption(run: BenchRun) -> Path:
     path = run.result_path("absorption")
     output.to_json_file(str(path), indent=2)
     return path
+
+
+def _missing_letter(run: BenchRun, error: KeyError) -> Exception:
+    """SAE-Bench's k-sparse probing trains one probe per first letter present in the
+    training split of the vocabulary and then reads every letter's probe: a letter with no
+    word in that split is a bare ``KeyError: <letter index>``. The split is random per run
+    (``random.sample`` over the tokenizer's vocabulary, whose order a fast tokenizer changes
+    on every call), so on a small vocabulary this happens in some runs and not others."""
+    from sae_bench.evals.absorption.vocab import LETTERS
+
+    index = error.args[0] if error.args else None
+    if not isinstance(index, int) or not 0 <= index < len(LETTERS):
+        return error
+    return ModelTooSmallError(
+        f"absorption: SAE-Bench's training split of {run.model_name}'s vocabulary has no word "
+        f"starting with {LETTERS[index]!r}, so it has no probe for that letter (the split is "
+        "drawn anew in each run from the tokenizer's vocabulary order); the vocabulary has too "
+        "few words per first letter (SAE-Bench recommends models of 2B parameters or more)"
+    )
 
 
 def _absorption_output(run: BenchRun, cfg: Any, probing: Any, agg: Any) -> Any:
@@ -880,7 +919,7 @@ def _run_sparse_probing(run: BenchRun) -> Path:
     cfg = run.config("sparse_probing", **_probing_values(run))
     artifacts = run.scratch / out.EVAL_TYPE_ID_SPARSE_PROBING
     with (
-        _dataset_errors("sparse_probing", hub_datasets(cfg.dataset_names)),
+        _dataset_errors("sparse_probing", hub_datasets(cfg.dataset_names), cfg.dataset_names),
         _jaxtyping_shape_checks_off(),
     ):
         results, per_class = sparse_probing.run_eval_single_sae(
@@ -925,7 +964,7 @@ def _run_scr_or_tpp(run: BenchRun, perform_scr: bool) -> Path:
     cfg = run.config(bench, perform_scr=perform_scr, **_probing_values(run))
     if cfg.perform_scr != perform_scr:
         raise ValueError(f"overrides[{bench!r}] must not set perform_scr")
-    with _dataset_errors(bench, hub_datasets(cfg.dataset_names)):
+    with _dataset_errors(bench, hub_datasets(cfg.dataset_names), cfg.dataset_names):
         results, per_class = scr_and_tpp.run_eval_single_sae(
             cfg, run.sae, run.model, run.device, str(run.scratch / bench), save_activations=False
         )

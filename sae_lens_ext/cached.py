@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from typing_extensions import override
 
 from sae_lens_ext.metrics import check_finite
 from sae_lens_ext.windows import BatchLayoutError, WindowBuffer, validate_window_layout
@@ -171,6 +172,7 @@ class CachedActivationBatches(WindowBuffer):
         self.epoch += 1
         return offset + r * torch.randperm(n_chunks, generator=self.order_generator)
 
+    @override
     def read(self) -> torch.Tensor:
         if self._chunks.numel() == 0:
             self._chunks = self._new_epoch()
@@ -180,6 +182,7 @@ class CachedActivationBatches(WindowBuffer):
         check_finite(acts, f"cached activations of rows {start}..{start + self.rows_per_read - 1}")
         return acts
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             **super().state_dict(),
@@ -188,6 +191,7 @@ class CachedActivationBatches(WindowBuffer):
             "chunks": self._chunks.clone(),
         }
 
+    @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.order_generator.set_state(state["order_generator"])

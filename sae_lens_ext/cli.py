@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 
 import click
+from typing_extensions import override
 
 from sae_lens_ext import __version__
 
@@ -23,10 +25,12 @@ class _LazyPluginGroup(click.Group):
 
         add_plugin_commands(self)
 
+    @override
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._add_plugin_commands()
         return super().list_commands(ctx)
 
+    @override
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
         if command is None:
@@ -34,35 +38,59 @@ class _LazyPluginGroup(click.Group):
             command = super().get_command(ctx, cmd_name)
         return command
 
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[no-untyped-def,override]
+    @override
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         """Run the command; print errors as one line (no traceback unless ``--debug``)."""
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
-        from sae_lens_ext.errors import FAILURE, INTERRUPTED, USAGE, debug, one_line
+        from sae_lens_ext.errors import (
+            FAILURE,
+            INTERRUPTED,
+            USAGE,
+            debug,
+            install_warning_format,
+            one_line,
+        )
 
+        install_warning_format()  # one line each: "Warning: message"
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
             where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-            click.echo(f"Error: {one_line(exc.format_message())}{where}", err=True)
+            _say(f"Error: {one_line(exc.format_message())}{where}")
             sys.exit(USAGE)
         except click.ClickException as exc:
             if debug():
                 raise
-            click.echo(f"Error: {one_line(exc.format_message())}", err=True)
+            _say(f"Error: {one_line(exc.format_message())}")
             sys.exit(exc.exit_code)
         except (click.Abort, KeyboardInterrupt):
-            click.echo("Aborted.", err=True)
+            _say("Aborted.")
             sys.exit(INTERRUPTED)
         except Exception as exc:
             if debug():
                 raise
-            click.echo(
-                f"Error: {type(exc).__name__}: {one_line(exc)} (add --debug for the traceback)",
-                err=True,
-            )
+            hint = " (add --debug for the traceback)"
+            if _is_plugin_error(exc):  # the message names the plugin and what failed
+                hint = hint if exc.__cause__ is not None else ""
+                _say(f"Error: {one_line(exc)}{hint}")
+            else:
+                _say(f"Error: {type(exc).__name__}: {one_line(exc)}{hint}")
             sys.exit(FAILURE)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _say(line: str) -> None:
+    """The final line on stderr; under torchrun only rank 0 says it (all with --debug)."""
+    from sae_lens_ext.errors import is_other_rank
+
+    if not is_other_rank():
+        click.echo(line, err=True)
+
+
+def _is_plugin_error(exc: BaseException) -> bool:
+    plugins = sys.modules.get("sae_lens_ext.plugins")  # not loaded: no plugin raised it
+    return plugins is not None and isinstance(exc, plugins.PluginError)
 
 
 def _debug_callback(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -94,8 +122,17 @@ def cli() -> None:
 
 @cli.command(name="plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def plugins_command(as_json: bool) -> None:
-    """List loaded plugins: distribution, version, architectures, loss terms, resamplers."""
+@click.option(
+    "--plain",
+    is_flag=True,
+    help="Tab-separated lines, names in full (the default when stdout is not a terminal).",
+)
+def plugins_command(as_json: bool, plain: bool) -> None:
+    """List loaded plugins: distribution, version, architectures, loss terms, resamplers.
+
+    On a terminal: a table whose cells wrap, never cut. Piped (or --plain): one
+    tab-separated line per plugin under a header line, every name in full; --json: JSON.
+    """
     import warnings
 
     from sae_lens_ext.plugins import plugin_infos
@@ -106,23 +143,50 @@ def plugins_command(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([i.to_dict() for i in infos], indent=2))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="sae-lens-ext plugins")
-    for column in ("plugin", "distribution", "architectures", "loss terms", "resampler", "status"):
-        table.add_column(column)
-    for info in infos:
-        dist = f"{info.distribution} {info.version}" if info.distribution else "(in-process)"
-        table.add_row(
+    header = ("plugin", "distribution", "architectures", "loss terms", "resampler", "status")
+    rows = [
+        (
             info.name,
-            dist,
+            f"{info.distribution} {info.version}" if info.distribution else "(in-process)",
             ", ".join(info.architectures) or "-",
             ", ".join(info.loss_terms) or "-",
             "yes" if info.resampler else "-",
-            f"[red]{info.error}[/red]" if info.error else "[green]ok[/green]",
+            f"error: {info.error}" if info.error else "ok",
         )
-    Console().print(table)
+        for info in infos
+    ]
+    if plain or not sys.stdout.isatty():
+        for row in (header, *rows):
+            click.echo("\t".join(" ".join(cell.split()) for cell in row))
+        return
+    _print_plugin_table(header, rows)
+
+
+def _print_plugin_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+    """A rich table when the terminal is wide enough to show every name unbroken, else one
+    block per plugin (names are never cut)."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    cells = [[c.replace(", ", "\n") for c in row] for row in rows]
+    widths = [
+        max(len(line) for row in [header, *cells] for line in row[i].splitlines() or [""])
+        for i in range(len(header))
+    ]
+    if sum(widths) + 3 * len(widths) + 1 > console.width:
+        for row in rows:
+            console.print(f"[bold]{row[0]}[/bold]  ({row[1]})  {row[5]}", highlight=False)
+            for name, value in zip(header[2:5], row[2:5], strict=True):
+                console.print(f"  {name}: {value}", highlight=False)
+        return
+    table = Table(title="sae-lens-ext plugins", box=box.SIMPLE_HEAD)
+    for column in header:
+        table.add_column(column, no_wrap=True)
+    for *values, status in cells:
+        table.add_row(*values, f"[red]{status}[/red]" if status != "ok" else "[green]ok[/green]")
+    console.print(table)
 
 
 from sae_lens_ext.commands import add_commands  # noqa: E402  (click only: stays cheap)

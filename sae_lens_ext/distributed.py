@@ -18,11 +18,12 @@ Services (all built on ``torch.distributed`` primitives):
 - control on a CPU (gloo) group, with no device sync: :func:`any_rank`,
   :class:`StopAgreement` (Ctrl-C on any rank stops every rank at the same step),
   :func:`gather_objects`, :func:`broadcast_object`, :func:`barrier`, :func:`main_first`;
-- :func:`check_replicas`: raise if the ranks' copies of some tensors differ.
-
-An architecture whose training state must see the global batch calls these from its own
-code (e.g. ``all_reduce_mean_`` on a batch statistic before folding it into a buffer);
-the core never asks which architecture it trains.
+- :func:`check_replicas`: raise if the ranks' copies of some tensors differ;
+- :class:`ProcessGroupCollectives`: the reductions a model or a loss term may ask for
+  inside a step (``batch_mean`` of a batch statistic, the global batch of a resample),
+  which the data-parallel layer (:mod:`sae_lens_ext.run.replicas`) gives each SAE that
+  takes them. Models and loss terms hold no distributed code: they call the
+  ``BatchCollectives`` they are given, the identity in one process.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T_OBJECT = TypeVar("T_OBJECT")
 
 #: How long a rank waits for the others at a collective (rank 0 alone loads the model and
 #: dataset first, and writes checkpoints and outputs while the others wait).
@@ -146,6 +149,23 @@ def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts)
+
+
+class ProcessGroupCollectives:
+    """The ``BatchCollectives`` of an SAE trained by several processes (see
+    :class:`sae_lens_ext.loss_terms.BatchCollectives`)."""
+
+    def __init__(self) -> None:
+        self.processes = world_size()
+
+    def batch_mean(self, value: torch.Tensor) -> torch.Tensor:
+        return all_reduce_mean_(value)
+
+    def gather_rows(self, value: torch.Tensor) -> torch.Tensor:
+        return all_gather_rows(value)
+
+    def from_main(self, obj: T_OBJECT) -> T_OBJECT:
+        return broadcast_object(obj)
 
 
 def average_gradients(module: torch.nn.Module) -> Callable[[], None]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -32,19 +34,22 @@ class CliError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = USAGE) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        # click declares exit_code a class variable; one CliError class serves every code
+        self.exit_code = exit_code  # type: ignore[misc]
 
 
 class TrainingInterrupted(Exception):
     """Raised at a step boundary after Ctrl-C/SIGTERM, once the checkpoint is saved."""
 
-    def __init__(self, step: int, checkpoint: Path | None) -> None:
+    def __init__(self, step: int, checkpoint: Path | None, note: str | None = None) -> None:
         self.step, self.checkpoint = step, checkpoint
         where = (
             f"checkpoint saved to {checkpoint}; rerun the same command with --resume"
             if checkpoint is not None
             else "no checkpoint saved (none was due yet, or no checkpoint path)"
         )
+        if checkpoint is not None and note:  # what a resumed run will not reproduce
+            where += f" ({note})"
         super().__init__(f"interrupted after step {step}: {where}")
 
 
@@ -74,6 +79,8 @@ def read_mapping(path: str | Path, setting: str, expected: str) -> dict:
     where = f"{setting} {path}" if setting else str(path)
     if not file.is_file():
         raise fail(f"{where}: no such file")
+    error: type[Exception]
+    load: Callable[[str], Any]
     if file.suffix == ".json":
         import json
 
@@ -91,12 +98,61 @@ def read_mapping(path: str | Path, setting: str, expected: str) -> dict:
     return data
 
 
+def is_other_rank() -> bool:
+    """A process of a ``torchrun`` launch other than rank 0 (from torchrun's ``RANK``): it
+    prints no warnings and no final error, rank 0 says them once (``--debug``: all do)."""
+    return os.environ.get("RANK", "0") not in ("", "0") and not debug()
+
+
+#: Upstream warnings the command says once, in its own words (message prefix -> note).
+EXPLAINED_WARNINGS = {
+    "Dataset is not tokenized": "SAE-Lens tokenizes this text dataset as it reads it; a "
+    "dataset tokenized beforehand (SAE-Lens's PretokenizeRunner) saves that time",
+    "Decoder weights are not normalized": "SAE-Bench: this SAE's decoder rows are not unit "
+    "norm (SAE-Lens saves them unscaled); SAE-Bench evaluates the SAE as it is, so its L1 "
+    "and absorption compare with SAE-Bench's hub SAEs (decoder norms folded into the "
+    "encoder) only after sae.fold_W_dec_norm()",
+}
+_shown: set[str] = set()
+
+
+def show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning`` for the command: ``Warning: message`` on one line (no source
+    line), each text once, upstream's known warnings in the words of
+    :data:`EXPLAINED_WARNINGS`, nothing on torchrun ranks other than 0."""
+    if is_other_rank():
+        return
+    text = one_line(message) or category.__name__
+    text = next((note for k, note in EXPLAINED_WARNINGS.items() if text.startswith(k)), text)
+    if text in _shown:
+        return
+    _shown.add(text)
+    where = f" ({filename}:{lineno})" if debug() else ""
+    stream = file if hasattr(file, "write") else sys.stderr
+    stream.write(f"Warning: {text}{where}\n")
+
+
+def install_warning_format() -> None:
+    """Show warnings with :func:`show_warning` for this command (each text once per command)."""
+    import warnings
+
+    _shown.clear()
+    warnings.showwarning = show_warning
+
+
 def one_line(text: object) -> str:
     """Collapse a message onto one line."""
     return " ".join(str(text).split())
 
 
-def debug_option(f):  # type: ignore[no-untyped-def]
+def debug_option(f: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--debug`` (show tracebacks) to a command."""
 
     def callback(ctx: click.Context, param: click.Parameter, value: bool) -> bool:

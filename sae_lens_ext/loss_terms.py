@@ -1,28 +1,119 @@
-"""Loss terms: named, coefficient-weighted penalties that plugins add to a training SAE."""
+"""Loss terms: named, coefficient-weighted penalties that plugins add to a training SAE.
+
+A training SAE evaluates its enabled terms with :func:`evaluate_loss_terms` (one call in
+its ``calculate_aux_loss``), which checks what each term returns and names the term and its
+plugin in any error. A term learns whether the step is logged from
+:attr:`LossContext.is_logging_step`; a training loop that logs steps of its own says so
+with :func:`set_logging_step` before each step (the ``sae-lens`` loop does).
+
+Light on purpose (no torch or sae_lens import at module level): plugin entry modules and
+configs read it at start-up.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     import torch
     from sae_lens.saes.sae import TrainStepInput
 
+    from sae_lens_ext.training import LossTermsMixin
+
+#: A term ``name`` enters the step's losses (and the logs) as ``name + LOSS_SUFFIX``.
+LOSS_SUFFIX = "_loss"
+_LOGGING_STEP_ATTRIBUTE = "_sae_lens_ext_logging_step"
+
+T_OBJECT = TypeVar("T_OBJECT")
+
+
+class BatchCollectives(Protocol):
+    """Reductions over the processes that each hold a block of the global batch.
+
+    The core's data-parallel layer serves an implementation over ``torch.distributed``
+    (``sae-lens train`` / ``demo`` under ``torchrun``); everywhere else (one process,
+    SAE-Lens's own runners) :class:`LocalCollectives` returns its input. Every process
+    calls each method at the same point of the same step.
+    """
+
+    processes: int
+
+    def batch_mean(self, value: torch.Tensor) -> torch.Tensor:
+        """``value``, a mean over this process's rows, as the mean over the global batch
+        (the mean over processes: they hold equal blocks). May work in place."""
+        ...
+
+    def gather_rows(self, value: torch.Tensor) -> torch.Tensor:
+        """Every process's ``value`` stacked along dim 0 (process 0 first)."""
+        ...
+
+    def from_main(self, obj: T_OBJECT) -> T_OBJECT:
+        """Process 0's ``obj`` on every process (tensors inside: on the CPU)."""
+        ...
+
+
+class LocalCollectives:
+    """One process: every reduction returns its input."""
+
+    processes = 1
+
+    def batch_mean(self, value: torch.Tensor) -> torch.Tensor:
+        return value
+
+    def gather_rows(self, value: torch.Tensor) -> torch.Tensor:
+        return value
+
+    def from_main(self, obj: T_OBJECT) -> T_OBJECT:
+        return obj
+
+
+LOCAL_COLLECTIVES = LocalCollectives()
+
 
 @dataclass
 class LossContext:
-    """Everything a loss term may look at during one training step."""
+    """Everything a loss term may look at during one training step.
 
-    sae: Any  # a LossTermTrainingSAE
+    Attributes:
+        sae: the training SAE (any class with :class:`~sae_lens_ext.training.LossTermsMixin`:
+            a plugin architecture or a twin of an upstream one).
+        step_input: SAE-Lens's ``TrainStepInput`` (``sae_in``, ``coefficients``,
+            ``dead_neuron_mask``, ``n_training_steps``; its ``is_logging_step`` is this
+            context's).
+        feature_acts: this step's codes, ``(rows, d_sae)``.
+        hidden_pre: the pre-activations ``encode_with_hidden_pre`` returned.
+        sae_out: the reconstruction.
+        options: the SAE's ``loss_term_options``, parsed (read them with :meth:`option`).
+        metrics: values to log, ``name -> scalar tensor or number`` (merged into
+            ``TrainStepOutput.metrics``): they reach ``training_log.jsonl``, the progress
+            line and wandb on every step that logs.
+        is_logging_step: whether this step's values are logged (``sae-lens``: the steps
+            that write ``training_log.jsonl`` or a progress line, and wandb's; upstream's
+            runner: its wandb steps). Compute costly metrics only then; a cheap metric may
+            be set on every step.
+        collectives: reductions over data-parallel processes (:meth:`batch_mean`).
+    """
+
+    sae: LossTermsMixin[Any]
     step_input: TrainStepInput
     feature_acts: torch.Tensor
     hidden_pre: torch.Tensor
     sae_out: torch.Tensor
     options: Mapping[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    is_logging_step: bool = False
+    collectives: BatchCollectives = field(default_factory=lambda: LOCAL_COLLECTIVES)
+
+    def batch_mean(self, value: torch.Tensor) -> torch.Tensor:
+        """``value``, a mean over this step's rows, as the mean over the global batch:
+        the identity in one process, an all-reduce over data-parallel processes. Use it
+        for any batch statistic a term computes that is not a plain mean of the loss
+        (whose gradients the core averages anyway)."""
+        return self.collectives.batch_mean(value)
 
     def option(self, key: str, default: Any) -> Any:
         """A term setting: the SAE config field ``key`` if it has one, else
@@ -90,40 +181,55 @@ class LossTerm:
 
 @dataclass(frozen=True)
 class LossTermSpec:
-    """One enabled term: name, coefficient and warm-up steps."""
+    """One enabled term: name, coefficient and warm-up (steps, or a fraction of the run)."""
 
     name: str
     coefficient: float
     warm_up_steps: int = 0
+    warm_up_fraction: float | None = None
+    """If set, the warm-up is this fraction of the run's steps
+    (:meth:`~sae_lens_ext.training.LossTermTrainingSAE.warm_up_steps`) and ``warm_up_steps``
+    is not used."""
+
+    def __post_init__(self) -> None:
+        fraction = self.warm_up_fraction
+        if fraction is not None and not 0.0 <= fraction <= 1.0:
+            raise ValueError(
+                f"loss term {self.name!r}: the warm-up fraction must be in [0, 1], got {fraction}"
+            )
 
 
 _SPEC = re.compile(r"^\s*([a-z][a-z0-9_]*)\s*(?:=\s*([^@\s]+))?\s*(?:@\s*(\S+))?\s*$")
 
 
 def parse_loss_terms(spec: str, field_name: str = "loss_terms") -> list[LossTermSpec]:
-    """Parse ``"name=coef@warmup, other=coef"`` (coefficient defaults to 1, warm-up to 0)."""
+    """Parse ``"name=coef@warmup, other=coef"`` (coefficient defaults to 1, warm-up to 0).
+    The warm-up is in steps (``@500``) or a share of the run (``@50%``)."""
     out: list[LossTermSpec] = []
+    hint = "write name=coefficient@warm_up_steps (or @P% of the run)"
     for part in filter(None, (p.strip() for p in spec.split(","))):
         m = _SPEC.match(part)
         if m is None:
-            raise ValueError(
-                f"{field_name}: cannot parse {part!r}; write name=coefficient@warm_up_steps"
-            )
+            raise ValueError(f"{field_name}: cannot parse {part!r}; {hint}")
         name, coef_s, warm_s = m.groups()
+        warm, fraction = 0, None
         try:
             coef = float(coef_s) if coef_s is not None else 1.0
-            warm = int(warm_s) if warm_s is not None else 0
+            if warm_s is not None and warm_s.endswith("%"):
+                fraction = float(warm_s[:-1]) / 100
+            elif warm_s is not None:
+                warm = int(warm_s)
         except ValueError:
-            raise ValueError(
-                f"{field_name}: bad number in {part!r}; write name=coefficient@warm_up_steps"
-            ) from None
+            raise ValueError(f"{field_name}: bad number in {part!r}; {hint}") from None
         if not coef >= 0:
             raise ValueError(f"{field_name}: coefficient of {name!r} must be >= 0, got {coef}")
-        if warm < 0:
-            raise ValueError(f"{field_name}: warm-up of {name!r} must be >= 0, got {warm}")
+        if warm < 0 or (fraction is not None and not 0 <= fraction <= 1):
+            raise ValueError(
+                f"{field_name}: warm-up of {name!r} must be >= 0 steps or 0-100%, got {warm_s}"
+            )
         if any(s.name == name for s in out):
             raise ValueError(f"{field_name}: {name!r} is given twice")
-        out.append(LossTermSpec(name, coef, warm))
+        out.append(LossTermSpec(name, coef, warm, fraction))
     return out
 
 
@@ -136,3 +242,117 @@ def parse_options(spec: str, field_name: str = "loss_term_options") -> dict[str,
             raise ValueError(f"{field_name}: cannot parse {part!r}; write key=value")
         out[key.strip()] = value.strip()
     return out
+
+
+def set_logging_step(sae: Any, logging: bool) -> None:
+    """Say whether ``sae``'s next training step is logged, for a training loop whose logging
+    steps are not upstream's wandb steps (``TrainStepInput.is_logging_step``); the flag
+    holds until changed. The ``sae-lens`` loop calls it before every step."""
+    setattr(sae, _LOGGING_STEP_ATTRIBUTE, bool(logging))
+
+
+def is_logging_step(sae: Any, step_input: TrainStepInput) -> bool:
+    """Whether this step of ``sae`` is logged: upstream's flag, or :func:`set_logging_step`."""
+    return bool(step_input.is_logging_step or getattr(sae, _LOGGING_STEP_ATTRIBUTE, False))
+
+
+def evaluate_loss_terms(
+    sae: Any,
+    terms: Sequence[tuple[LossTermSpec, LossTerm]],
+    step_input: TrainStepInput,
+    feature_acts: torch.Tensor,
+    hidden_pre: torch.Tensor,
+    sae_out: torch.Tensor,
+    *,
+    options: Mapping[str, str],
+    metrics: dict[str, Any],
+    collectives: BatchCollectives | None = None,
+) -> dict[str, torch.Tensor]:
+    """The weighted losses of the enabled ``terms`` for one step, ``{name}_loss`` each
+    (coefficient from ``step_input.coefficients``, i.e. warmed up; else the spec's).
+
+    Each term gets a :class:`LossContext` (its ``metrics`` is ``metrics``, its
+    ``collectives`` is ``collectives``: the data-parallel reductions, local by default). A term that
+    raises, or returns anything but a 0-dimensional floating-point tensor, stops the step
+    with a :class:`~sae_lens_ext.plugins.PluginError` naming the term and its plugin (an
+    error class of the core itself, such as a window check's ``BatchLayoutError``, which
+    names its setting, passes through unchanged); the check reads only shapes and dtypes
+    (no host-device sync). Whether a value is finite is
+    the training guards' check (:mod:`sae_lens_ext.guards`), on logging steps.
+    """
+    logged = is_logging_step(sae, step_input)
+    if logged and not step_input.is_logging_step:
+        step_input = dataclasses.replace(step_input, is_logging_step=True)
+    ctx = LossContext(
+        sae=sae,
+        step_input=step_input,
+        feature_acts=feature_acts,
+        hidden_pre=hidden_pre,
+        sae_out=sae_out,
+        options=options,
+        metrics=metrics,
+        is_logging_step=logged,
+        collectives=collectives or LOCAL_COLLECTIVES,
+    )
+    losses = {}
+    for spec, term in terms:
+        value = _term_value(term, ctx)
+        coefficient = step_input.coefficients.get(spec.name, spec.coefficient)
+        losses[spec.name + LOSS_SUFFIX] = coefficient * value
+    return losses
+
+
+def _term_value(term: LossTerm, ctx: LossContext) -> torch.Tensor:
+    """``term.fn(ctx)``, checked; any failure names the term and its plugin."""
+    import torch
+
+    from sae_lens_ext.plugins import PluginError
+
+    try:
+        value = term.fn(ctx)
+    except Exception as exc:
+        if isinstance(exc, PluginError) or _raised_by_the_core(exc):
+            raise
+        step = ctx.step_input.n_training_steps
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise _term_error(term, f"raised {detail} (training step {step})") from exc
+    if not isinstance(value, torch.Tensor):
+        raise _term_error(term, f"returned {type(value).__name__}; {_EXPECTED}")
+    if value.dim() != 0:
+        raise _term_error(term, f"returned a tensor of shape {tuple(value.shape)}; {_EXPECTED}")
+    if not value.is_floating_point():
+        raise _term_error(term, f"returned a {value.dtype} tensor; {_EXPECTED}")
+    return value
+
+
+def _raised_by_the_core(exc: Exception) -> bool:
+    """An error class of sae-lens-ext's core (e.g. ``BatchLayoutError`` from a term's window
+    check): it names the setting to change already, and passes through unchanged."""
+    return type(exc).__module__.partition(".")[0] == __name__.partition(".")[0]
+
+
+_EXPECTED = "a loss term returns a 0-dimensional floating-point tensor (e.g. x.mean())"
+
+
+def _term_error(term: LossTerm, what: str) -> Exception:
+    from sae_lens_ext.plugins import PluginError, owner_of
+
+    owner = owner_of("loss_terms", term.name)
+    by = owner.label() if owner is not None else "an unknown plugin"
+    return PluginError(
+        f"loss term {term.name!r} of {by} {what}",
+        plugin=owner.name if owner is not None else "?",
+        where=f"loss term {term.name!r}",
+    )
+
+
+def unknown_loss_term(name: str, field_name: str = "loss_terms") -> ValueError:
+    """The error for an enabled loss term ``name`` that no plugin provides: why it is
+    refused (two plugins register it), or the registered names."""
+    from sae_lens_ext.plugins import loss_terms, refusal
+
+    why = refusal("loss_terms", name)
+    if why is not None:
+        return ValueError(f"{field_name}: {why}")
+    known = ", ".join(sorted(loss_terms())) or "none"
+    return ValueError(f"{field_name}: unknown loss term {name!r}; registered: {known}")

@@ -1,17 +1,29 @@
-"""Plugin loading: one pluggy manager, fed from the ``sae_lens_ext`` entry-point group.
+"""Plugins: one pluggy manager, fed from the ``sae_lens_ext`` entry-point group.
 
-``SAE_LENS_EXT_LOAD_PLUGINS`` chooses which entry points load: unset loads
-all of them, a comma-separated list loads only those names, and an empty
-string loads none (built-ins included: they use the same entry points).
-A plugin that fails to import or to register is skipped with a warning that
-names it; it never breaks ``import sae_lens``.
+Loading: ``SAE_LENS_EXT_LOAD_PLUGINS`` chooses which entry points load (unset: all of them;
+a comma-separated list: only those names; an empty string: none, built-ins included, since
+they use the same entry points). After loading, ``pm.check_pending()`` finds hook
+implementations that match no hook (a misspelt name): their plugin is skipped, named.
+
+Calling: every hook goes through pluggy. :func:`call_each` and :func:`call_first` call
+the implementing plugins one at a time, each through ``pm.subset_hook_caller`` (every
+other implementation left out, hookwrappers kept), so that one failure policy holds for
+every hook: **a plugin that raises is named in one** :class:`PluginWarning` **and skipped;
+the others go on.** Registrations (``register_architectures``, ``register_loss_terms``)
+hand each plugin a ``register`` bound to it, so each name knows its owner.
+
+Name collisions (two plugins registering the same architecture or loss term name) do not
+depend on load order: a built-in plugin (of the ``sae-lens-ext`` distribution) keeps its
+name; between two other plugins the name is refused for both, and using it is an error
+naming both (load one with ``SAE_LENS_EXT_LOAD_PLUGINS``). Each warning prints once.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,13 +34,34 @@ from sae_lens_ext import hookspecs
 if TYPE_CHECKING:
     from sae_lens_ext.architectures import Architecture
     from sae_lens_ext.loss_terms import LossTerm
+    from sae_lens_ext.presets import Preset
 
 ENTRY_POINT_GROUP = "sae_lens_ext"
 LOAD_PLUGINS_ENV = "SAE_LENS_EXT_LOAD_PLUGINS"
+#: The distribution whose plugins are built in (they win name collisions).
+BUILTIN_DISTRIBUTION = "sae-lens-ext"
 
 
 class PluginWarning(UserWarning):
-    """A plugin failed to load or to register; it was skipped."""
+    """A plugin, or one thing it provides, was skipped; the message names the plugin."""
+
+
+class PluginError(Exception):
+    """An error a plugin caused while it was used (a loss term that raised or returned a bad
+    value, ...). The message names the plugin and the hook or loss term.
+
+    Attributes:
+        plugin: the plugin's entry-point name (``"?"`` if unknown).
+        where: what of it failed, e.g. ``"loss term 'my_term'"``.
+    """
+
+    def __init__(self, message: str, plugin: str = "?", where: str = "") -> None:
+        super().__init__(message)
+        self.plugin, self.where = plugin, where
+
+
+class LossTermNotFinite(PluginError, FloatingPointError):
+    """A plugin's loss term gave NaN or inf (raised by the training guards)."""
 
 
 @dataclass
@@ -40,9 +73,23 @@ class PluginInfo:
     version: str | None = None
     architectures: list[str] = field(default_factory=list)
     loss_terms: list[str] = field(default_factory=list)
+    presets: list[str] = field(default_factory=list)
     resampler: bool = False
     commands: list[str] = field(default_factory=list)
     error: str | None = None
+    conflicts: list[str] = field(default_factory=list)
+    """Names this plugin registered that another plugin's registration overrides or refuses."""
+
+    @property
+    def builtin(self) -> bool:
+        """Whether the plugin ships with sae-lens-ext itself (built-ins win name collisions)."""
+        return self.distribution == BUILTIN_DISTRIBUTION
+
+    def label(self) -> str:
+        """``plugin 'name' (distribution version)``: how messages name the plugin."""
+        if self.distribution is None:
+            return f"plugin {self.name!r} (registered in-process)"
+        return f"plugin {self.name!r} ({self.distribution} {self.version})"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,9 +98,11 @@ class PluginInfo:
             "version": self.version,
             "architectures": self.architectures,
             "loss_terms": self.loss_terms,
+            "presets": self.presets,
             "resampler": self.resampler,
             "commands": self.commands,
             "error": self.error,
+            "conflicts": self.conflicts,
         }
 
 
@@ -62,18 +111,36 @@ pm.add_hookspecs(hookspecs)
 
 _infos: dict[str, PluginInfo] = {}
 _loaded = False
+_warned: set[str] = set()
 _architectures: dict[str, Architecture] | None = None
 _loss_terms: dict[str, LossTerm] | None = None
+_presets: dict[str, Preset] | None = None
+#: (kind, name) -> the plugin that provides it / the plugins whose collision refused it
+_owners: dict[tuple[str, str], PluginInfo] = {}
+_refused: dict[tuple[str, str], list[PluginInfo]] = {}
+
+_KIND_LABEL = {"architectures": "architecture", "loss_terms": "loss term", "presets": "preset"}
 
 
-def _warn(plugin: str, what: str, exc: BaseException) -> None:
-    info = _infos.setdefault(plugin, PluginInfo(name=plugin))
-    info.error = f"{what}: {type(exc).__name__}: {exc}"
-    warnings.warn(
-        f"sae-lens-ext plugin {plugin!r} skipped ({what}): {type(exc).__name__}: {exc}",
-        PluginWarning,
-        stacklevel=3,
-    )
+def warn_once(message: str) -> None:
+    """Issue ``message`` as a :class:`PluginWarning`, once per process."""
+    if message in _warned:
+        return
+    _warned.add(message)
+    warnings.warn(message, PluginWarning, stacklevel=3)
+
+
+def info(plugin_name: str) -> PluginInfo:
+    """The :class:`PluginInfo` of a registered plugin (created on first use)."""
+    return _infos.setdefault(plugin_name, PluginInfo(name=plugin_name))
+
+
+def _skip(plugin: str, what: str, exc: BaseException) -> None:
+    """The failure policy: name the plugin and what failed, keep going."""
+    plugin_info = info(plugin)
+    detail = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    plugin_info.error = plugin_info.error or f"{what}: {detail}"
+    warn_once(f"sae-lens-ext {plugin_info.label()} skipped ({what}): {detail}")
 
 
 def _selected_names() -> set[str] | None:
@@ -81,6 +148,9 @@ def _selected_names() -> set[str] | None:
     if raw is None:
         return None
     return {name.strip() for name in raw.split(",") if name.strip()}
+
+
+# --- loading -----------------------------------------------------------------------------
 
 
 def load_plugins() -> pluggy.PluginManager:
@@ -96,65 +166,258 @@ def load_plugins() -> pluggy.PluginManager:
         if (selected is not None and ep.name not in selected) or ep.name in _infos:
             continue
         dist = getattr(ep, "dist", None)
-        info = _infos[ep.name] = PluginInfo(
+        _infos[ep.name] = PluginInfo(
             name=ep.name,
             distribution=dist.name if dist else None,
             version=dist.version if dist else None,
         )
         try:
-            pm.register(ep.load(), name=ep.name)
+            module = ep.load()
         except Exception as exc:
-            _warn(ep.name, "import failed", exc)
-            info.error = info.error or "import failed"
+            _skip(ep.name, "import failed", exc)
+            continue
+        try:
+            pm.register(module, name=ep.name)
+        except pluggy.PluginValidationError as exc:
+            _skip(ep.name, "invalid hook implementation", exc)
+    _check_pending()
     return pm
+
+
+def _check_pending() -> None:
+    """``pm.check_pending()``; a plugin implementing a hook that does not exist (a misspelt
+    name) is unregistered and named, with the closest hook name."""
+    while True:
+        try:
+            pm.check_pending()
+            return
+        except pluggy.PluginValidationError as exc:
+            name = pm.get_name(exc.plugin) or "?"
+            unknown = [c.name for c in pm.get_hookcallers(exc.plugin) or [] if not c.has_spec()]
+            pm.unregister(exc.plugin)
+            hints = []
+            for hook in unknown:
+                close = difflib.get_close_matches(hook, _hook_names(), n=1)
+                hints.append(f"{hook!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            _skip(
+                name,
+                "unknown hook",
+                ValueError(f"{', '.join(hints)} is not a hook of sae-lens-ext"),
+            )
+
+
+def _hook_names() -> list[str]:
+    return [name for name in vars(pm.hook) if getattr(pm.hook, name).has_spec()]
 
 
 def register_plugin(plugin: object, name: str) -> None:
     """Register an in-process plugin object (tests, notebooks) and refresh the registries."""
-    global _architectures, _loss_terms
+    global _architectures, _loss_terms, _presets
     load_plugins()
     pm.register(plugin, name=name)
-    _infos.setdefault(name, PluginInfo(name=name))
-    _architectures = _loss_terms = None
+    info(name)
+    _check_pending()
+    _architectures = _loss_terms = _presets = None
+
+
+# --- calling -------------------------------------------------------------------------------
+
+
+def _implementers(hook_name: str) -> list[Any]:
+    """The hook's implementations that are not wrappers, in pluggy's call order."""
+    impls = getattr(pm.hook, hook_name).get_hookimpls()
+    return [i for i in reversed(impls) if not (i.hookwrapper or i.wrapper)]
+
+
+def _each(
+    hook_name: str,
+    make_kwargs: Callable[[str], dict[str, Any]],
+    on_failure: Callable[[str], None] | None = None,
+) -> Iterator[tuple[str, Any]]:
+    """``(plugin name, its answer)`` for each implementing plugin, called one at a time
+    through pluggy (``subset_hook_caller``: the other implementations left out, every
+    hookwrapper kept) with ``make_kwargs(plugin name)``. The failure policy: a plugin that
+    raises is named in a warning (``on_failure(plugin)`` undoes what it did) and skipped."""
+    load_plugins()
+    impls = _implementers(hook_name)
+    spec = getattr(pm.hook, hook_name).spec
+    firstresult = bool(spec and spec.opts.get("firstresult"))
+    for impl in impls:
+        others = [other.plugin for other in impls if other is not impl]
+        try:
+            caller = pm.subset_hook_caller(hook_name, remove_plugins=others)
+            answer = caller(**make_kwargs(impl.plugin_name))
+        except Exception as exc:
+            if on_failure is not None:
+                on_failure(impl.plugin_name)
+            circular = isinstance(exc, ImportError) and "partially initialized" in str(exc)
+            hint = " (a module of it was imported before sae_lens: import sae_lens first)"
+            _skip(impl.plugin_name, f"{hook_name} failed" + (hint if circular else ""), exc)
+            continue
+        yield impl.plugin_name, answer if firstresult else (answer[0] if answer else None)
+
+
+def call_each(hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+    """Call hook ``hook_name`` on every plugin, one at a time: ``[(plugin, answer), ...]``
+    of those that did not raise (a plugin that raised is named in a :class:`PluginWarning`
+    and left out; an answer of ``None`` is included)."""
+    return list(_each(hook_name, lambda _: kwargs))
+
+
+def call_first(hook_name: str, **kwargs: Any) -> Any:
+    """The first answer that is not ``None`` of a first-result hook, asking the plugins in
+    pluggy's order (``tryfirst``/``trylast`` honoured); a plugin that raises is named and
+    the next one is asked."""
+    for _, answer in _each(hook_name, lambda _: kwargs):
+        if answer is not None:
+            return answer
+    return None
+
+
+def call_each_list(hook_name: str, item_type: type, **kwargs: Any) -> list[Any]:
+    """The items of every plugin's list answer (``None``: nothing), concatenated; a plugin
+    that raises, or answers anything but a list of ``item_type``, is named and skipped."""
+    items: list[Any] = []
+    for plugin, answer in _each(hook_name, lambda _: kwargs):
+        if answer is None:
+            continue
+        if not isinstance(answer, (list, tuple)) or not all(
+            isinstance(item, item_type) for item in answer
+        ):
+            got = type(answer).__name__
+            expected = f"a list of {item_type.__name__} or None"
+            _skip(plugin, f"{hook_name} failed", TypeError(f"returned {got}; expected {expected}"))
+            continue
+        items.extend(answer)
+    return items
 
 
 def add_plugin_commands(group: Any) -> None:
-    """Let each plugin add commands to the click ``group``, one plugin at a time."""
-    load_plugins()
-    for impl in reversed(pm.hook.register_commands.get_hookimpls()):
-        before = set(group.commands)
-        try:
-            impl.function(cli=group)
-        except Exception as exc:
-            _warn(impl.plugin_name, "register_commands failed", exc)
-        info = _infos.setdefault(impl.plugin_name, PluginInfo(name=impl.plugin_name))
-        info.commands.extend(sorted(set(group.commands) - before))
+    """Let each plugin add commands to the click ``group`` (``register_commands``)."""
+    before: set[str] = set()
+
+    def kwargs(plugin: str) -> dict[str, Any]:
+        before.clear()
+        before.update(group.commands)
+        return {"cli": group}
+
+    def undo(plugin: str) -> None:
+        for name in set(group.commands) - before:  # nothing half-added stays
+            group.commands.pop(name)
+
+    for plugin, _ in _each("register_commands", kwargs, undo):
+        info(plugin).commands.extend(sorted(set(group.commands) - before))
 
 
-def _collect(hook_name: str, key: Callable[[Any], str], kind: str) -> dict[str, Any]:
-    load_plugins()
+# --- registrations ---------------------------------------------------------------------------
+
+
+def _collect(
+    hook_name: str,
+    kind: str,
+    item_type: type,
+    key: Callable[[Any], str],
+    taken: Callable[[str, list[Any]], str | None] = lambda name, items: None,
+) -> dict[str, Any]:
+    """Every plugin's registrations through ``hook_name``, one plugin at a time, each with a
+    ``register`` bound to it; then the collision rule (see the module docstring)."""
+    registered: dict[str, list[Any]] = {}
+
+    def kwargs(plugin: str) -> dict[str, Any]:
+        items = registered[plugin] = []
+
+        def register(item: Any) -> None:
+            if not isinstance(item, item_type):
+                raise TypeError(f"register() takes a {item_type.__name__}, got {item!r}")
+            if any(key(other) == key(item) for other in items):
+                raise ValueError(f"{_KIND_LABEL[kind]} {key(item)!r} is registered twice")
+            items.append(item)
+
+        return {"register": register}
+
+    succeeded = [plugin for plugin, _ in _each(hook_name, kwargs)]
+    return _resolve(kind, key, [(info(p), registered[p]) for p in succeeded], taken)
+
+
+def _resolve(
+    kind: str,
+    key: Callable[[Any], str],
+    by_plugin: list[tuple[PluginInfo, list[Any]]],
+    taken: Callable[[str, list[Any]], str | None],
+) -> dict[str, Any]:
+    """Merge registrations: a name one plugin registers is its own; on a collision a
+    built-in plugin wins, and between other plugins the name is refused for all of them.
+    A name that ``taken(name, items)`` says SAE-Lens itself uses is refused (named)."""
+    label = _KIND_LABEL[kind]
+    for plugin_info in _infos.values():  # a fresh collection (after register_plugin)
+        setattr(plugin_info, kind, [])
+        plugin_info.conflicts = [c for c in plugin_info.conflicts if not c.startswith(label)]
+    for done in [k for k in [*_owners, *_refused] if k[0] == kind]:
+        _owners.pop(done, None)
+        _refused.pop(done, None)
+    claims: dict[str, list[tuple[PluginInfo, Any]]] = {}
+    for owner, items in by_plugin:
+        for item in items:
+            claims.setdefault(key(item), []).append((owner, item))
     found: dict[str, Any] = {}
-    current: list[str] = [""]
-
-    def register(item: Any) -> None:
-        name = key(item)
-        if name in found:
-            raise ValueError(f"{kind} {name!r} is already registered by another plugin")
+    for name, claimants in claims.items():
+        claimants.sort(key=lambda claim: claim[0].name)  # messages independent of load order
+        upstream = taken(name, [item for _, item in claimants])
+        if upstream is not None:
+            for owner, _ in claimants:
+                owner.conflicts.append(f"{label} {name!r}: SAE-Lens's own is kept")
+                warn_once(
+                    f"sae-lens-ext: {owner.label()} registers {label} {name!r}, which is "
+                    f"{upstream}; SAE-Lens's is kept: rename the plugin's {label}"
+                )
+            continue
+        builtins = [c for c in claimants if c[0].builtin]
+        winners = claimants if len(claimants) == 1 else builtins
+        if len(winners) != 1:
+            owners = [owner for owner, _ in claimants]
+            _refused[(kind, name)] = owners
+            for owner in owners:
+                owner.conflicts.append(f"{label} {name!r}: refused (several plugins register it)")
+            warn_once(f"sae-lens-ext: {refusal(kind, name)}")
+            continue
+        owner, item = winners[0]
         found[name] = item
-        getattr(_infos.setdefault(current[0], PluginInfo(name=current[0])), kind).append(name)
-
-    hook = getattr(pm.hook, hook_name)
-    for impl in reversed(hook.get_hookimpls()):
-        current[0] = impl.plugin_name
-        try:
-            impl.function(register=register)
-        except ImportError as exc:
-            circular = "circular import" in str(exc) or "partially initialized" in str(exc)
-            hint = " (a module of it was being imported before sae_lens: import sae_lens first)"
-            _warn(impl.plugin_name, f"{hook_name} failed" + (hint if circular else ""), exc)
-        except Exception as exc:
-            _warn(impl.plugin_name, f"{hook_name} failed", exc)
+        _owners[(kind, name)] = owner
+        getattr(owner, kind).append(name)
+        for loser, _ in claimants:
+            if loser is not owner:
+                loser.conflicts.append(f"{label} {name!r}: the built-in {owner.name!r} keeps it")
+                warn_once(
+                    f"sae-lens-ext: {loser.label()} also registers {label} {name!r}, which the "
+                    f"built-in {owner.label()} keeps (to use the other, leave {owner.name} "
+                    f"out of {LOAD_PLUGINS_ENV})"
+                )
     return found
+
+
+def refusal(kind: str, name: str) -> str | None:
+    """Why ``name`` (an architecture or loss term; ``kind`` is ``"architectures"`` or
+    ``"loss_terms"``) is not available although plugins register it, else ``None``."""
+    owners = _refused.get((kind, name))
+    if not owners:
+        return None
+    listed = " and ".join(o.label() for o in owners)
+    others = {o.name for o in owners[1:]}
+    keep = ",".join(sorted(n for n, _ in pm.list_name_plugin() if n not in others))
+    return (
+        f"{_KIND_LABEL[kind]} {name!r} is registered by {listed}, so none of them is used; "
+        f"load only one of them, e.g. {LOAD_PLUGINS_ENV}={keep}"
+    )
+
+
+def owner_of(kind: str, name: str) -> PluginInfo | None:
+    """The plugin that provides architecture or loss term ``name`` (``kind``:
+    ``"architectures"`` or ``"loss_terms"``), or ``None``."""
+    if kind == "architectures":
+        architectures()
+    else:
+        loss_terms()
+    return _owners.get((kind, name))
 
 
 def architectures() -> dict[str, Architecture]:
@@ -166,20 +429,51 @@ def architectures() -> dict[str, Architecture]:
         import sae_lens  # noqa: F401
 
     if _architectures is None:
-        _architectures = _collect("register_architectures", lambda a: a.name, "architectures")
+        from sae_lens_ext.architectures import Architecture
+
+        _architectures = _collect(
+            "register_architectures", "architectures", Architecture, lambda a: a.name, _upstream
+        )
     return _architectures
+
+
+def _upstream(name: str, claimed: list[Any]) -> str | None:
+    """What SAE-Lens registers as ``name`` itself (not a class a plugin claims), or None."""
+    from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
+
+    ours = {cls for arch in claimed for cls in (arch.sae_class, arch.training_class)}
+    for registry in (SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY):
+        cls = registry.get(name, (None,))[0]
+        if cls is not None and cls not in ours:
+            return f"SAE-Lens's own ({cls.__module__}.{cls.__name__})"
+    return None
 
 
 def loss_terms() -> dict[str, LossTerm]:
     """Every loss term the loaded plugins register, by name."""
     global _loss_terms
     if _loss_terms is None:
-        _loss_terms = _collect("register_loss_terms", lambda t: t.name, "loss_terms")
+        from sae_lens_ext.loss_terms import LossTerm
+
+        _loss_terms = _collect("register_loss_terms", "loss_terms", LossTerm, lambda t: t.name)
     return _loss_terms
 
 
+def presets() -> dict[str, Preset]:
+    """Every preset the loaded plugins register, by ``architecture/name``."""
+    global _presets
+    if _presets is None:
+        from sae_lens_ext.presets import Preset
+
+        _presets = _collect("register_presets", "presets", Preset, lambda p: p.key)
+    return _presets
+
+
 def register_with_sae_lens() -> None:
-    """Add every plugin architecture to ``sae_lens.registry``; safe to call repeatedly."""
+    """Add every plugin architecture, and the loss-term twin of every training architecture
+    (:mod:`sae_lens_ext.twins`), to ``sae_lens.registry``; safe to call repeatedly.
+    SAE-Lens's own architectures are never replaced: a plugin architecture of the same
+    name is skipped, named once."""
     from sae_lens.registry import (
         SAE_CLASS_REGISTRY,
         SAE_TRAINING_CLASS_REGISTRY,
@@ -188,7 +482,7 @@ def register_with_sae_lens() -> None:
     )
 
     for name, arch in architectures().items():
-        owner = _owner_of("architectures", name)
+        owner = _owners[("architectures", name)]
         try:
             _register_once(
                 SAE_CLASS_REGISTRY, register_sae_class, name, arch.sae_class, arch.sae_config_class
@@ -202,7 +496,15 @@ def register_with_sae_lens() -> None:
                     arch.training_config_class,
                 )
         except Exception as exc:
-            _warn(owner, f"registering architecture {name!r} failed", exc)
+            warn_once(
+                f"sae-lens-ext: {owner.label()}: architecture {name!r} skipped: "
+                f"{' '.join(str(exc).split())}"
+            )
+    # every training architecture without loss terms gets its loss-term twin (after the
+    # plugins' own, so that a plugin built on an upstream class gets one too)
+    from sae_lens_ext.twins import register_twins
+
+    register_twins()
 
 
 def _register_once(
@@ -218,21 +520,16 @@ def _register_once(
     elif existing[0] is not cls:
         raise ValueError(
             f"SAE-Lens already has an architecture named {name!r} "
-            f"({existing[0].__module__}.{existing[0].__name__}); choose another name"
+            f"({existing[0].__module__}.{existing[0].__name__}), which is kept; rename "
+            "the plugin's architecture"
         )
-
-
-def _owner_of(kind: str, name: str) -> str:
-    for info in _infos.values():
-        if name in getattr(info, kind):
-            return info.name
-    return "?"
 
 
 def plugin_infos() -> list[PluginInfo]:
     """Loaded plugins with what each provides (used by ``sae-lens plugins``)."""
     architectures()
     loss_terms()
-    for impl in pm.hook.resample_dead_latents.get_hookimpls():
-        _infos.setdefault(impl.plugin_name, PluginInfo(name=impl.plugin_name)).resampler = True
+    presets()
+    for impl in _implementers("resample_dead_latents"):
+        info(impl.plugin_name).resampler = True
     return sorted(_infos.values(), key=lambda i: i.name)

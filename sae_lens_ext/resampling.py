@@ -14,18 +14,37 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
 
 
+@runtime_checkable
+class AfterOptimizerStep(Protocol):
+    """A training SAE with work that needs the optimizer right after each of its steps."""
+
+    def after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+        """Do it (resampling, a periodic permutation); return the permutation of the
+        latents if one was applied (new latent ``j`` is old latent ``perm[j]``), so that the
+        caller permutes the per-latent state it owns (the trainer's firing counters)."""
+        ...
+
+
 @dataclass
 class ResampleRequest:
-    """What a resampler sees: the SAE, which latents are dead, and the current batch."""
+    """What a resampler sees: the SAE, which latents are dead, and the current batch.
+
+    Attributes:
+        sae: the training SAE (its ``cfg``, ``W_enc``, ``W_dec``, ``b_dec``...).
+        dead_latents: int64 indices of the latents to resample.
+        sae_in: the step's input rows (data-parallel: the global batch).
+        sae_out: their reconstructions.
+        step: the training step.
+    """
 
     sae: Any
-    dead_latents: torch.Tensor  # int64 indices
+    dead_latents: torch.Tensor
     sae_in: torch.Tensor
     sae_out: torch.Tensor
     step: int
@@ -33,9 +52,11 @@ class ResampleRequest:
 
 @dataclass
 class ResampleResult:
-    """New values for dead latents, keyed by parameter name (see
-    ``LossTermTrainingSAE.latent_parameters``). Each tensor has the parameter's
-    shape with the latent axis cut to ``len(dead_latents)``."""
+    """New values for dead latents, keyed by the name of a latent-indexed parameter or
+    buffer (the SAE's latent table, :func:`sae_lens_ext.api.latent_parameters`). Each
+    tensor has that tensor's shape with the latent axis cut to ``len(dead_latents)``; a
+    latent-indexed tensor not given keeps its old slices. Every latent-indexed parameter's
+    optimizer state is reset for those latents."""
 
     values: dict[str, torch.Tensor]
     resampler: str = ""

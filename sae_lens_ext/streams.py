@@ -16,10 +16,12 @@ served stream's RNG state and its own ``state_dict()`` when it has one.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from typing_extensions import override
 
 from sae_lens_ext.windows import BatchLayoutError
 
@@ -124,18 +126,20 @@ class StreamBlocks(Iterator[torch.Tensor]):
             else {}
         )
         self.streams = {
-            s: self._draw(s, lambda s=s: make_stream(s, self.rows)) for s in self.indices
+            s: self._draw(s, functools.partial(make_stream, s, self.rows)) for s in self.indices
         }
 
     def _draw(self, s: int, fn: Callable[[], Any]) -> Any:
         rng = self.rngs.get(s)
         return fn() if rng is None else rng.run(fn)
 
+    @override
     def __iter__(self) -> StreamBlocks:
         return self
 
+    @override
     def __next__(self) -> torch.Tensor:
-        blocks = [self._draw(s, lambda s=s: next(self.streams[s])) for s in self.indices]
+        blocks = [self._draw(s, functools.partial(next, self.streams[s])) for s in self.indices]
         return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
 
     def state_dict(self) -> dict[str, Any]:
@@ -160,7 +164,13 @@ class StreamBlocks(Iterator[torch.Tensor]):
             if saved["rng"] is not None:
                 self.rngs[s].state = saved["rng"]
             if saved["data"] is not None:
-                stream.load_state_dict(saved["data"])  # type: ignore[attr-defined]
+                stream.load_state_dict(saved["data"])
+
+    @property
+    def resume_note(self) -> str | None:
+        """What a resumed run does not reproduce, as the streams say (``None``: nothing)."""
+        notes = {getattr(stream, "resume_note", None) for stream in self.streams.values()}
+        return "; ".join(sorted(n for n in notes if n)) or None
 
     def close(self) -> None:
         for stream in self.streams.values():

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from typing_extensions import override
 
 from sae_lens_ext.metrics import EvalData
 
@@ -53,6 +54,8 @@ class DemoSetup:
         lr: default learning rate (``--lr``).
         data: factory of the training/evaluation data; ``None``: SAE-Lens's
             ``SyntheticModel`` (:class:`SyntheticModelData`).
+        note: printed after the demo's results table (and kept in ``metrics.json``), e.g.
+            to say why a metric is what it is on these data.
     """
 
     sae_settings: dict[str, Any] = field(default_factory=dict)
@@ -60,6 +63,7 @@ class DemoSetup:
     samples: int | None = None
     lr: float | None = None
     data: Callable[[DemoDataOptions], DemoData] | None = None
+    note: str = ""
 
 
 class DemoData(ABC):
@@ -140,6 +144,7 @@ class SyntheticModelData(DemoData):
         model.feature_dict.eval()
         return cls(model)
 
+    @override
     def training_batches(self, batch_size: int, window: int, seed: int) -> Iterator[torch.Tensor]:
         from sae_lens.synthetic.training import SyntheticActivationIterator
 
@@ -147,6 +152,7 @@ class SyntheticModelData(DemoData):
             self.model.feature_dict, self.model.activation_generator, batch_size=batch_size
         )
 
+    @override
     @torch.no_grad()
     def eval_data(self, n_samples: int, seed: int) -> EvalData:
         torch.manual_seed(seed)
@@ -158,9 +164,11 @@ class SyntheticModelData(DemoData):
             description=self.description,
         )
 
+    @override
     def save_files(self, folder: Path) -> None:
         self.model.save(folder / "synthetic_model")
 
+    @override
     @classmethod
     def load_files(cls, folder: Path) -> SyntheticModelData:
         from sae_lens.synthetic import SyntheticModel

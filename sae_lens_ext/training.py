@@ -1,38 +1,65 @@
-"""The base training SAE of plugin architectures: its aux loss is the sum of enabled loss terms.
+"""The training side of plugin architectures: loss terms, resampling and after-step work.
 
-Subclasses write the architecture (encoder, decoder, their own always-on
-penalties through :meth:`base_aux_loss`) in SAE-Lens's usual form; this class
-adds the plugin loss terms, dead-latent resampling through the
-``resample_dead_latents`` hook, after-step work with the optimizer in hand
-(:meth:`LossTermTrainingSAE.after_optimizer_step`) and, under SAE-Lens's own
-runners, the core's training guards (non-finite loss, an SAE that stops firing).
+- :class:`LossTermsMixin` adds to *any* SAE-Lens training class the plugin loss terms
+  enabled in its config (``loss_terms``), dead-latent resampling through the
+  ``resample_dead_latents`` hook, after-step work with the optimizer in hand
+  (:meth:`LossTermsMixin.after_optimizer_step`) and, under SAE-Lens's own runners, the
+  core's training guards (non-finite loss, an SAE that stops firing). Mixed into
+  upstream's own classes it makes their training-only twins (:mod:`sae_lens_ext.twins`).
+- :class:`LossTermTrainingSAEConfig` holds the matching config fields; it mixes into an
+  upstream training config the same way.
+- :class:`LossTermTrainingSAE` is the base of a plugin architecture written from scratch:
+  subclasses write the encoder (:meth:`~LossTermTrainingSAE.encode_with_hidden_pre`) and
+  their own penalties (:meth:`~LossTermTrainingSAE.base_aux_loss`,
+  :meth:`~LossTermTrainingSAE.base_coefficients`) in SAE-Lens's usual form.
+
+What a data-parallel run must reduce over ranks inside a step (a batch statistic a
+model or a loss term keeps) goes through :class:`BatchCollectives`, which the core's
+data-parallel layer serves: models and terms hold no distributed code.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from abc import ABC
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 import torch
 from sae_lens.saes.sae import (
+    SAE,
+    SAEConfig,
     TrainCoefficientConfig,
     TrainingSAE,
     TrainingSAEConfig,
     TrainStepInput,
     TrainStepOutput,
 )
+from typing_extensions import override
 
 from sae_lens_ext.guards import TrainingGuard
+from sae_lens_ext.latents import (
+    BASE_LATENT_PARAMETERS,
+    ENCODER_BIAS,
+    LatentAxis,
+    check_latent_values,
+    fold_decoder_norms,
+    latent_parameters,
+    write_latents,
+)
 from sae_lens_ext.loss_terms import (
-    LossContext,
+    LOCAL_COLLECTIVES,
+    BatchCollectives,
     LossTermSpec,
+    evaluate_loss_terms,
     parse_loss_terms,
     parse_options,
     resolve_option,
+    unknown_loss_term,
 )
-from sae_lens_ext.optim import reset_optimizer_rows
 from sae_lens_ext.resampling import (
     ResampleRequest,
     ResampleResult,
@@ -44,6 +71,12 @@ from sae_lens_ext.sparse import codes_of, decoder_weighted_l1
 
 #: Under SAE-Lens's own runners, the guards are checked every this many steps.
 GUARD_CHECK_EVERY = 100
+#: A warm-up given as a fraction of the run, when the SAE never learns the run's length
+#: (SAE-Lens's own runners: :meth:`LossTermTrainingSAE.set_training_steps`), is that fraction
+#: of this many steps.
+FALLBACK_TRAINING_STEPS = 1000
+
+T_CONFIG = TypeVar("T_CONFIG", bound=SAEConfig)
 
 
 class _NonNegativeL1(torch.autograd.Function):
@@ -54,16 +87,18 @@ class _NonNegativeL1(torch.autograd.Function):
     broadcast view (no ``N x d_sae`` tensor is written), and the gradient in ``n`` is the
     column sums / rows. Nothing of size ``N x d_sae`` is saved for backward."""
 
+    @override
     @staticmethod
-    def forward(ctx: Any, acts: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, acts: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
         rows = acts.shape[0]
         column_sums = acts.sum(0, dtype=torch.promote_types(acts.dtype, torch.float32))
         ctx.save_for_backward(column_sums, norms)
         ctx.rows, ctx.acts_dtype = rows, acts.dtype
         return (column_sums * norms.to(column_sums.dtype)).sum() / max(rows, 1)  # no autocast op
 
+    @override
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         column_sums, norms = ctx.saved_tensors
         scale = grad / max(ctx.rows, 1)
         grad_acts = grad_norms = None
@@ -103,9 +138,65 @@ def check_non_negative(cfg: Any, *names: str) -> None:
             raise ValueError(f"{type(cfg).__name__}.{name} must be >= 0, got {value}")
 
 
+# ---------------------------------------------------------------------------------------
+# The inference side of a plugin architecture
+# ---------------------------------------------------------------------------------------
+class PluginSAE(SAE[T_CONFIG], ABC):
+    """Base of a plugin architecture's *inference* class (what is saved, loaded, uploaded).
+
+    Subclass it with your inference config (``class MySAE(PluginSAE[MySAEConfig])``) and:
+
+    - create every parameter beyond upstream's ``W_enc``, ``W_dec`` and ``b_dec`` in
+      :meth:`initialize_weights` after ``super().initialize_weights()``; ``b_enc`` too: it
+      is the architecture's to create (or not);
+    - implement ``encode`` and ``decode`` exactly as the training class computes them
+      (share the code through a mixin), through upstream's hook points
+      (``hook_sae_acts_pre``, ``hook_sae_acts_post``, ``hook_sae_recons``) and
+      ``process_sae_in`` / ``run_time_activation_norm_fn_out``;
+    - declare every tensor with an axis of size ``d_sae`` in :meth:`latent_parameters`;
+      :meth:`fold_and_get_W_dec_norm` (behind upstream's ``fold_W_dec_norm``) is then
+      exact for it. Override ``fold_W_dec_norm`` to refuse (``NotImplementedError``)
+      where the activation does not commute with a positive per-latent scale, and
+      ``fold_activation_norm_scaling_factor`` (calling ``super()``) for every parameter
+      that reads the input directly besides ``W_enc`` and ``b_dec``.
+    """
+
+    def __init__(self, cfg: T_CONFIG, use_error_term: bool = False):
+        super().__init__(cfg, use_error_term)
+        latent_parameters(self)  # a latent-indexed tensor left undeclared fails now
+
+    def latent_parameters(self) -> Mapping[str, LatentAxis | None]:
+        """Every parameter and buffer with an axis of size ``d_sae``: its latent axis and
+        how it folds (:class:`~sae_lens_ext.latents.LatentAxis`), or ``None`` when it is
+        not indexed by latent. The default covers ``W_enc``, ``W_dec``, ``b_dec`` and, if
+        the architecture created one, ``b_enc``; extend it with ``super()``."""
+        return latent_parameters_of_base(self)
+
+    @override
+    @torch.no_grad()
+    def fold_and_get_W_dec_norm(self) -> torch.Tensor:
+        """Unit decoder rows, their norms moved into the latent-indexed tensors as
+        :meth:`latent_parameters` declares (:func:`~sae_lens_ext.latents.fold_decoder_norms`)."""
+        return fold_decoder_norms(self)
+
+
+def latent_parameters_of_base(sae: torch.nn.Module) -> dict[str, LatentAxis | None]:
+    """Upstream's base parameters and, if the architecture created one, ``b_enc``."""
+    table = dict(BASE_LATENT_PARAMETERS)
+    if isinstance(getattr(sae, "b_enc", None), torch.nn.Parameter):
+        table["b_enc"] = ENCODER_BIAS
+    return table
+
+
+# ---------------------------------------------------------------------------------------
+# The training side
+# ---------------------------------------------------------------------------------------
 @dataclass(kw_only=True)
 class LossTermTrainingSAEConfig(TrainingSAEConfig, ABC):
-    """Config fields shared by every plugin training SAE.
+    """Config fields of every training SAE that takes plugin loss terms.
+
+    The base of a plugin architecture's training config, and a mixin for an upstream one:
+    ``@dataclass(kw_only=True) class MyCfg(LossTermTrainingSAEConfig, UpstreamCfg)``.
 
     Args:
         loss_terms: extra loss terms, ``"name=coefficient@warm_up_steps,..."``
@@ -123,6 +214,7 @@ class LossTermTrainingSAEConfig(TrainingSAEConfig, ABC):
     resample_dead_every: int = 0
     max_silent_steps: int = 200
 
+    @override
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.d_in <= 0 or self.d_sae <= 0:
@@ -174,6 +266,7 @@ class LossTermTrainingSAEConfig(TrainingSAEConfig, ABC):
                 )
 
     def enabled_loss_terms(self) -> list[LossTermSpec]:
+        """The architecture's own terms (with a coefficient or a warm-up) and ``loss_terms``."""
         from sae_lens_ext.plugins import loss_terms
 
         specs = [s for s in self.builtin_loss_terms() if s.coefficient > 0 or s.warm_up_steps]
@@ -181,10 +274,7 @@ class LossTermTrainingSAEConfig(TrainingSAEConfig, ABC):
         known = loss_terms()
         for spec in [*specs, *extra]:
             if spec.name not in known:
-                raise ValueError(
-                    f"loss_terms: unknown loss term {spec.name!r}; registered: "
-                    f"{', '.join(sorted(known)) or 'none'}"
-                )
+                raise unknown_loss_term(spec.name)
         clash = {s.name for s in specs} & {s.name for s in extra}
         if clash:
             raise ValueError(
@@ -194,10 +284,18 @@ class LossTermTrainingSAEConfig(TrainingSAEConfig, ABC):
 
 
 T_CFG = TypeVar("T_CFG", bound=LossTermTrainingSAEConfig)
+#: A checkpoint's file of :meth:`LossTermTrainingSAE.training_counts`.
+COUNTS_FILENAME = "training_counts.json"
 
 
-class LossTermTrainingSAE(TrainingSAE[T_CFG]):
-    """A TrainingSAE whose auxiliary loss is its own penalties plus plugin loss terms."""
+class LossTermsMixin(TrainingSAE[T_CFG]):
+    """Plugin loss terms, resampling, after-step work and guards for a training SAE.
+
+    Put it first among the bases of a class that also derives from an SAE-Lens training
+    class (``class MyTwin(LossTermsMixin[MyCfg], StandardTrainingSAE)``): it wraps that
+    class's ``calculate_aux_loss``, ``get_coefficients`` and ``training_forward_pass``.
+    The config must derive from :class:`LossTermTrainingSAEConfig`.
+    """
 
     def __init__(self, cfg: T_CFG, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)
@@ -212,38 +310,88 @@ class LossTermTrainingSAE(TrainingSAE[T_CFG]):
         #: Set by a training loop that calls :meth:`after_optimizer_step` (and runs the
         #: core's guards) itself; SAE-Lens's own runners leave it False.
         self.post_step_by_caller = False
+        #: Served by the core's data-parallel layer (see :class:`BatchCollectives`).
+        self.collectives: BatchCollectives = LOCAL_COLLECTIVES
         self.guard = TrainingGuard(cfg.max_silent_steps)
+        #: The run's number of optimizer steps, if a training loop said it.
+        self.training_steps: int | None = None
+        self._warned_length = False
+        latent_parameters(self)  # a latent-indexed tensor left undeclared fails now
 
-    # --- what subclasses override -------------------------------------------------
-    def base_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
-        """Coefficients of the architecture's own penalties."""
-        return {}
+    # --- what the architecture computes -----------------------------------------------
+    def architecture_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        """Coefficients of the architecture's own penalties: those of the SAE-Lens class
+        this is mixed into."""
+        # safe: the mixin precedes a concrete SAE-Lens class in the MRO of every class using it
+        return super().get_coefficients()  # type: ignore[safe-super]
 
-    def base_aux_loss(
+    def architecture_aux_loss(
         self,
         step_input: TrainStepInput,
         feature_acts: torch.Tensor,
         hidden_pre: torch.Tensor,
         sae_out: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        """The architecture's own penalties (e.g. an L1 term)."""
-        return {}
+        """The architecture's own auxiliary losses: those of the SAE-Lens class this is
+        mixed into (a bare tensor is logged as ``aux_loss``)."""
+        # safe: the mixin precedes a concrete SAE-Lens class in the MRO of every class using it
+        losses = super().calculate_aux_loss(  # type: ignore[safe-super]
+            step_input, feature_acts, hidden_pre, sae_out
+        )
+        return dict(losses) if isinstance(losses, dict) else {"aux_loss": losses}
 
-    def latent_parameters(self) -> dict[str, int]:
-        """Parameters indexed by latent, with the axis that indexes latents."""
-        names = {"W_enc": 1, "W_dec": 0, "b_enc": 0}
-        return {n: d for n, d in names.items() if hasattr(self, n)}
+    def batch_mean(self, value: torch.Tensor) -> torch.Tensor:
+        """A per-batch statistic of this process's rows as that of the global batch
+        (:meth:`BatchCollectives.batch_mean`; the identity in one process)."""
+        return self.collectives.batch_mean(value)
+
+    # --- the run's length ----------------------------------------------------------------
+    def set_training_steps(self, steps: int) -> None:
+        """Tell the SAE its run's number of optimizer steps, before the trainer is built
+        (:func:`make_trainer` does; ``sae-lens train``, ``demo`` and ``sweep`` use it), so
+        that warm-ups given as a fraction of the run are taken of it. SAE-Lens's own runners
+        cannot tell an SAE the run's length: there, such warm-ups are that fraction of
+        ``FALLBACK_TRAINING_STEPS`` steps, and building the trainer warns once."""
+        if steps < 0:
+            raise ValueError(f"set_training_steps: steps must be >= 0, got {steps}")
+        self.training_steps = steps
+
+    def warm_up_steps(self, spec: LossTermSpec) -> int:
+        """A term's warm-up in steps: ``spec.warm_up_steps``, or ``spec.warm_up_fraction`` of
+        the run (of ``FALLBACK_TRAINING_STEPS`` when the run's length is unknown)."""
+        if spec.warm_up_fraction is None:
+            return spec.warm_up_steps
+        steps = FALLBACK_TRAINING_STEPS if self.training_steps is None else self.training_steps
+        return round(spec.warm_up_fraction * steps)
+
+    def _warn_unknown_length(self) -> None:
+        fractions = [s for s, _ in self._terms if s.warm_up_fraction]
+        if self.training_steps is not None or not fractions or self._warned_length:
+            return
+        self._warned_length = True
+        terms = ", ".join(f"{s.name} over {self.warm_up_steps(s)}" for s in fractions)
+        warnings.warn(
+            f"{type(self).__name__}: nothing told the SAE its run's length (SAE-Lens's own "
+            f"runners cannot), so warm-ups given as a fraction of the run are taken of "
+            f"{FALLBACK_TRAINING_STEPS} steps ({terms} steps); set the *_warm_up_steps fields "
+            "to choose, or train with sae-lens train, demo or sweep, which tell it",
+            UserWarning,
+            stacklevel=3,
+        )
 
     # --- SAE-Lens interface -----------------------------------------------------------
+    @override
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        self._warn_unknown_length()
         return {
-            **self.base_coefficients(),
+            **self.architecture_coefficients(),
             **{
-                spec.name: TrainCoefficientConfig(spec.coefficient, spec.warm_up_steps)
+                spec.name: TrainCoefficientConfig(spec.coefficient, self.warm_up_steps(spec))
                 for spec, _ in self._terms
             },
         }
 
+    @override
     def calculate_aux_loss(
         self,
         step_input: TrainStepInput,
@@ -251,23 +399,14 @@ class LossTermTrainingSAE(TrainingSAE[T_CFG]):
         hidden_pre: torch.Tensor,
         sae_out: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        losses = dict(self.base_aux_loss(step_input, feature_acts, hidden_pre, sae_out))
-        if not self._terms:
-            return losses
-        ctx = LossContext(
-            sae=self,
-            step_input=step_input,
-            feature_acts=feature_acts,
-            hidden_pre=hidden_pre,
-            sae_out=sae_out,
-            options=self._term_options,
-            metrics=self._step_metrics,
-        )
-        for spec, term in self._terms:
-            coefficient = step_input.coefficients.get(spec.name, spec.coefficient)
-            losses[f"{spec.name}_loss"] = coefficient * term.fn(ctx)
-        return losses
+        losses = dict(self.architecture_aux_loss(step_input, feature_acts, hidden_pre, sae_out))
+        return losses | evaluate_loss_terms(
+            self, self._terms, step_input, feature_acts, hidden_pre, sae_out,
+            options=self._term_options, metrics=self._step_metrics,
+            collectives=self.collectives,
+        )  # fmt: skip
 
+    @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         """Upstream's forward pass (tensor work only, so that ``compile_sae`` compiles it
         in one piece) between this class's bookkeeping before and after it."""
@@ -290,20 +429,53 @@ class LossTermTrainingSAE(TrainingSAE[T_CFG]):
         """Python bookkeeping after a step's forward pass (never compiled): loss-term
         metrics, the guards under SAE-Lens's own runners, a periodic resample."""
         output.metrics.update(self._step_metrics)
+        missing = [s.name for s, _ in self._terms if f"{s.name}_loss" not in output.losses]
+        if missing:
+            raise RuntimeError(
+                f"{type(self).__name__}: loss terms {missing} were not added to the loss: its "
+                "training_forward_pass does not call calculate_aux_loss (upstream's "
+                "TrainingSAE.training_forward_pass does); call it, or take no loss terms"
+            )
         if not self.post_step_by_caller:  # SAE-Lens's own runners: the core's guards
             step = step_input.n_training_steps
-            self.guard.observe(step, output.loss, step_input.sae_in, output.feature_acts)
+            self.guard.observe(
+                step, output.loss, step_input.sae_in, output.feature_acts, losses=output.losses
+            )
             if (step + 1) % GUARD_CHECK_EVERY == 0:
                 self.guard.check()
         self._maybe_schedule_resample(step_input, output)
+        output.metrics.update(self.training_counts())  # a trace in every training log
 
+    def training_counts(self) -> dict[str, int]:
+        """Running counts of after-step work since training began, this step's included
+        (in every step's metrics; kept in checkpoints, so a resumed run continues them)."""
+        pending = self._pending_resample  # written right after this step's optimizer step
+        return {"resampled_latents": self.n_resampled + (0 if pending is None else len(pending[0]))}
+
+    def restore_training_counts(self, counts: dict[str, int]) -> None:
+        self.n_resampled = counts.get("resampled_latents", 0)
+
+    @override
+    def save_model(self, path: str | Path) -> tuple[Path, Path]:
+        saved = super().save_model(path)  # checkpoints: also the counts
+        (Path(path) / COUNTS_FILENAME).write_text(json.dumps(self.training_counts()))
+        return saved
+
+    @override
+    def load_weights_from_checkpoint(self, checkpoint_path: Path | str) -> None:
+        super().load_weights_from_checkpoint(checkpoint_path)
+        counts = Path(checkpoint_path) / COUNTS_FILENAME
+        if counts.is_file():
+            self.restore_training_counts(json.loads(counts.read_text()))
+
+    @override
     def save_inference_model(self, path: str | Any) -> Any:
         if self.guard.steps:  # trained here: refuse to save an SAE that never fired
             self.guard.check_finished(self.guard.steps)
         return super().save_inference_model(path)
 
     # --- after the optimizer step ----------------------------------------------------------
-    def after_optimizer_step(self, optimizer: Any) -> torch.Tensor | None:
+    def after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
         """Work that needs the optimizer, run right after its step: write a pending
         resample and reset those rows' moments. Subclasses extend it; one that permutes
         latents returns the permutation (new latent ``j`` is old latent ``perm[j]``) so that
@@ -335,62 +507,102 @@ class LossTermTrainingSAE(TrainingSAE[T_CFG]):
         dead = mask.nonzero().flatten()
         if dead.numel() == 0:
             return
-        from sae_lens_ext import distributed
-        from sae_lens_ext.plugins import load_plugins
+        from sae_lens_ext.plugins import call_first
 
-        # under torchrun: the resampler sees the global batch on every rank (so the ranks'
-        # random generators advance alike) and rank 0's choice is applied everywhere
+        # data-parallel: the resampler sees the global batch on every process (so their
+        # random generators advance alike) and process 0's choice is applied everywhere
         request = ResampleRequest(
             sae=self,
             dead_latents=dead,
-            sae_in=distributed.all_gather_rows(step_input.sae_in.detach()),
-            sae_out=distributed.all_gather_rows(output.sae_out.detach()),
+            sae_in=self.collectives.gather_rows(step_input.sae_in.detach()),
+            sae_out=self.collectives.gather_rows(output.sae_out.detach()),
             step=step_input.n_training_steps,
         )
-        result = load_plugins().hook.resample_dead_latents(request=request)
-        if distributed.is_distributed():
-            result = distributed.broadcast_object(_on_cpu(result))
+        result = call_first("resample_dead_latents", request=request)
+        if self.collectives.processes > 1:
+            result = self.collectives.from_main(_on_cpu(result))
         if result is None:
             return
-        self._check_result(dead, result)
+        check_latent_values(self, dead.numel(), result.values, f"resampler {result.resampler!r}")
         self._pending_resample = (dead, result)
         request_after_step(self)
 
-    def _check_result(self, dead: torch.Tensor, result: ResampleResult) -> None:
-        latent_params = self.latent_parameters()
-        for name, value in result.values.items():
-            if name not in latent_params:
-                raise ValueError(
-                    f"resampler {result.resampler!r} returned {name!r}, not a latent parameter "
-                    f"({', '.join(latent_params)})"
-                )
-            param = self.get_parameter(name)
-            expected = list(param.shape)
-            expected[latent_params[name]] = dead.numel()
-            if list(value.shape) != expected:
-                raise ValueError(
-                    f"resampler {result.resampler!r}: {name} has shape {list(value.shape)}, "
-                    f"expected {expected}"
-                )
-
     @torch.no_grad()
-    def apply_pending_resample(self, optimizer: Any) -> None:
+    def apply_pending_resample(self, optimizer: torch.optim.Optimizer) -> None:
         """Write the chosen rows and reset their optimizer moments."""
         if self._pending_resample is None:
             return
         dead, result = self._pending_resample
         self._pending_resample = None
-        for name, dim in self.latent_parameters().items():
-            param = self.get_parameter(name)
-            rows = dead.to(param.device)
-            if name in result.values:
-                param.data.index_copy_(dim, rows, result.values[name].to(param.device, param.dtype))
-            reset_optimizer_rows(optimizer, param, dim, rows)
+        write_latents(self, dead, result.values, optimizer)
         self.n_resampled += dead.numel()
 
 
+class LossTermTrainingSAE(LossTermsMixin[T_CFG], PluginSAE[T_CFG], Generic[T_CFG]):
+    """Base of a plugin architecture's *training* class, written from scratch.
+
+    Subclass it with your training config (a :class:`LossTermTrainingSAEConfig`) and:
+
+    - create ``b_enc`` and your other parameters in :meth:`initialize_weights` after
+      ``super().initialize_weights()`` (upstream's creates ``W_enc``, ``W_dec``, ``b_dec``);
+    - implement :meth:`encode_with_hidden_pre` (``(feature_acts, hidden_pre)``, through
+      ``process_sae_in`` and the hook points), the encoder the inference class shares;
+    - put the architecture's own penalties in :meth:`base_aux_loss` with their
+      coefficients in :meth:`base_coefficients` (warm-ups through
+      ``TrainCoefficientConfig``); plugin loss terms are added on top;
+    - declare extra latent-indexed tensors in :meth:`latent_parameters` (as the inference
+      class does), so resampling, sorting, optimizer surgery and folding move them;
+    - extend :meth:`after_optimizer_step` (``super()`` first) for work that needs the
+      optimizer, asking for it with :func:`~sae_lens_ext.resampling.request_after_step`.
+
+    The config's ``get_inference_config_class()`` (by default the inference class
+    registered under the same name) must repeat every field that changes what the SAE
+    computes, so that the saved SAE computes what was trained.
+    """
+
+    # --- what subclasses override -------------------------------------------------
+    def base_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        """Coefficients of the architecture's own penalties."""
+        return {}
+
+    def base_aux_loss(
+        self,
+        step_input: TrainStepInput,
+        feature_acts: torch.Tensor,
+        hidden_pre: torch.Tensor,
+        sae_out: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """The architecture's own penalties (e.g. an L1 term), already weighted."""
+        return {}
+
+    @override
+    def architecture_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        return self.base_coefficients()
+
+    @override
+    def architecture_aux_loss(
+        self,
+        step_input: TrainStepInput,
+        feature_acts: torch.Tensor,
+        hidden_pre: torch.Tensor,
+        sae_out: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        return self.base_aux_loss(step_input, feature_acts, hidden_pre, sae_out)
+
+
+def make_trainer(cfg: Any, sae: Any, data_provider: Any, **kwargs: Any) -> Any:
+    """Upstream's ``SAETrainer(cfg=cfg, sae=sae, data_provider=..., **kwargs)``, after telling
+    the SAE the run's length (``sae.set_training_steps(cfg.total_training_steps)``, if it has
+    that method): the trainer reads the SAE's coefficient warm-ups when it is built."""
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    if callable(getattr(sae, "set_training_steps", None)):
+        sae.set_training_steps(cfg.total_training_steps)
+    return SAETrainer(cfg=cfg, sae=sae, data_provider=data_provider, **kwargs)
+
+
 def _on_cpu(result: ResampleResult | None) -> ResampleResult | None:
-    """``result`` with its tensors on the CPU (to travel between ranks)."""
+    """``result`` with its tensors on the CPU (to travel between processes)."""
     if result is None:
         return None
 

@@ -24,9 +24,10 @@ import math
 import warnings
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
+from typing_extensions import override
 
 from sae_lens_ext.metrics import check_finite
 
@@ -35,10 +36,29 @@ class BatchLayoutError(ValueError):
     """Training batches cannot hold whole windows of consecutive positions."""
 
 
+@runtime_checkable
+class BatchWindowConfig(Protocol):
+    """An SAE config (training or inference) whose training batches must keep windows of
+    consecutive positions of one sequence together."""
+
+    def batch_window(self) -> int:
+        """Consecutive positions a training batch must keep together (1: none)."""
+        ...
+
+
+@runtime_checkable
+class ArchitectureWindowConfig(Protocol):
+    """An SAE config whose *encoder* reads several consecutive positions together (over
+    1, SAE-Bench's benches that encode lone tokens refuse the SAE)."""
+
+    def architecture_window(self) -> int:
+        """Consecutive positions the encoder itself reads together (1: each alone)."""
+        ...
+
+
 def batch_window(cfg: Any) -> int:
     """Consecutive positions a training batch of this SAE config must keep together (>= 1)."""
-    method = getattr(cfg, "batch_window", None)
-    return max(1, int(method())) if callable(method) else 1
+    return max(1, int(cfg.batch_window())) if isinstance(cfg, BatchWindowConfig) else 1
 
 
 def shared_window(windows: list[int]) -> int:
@@ -146,9 +166,11 @@ class WindowShuffledBatches(Iterator[torch.Tensor]):
         self.epoch += 1
         return torch.stack([seqs[order], starts[order]], dim=1)
 
+    @override
     def __iter__(self) -> WindowShuffledBatches:
         return self
 
+    @override
     def __next__(self) -> torch.Tensor:
         k = self.windows_per_batch
         if self._queue.shape[0] < k:
@@ -211,9 +233,11 @@ class WindowBuffer(Iterator[torch.Tensor]):
         order = torch.randperm(buffer.shape[0], generator=self.generator)
         return buffer[order.to(buffer.device)]
 
+    @override
     def __iter__(self) -> WindowBuffer:
         return self
 
+    @override
     def __next__(self) -> torch.Tensor:
         k = self.batch_size // self.window
         if self._buffer.shape[0] - k < self.capacity // 2:
@@ -242,7 +266,8 @@ class WindowShuffledLMBatches(WindowBuffer):
     public ``get_batch_tokens`` and ``get_activations`` (whole sequences, no token
     filtering or mixing), keeps ``n_batches_in_buffer`` of them cut into windows, and
     serves batches of whole windows shuffled across the buffer (:class:`WindowBuffer`).
-    The store's own checkpoint holds its dataset position.
+    ``load_state_dict`` also puts the store back at the checkpoint's position, exactly
+    (:class:`~sae_lens_ext.lm_batches.StoreReads`).
     """
 
     def __init__(
@@ -259,14 +284,21 @@ class WindowShuffledLMBatches(WindowBuffer):
             context_size=int(store.training_context_size),
             exclude_special_tokens=getattr(store, "exclude_special_tokens", None),
         )
-        self.store = store
+        from sae_lens_ext.lm_batches import StoreReads
+
+        self.store, self.reads = store, StoreReads(store, new_epoch_warning=False)
         super().__init__(window, batch_size, n_batches_in_buffer, seed)
 
+    @override
     def read(self) -> torch.Tensor:
-        acts = self.store.get_activations(self.store.get_batch_tokens())
-        acts = acts.reshape(acts.shape[0], acts.shape[1], -1).to(self.store.device)
+        acts = self.reads.sequences()
         check_finite(acts, f"activations of LM batch {self.n_read}")
         return acts
+
+    @override
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reads.skip_to(int(state["n_read"]))
+        super().load_state_dict(state)
 
 
 # ---------------------------------------------------------------------------------------

@@ -270,9 +270,13 @@ def cache_tiny_lm_activations(tiny: TinyLM, path: Path) -> None:
 
 PLUGIN_SOURCES = {
     "decoder_orthogonality": REPO / "plugins" / "example-decoder-orthogonality",
+    "threshold_topk": REPO / "plugins" / "example-threshold-topk",
     "toy": REPO / "tests" / "plugins" / "toy_plugin",
     "extras": REPO / "tests" / "plugins" / "extras_plugin",
     "broken": REPO / "tests" / "plugins" / "broken_plugin",
+    "probes": REPO / "tests" / "plugins" / "probes_plugin",
+    "clash": REPO / "tests" / "plugins" / "clash_plugin",
+    "misspelt": REPO / "tests" / "plugins" / "misspelt_plugin",
 }
 
 

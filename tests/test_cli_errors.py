@@ -74,8 +74,29 @@ def prepare(root: Path, tiny: TinyLM) -> None:
         "import sae_lens, torch\n"
         "from sae_lens.registry import get_sae_class\n"
         "cls, cfg = get_sae_class('freq_ordered')\n"
-        "cls(cfg(d_in=64, d_sae=128)).save_model('runs/done')\n",
+        "cls(cfg(d_in=64, d_sae=128)).save_model('runs/done')\n"
+        "cls, cfg = get_sae_class('jumprelu')\n"
+        "cls(cfg(d_in=64, d_sae=128)).save_model('runs/mixed')\n"
+        "torch.save({'n_training_samples': 2048}, 'trainer_state.pt')\n",
         cwd=root,
+    )
+    shutil.copy(root / "runs" / "done" / "cfg.json", root / "runs" / "mixed" / "cfg.json")
+    checkpoint = root / "runs" / "interrupted" / "checkpoints" / "2048"
+    checkpoint.mkdir(parents=True)
+    shutil.copy(root / "runs" / "done" / "cfg.json", checkpoint / "cfg.json")
+    (root / "trainer_state.pt").rename(checkpoint / "trainer_state.pt")
+    (root / "a-file").write_text("")
+    (root / "list-sae.yaml").write_text(
+        "model_name: ./my-model\nsae:\n  - architecture: standard\n  - d_sae: 512\n"
+    )
+    demo_sweep = "base: {samples: 2048, d_sae: 64}\nvariants:\n"
+    (root / "no-name.yaml").write_text(
+        demo_sweep + "  - name: first\n    architecture: standard\n  - architecture: standard\n"
+    )
+    (root / "bad-field.yaml").write_text(
+        demo_sweep + "  - name: ordered\n    architecture: freq_ordered\n"
+        "    ordering_coefficient: 0.3\n"
+        "  - name: plain\n    architecture: standard\n    ordering_coefficient: 0.3\n"
     )
     shutil.copytree(root / "runs" / "done", root / "runs" / "truncated-cfg")
     cfg = root / "runs" / "truncated-cfg" / "cfg.json"
@@ -88,6 +109,16 @@ def prepare(root: Path, tiny: TinyLM) -> None:
     (root / "runs" / "bad-runner-cfg" / "training_log.jsonl").write_text(
         '{"step": 0, "loss": 1.5}\n'
     )
+    # run folders trained elsewhere, by upstream's multi-SAE runner, on synthetic data
+    shutil.copytree(root / "runs" / "done", root / "runs" / "elsewhere")
+    (root / "runs" / "elsewhere" / "runner_cfg.json").write_text(
+        '{"model_name": "./gone-model", "dataset_path": "./my-text"}'
+    )
+    for name in ("std", "fo"):
+        shutil.copytree(root / "runs" / "done", root / "runs" / "multi" / name)
+    (root / "runs" / "multi" / "runner_cfg.json").write_text('{"saes": {"std": {}, "fo": {}}}')
+    shutil.copytree(root / "runs" / "done", root / "runs" / "demo")
+    (root / "runs" / "demo" / "demo_data").mkdir()
 
 
 def snapshot(root: Path) -> dict[str, int]:
@@ -98,14 +129,14 @@ def snapshot(root: Path) -> dict[str, int]:
     }
 
 
-def test_every_row_of_the_error_table(tiny_lm: TinyLM, tmp_path: Path) -> None:
+def test_every_row_of_the_error_table(tiny_lm: TinyLM, tmp_path: Path, plugin_site) -> None:
     prepare(tmp_path, tiny_lm)
     before = snapshot(tmp_path)
     rows = error_table()
     commands = [shlex.split(command)[1:] for command, _, _ in rows]  # drop "sae-lens"
     proc = run_python(
         RUN.replace("sys.argv[1]", repr(json.dumps(commands))),
-        env={"OMP_NUM_THREADS": "1"},
+        env={"OMP_NUM_THREADS": "1", **plugin_site.env("probes", "clash")},
         cwd=tmp_path,
     )
     results = json.loads(proc.stdout.split("RESULTS ", 1)[1])

@@ -265,3 +265,19 @@ def test_upload_then_from_pretrained_offline(demo_run: tuple[Path, Any], tmp_pat
         cwd=tmp_path,
     )
     assert "loaded FreqOrderedSAE" in proc.stdout
+
+
+def test_help_options_lists_the_architectures_presets(tmp_path: Path) -> None:
+    """``--help-options`` lists upstream's options, then the architecture's named presets
+    with the flags SAE-Lens's own runner takes for each."""
+    listing = sae_lens("train", "--architecture", "freq_ordered", "--help-options", cwd=tmp_path)
+    text = listing.stdout
+    assert "--prefix_warm_up_fraction" in text and "--training_tokens" in text
+    presets = text.split("Presets of freq_ordered (--preset NAME; your own flags win):", 1)[1]
+    for i in range(2, 10):
+        assert f"  log-run-{i}: log run {i}" in presets
+    run9 = presets.split("log-run-9:", 1)[1]
+    assert "flags: --l1_coefficient 1.0 --sort_latents_every 0 --prefix_coefficient 0.0" in run9
+    assert "--attention True --attention_window 8" in run9
+    other = sae_lens("train", "--architecture", "standard", "--help-options", cwd=tmp_path)
+    assert "No presets registered for this architecture." in other.stdout

@@ -5,7 +5,8 @@ earlier one wrote), with the tiny local model and dataset of the test suite subs
 Hub names and sizes shrunk to match (:func:`localize`). A block preceded by
 ``<!-- doc-test: skip: REASON -->`` is not run: REASON must name the CI entry point or an
 existing test that covers it. ``<!-- doc-test: file NAME -->`` writes the block to NAME
-(e.g. a YAML config a later command reads). Output samples (fences without a language) and
+(e.g. a YAML config a later command reads, or a file of a plugin package that a later
+``pip install`` installs). Output samples (fences without a language) and
 file listings (toml) are not commands.
 """
 
@@ -220,7 +221,9 @@ def test_every_example_runs_as_written(page: str, tiny_lm: TinyLM, tmp_path: Pat
         if block.directive.startswith("skip:"):
             check_skip(block)
         elif block.directive.startswith("file "):
-            (tmp_path / block.directive.split(" ", 1)[1]).write_text(block.body + "\n")
+            target = tmp_path / block.directive.split(" ", 1)[1]
+            target.parent.mkdir(parents=True, exist_ok=True)  # a package's files
+            target.write_text(block.body + "\n")
         elif RUN_LANGS.get(block.lang) == "bash":
             for tokens in shell_commands(block.body):
                 sandbox.shell(tokens, where)

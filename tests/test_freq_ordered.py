@@ -48,7 +48,9 @@ def randomized(sae, seed: int = 0):
 
 
 def training_sae(**kw) -> FreqOrderedTrainingSAE:
-    return FreqOrderedTrainingSAE(FreqOrderedTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, **kw))
+    sae = FreqOrderedTrainingSAE(FreqOrderedTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, **kw))
+    sae.set_training_steps(1000)  # as sae-lens's loops do (else a warning on the fallback)
+    return sae
 
 
 def step(sae, x, n: int = 0, dead=None):
@@ -132,6 +134,9 @@ def test_inference_class_computes_what_training_computed(option, tmp_path):
     loaded = FreqOrderedSAE.load_from_disk(tmp_path)
     assert type(loaded) is FreqOrderedSAE
     torch.testing.assert_close(loaded.encode(x), sae.encode(x), rtol=0, atol=0)
+    # training decodes in prefix blocks (the default prefix mode): a sum in another order
+    torch.testing.assert_close(loaded(x), sae(x), rtol=1e-6, atol=1e-6)
+    sae.eval()  # outside training it is the same decode: bit for bit
     torch.testing.assert_close(loaded(x), sae(x), rtol=0, atol=0)
 
 
@@ -340,3 +345,31 @@ def test_autocast_step_with_resampling(dtype):
     opt.step()
     assert sae.n_resampled == 3 and torch.isfinite(out.loss)
     assert sae.W_enc.dtype == torch.float32
+
+
+def test_resamples_and_sorts_are_counted_in_upstreams_log_dict_and_checkpoints(tmp_path):
+    """Under SAE-Lens's own trainer (its optimizer post-hook runs the after-step work): the
+    counts reach ``build_train_step_log_dict`` and survive a checkpoint."""
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    torch.manual_seed(0)
+    sae = training_sae(sort_latents_every=3, resample_dead_every=4)
+    with torch.no_grad():
+        sae.b_enc[: D_SAE // 2] = -100.0  # half the latents never fire: resampled
+    cfg = SAETrainerConfig(
+        total_training_samples=8 * 64, train_batch_size_samples=64, dead_feature_window=2,
+        lr=3e-4, lr_end=3e-4,
+        logger=LoggingConfig(log_to_wandb=False),
+    )  # fmt: skip
+    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
+    for _ in range(8):
+        output = trainer.step(torch.randn(64, D_IN))
+        trainer.n_training_steps += 1
+    log = trainer.build_train_step_log_dict(output, trainer.n_training_samples)
+    assert log["metrics/latent_sorts"] == 2  # after steps 3 and 6
+    assert log["metrics/resampled_latents"] == sae.n_resampled > 0
+    sae.save_model(tmp_path)
+    resumed = training_sae(sort_latents_every=3, resample_dead_every=4)
+    resumed.load_weights_from_checkpoint(tmp_path)
+    assert resumed.training_counts() == {"resampled_latents": sae.n_resampled, "latent_sorts": 2}

@@ -251,7 +251,7 @@ def lm_runs(world: World, tmp_path_factory: pytest.TempPathFactory) -> dict:
         ["evaluate", "out/ordered", "--bench", "nope"],
         ["evaluate", "out/ordered", "--bench", "tpp", "--context-size", "32",
          "--output-dir", "no-data"],
-        ["evaluate", "out/ordered", "--model_name", "x"],
+        ["evaluate", "out/ordered", "--llm-batch-size", "8"],
     ]  # fmt: skip
     return {
         "root": root,
@@ -322,9 +322,10 @@ def test_evaluate_bench_mistakes_are_one_line_exit_2(lm_runs) -> None:
     assert unknown[0] == 2 and "--bench nope: unknown bench nope" in unknown[2]
     assert no_data[0] == 2, no_data[2][-2000:]
     line = [x for x in no_data[2].splitlines() if x.startswith("Error:")]
-    assert len(line) == 1 and "LabHC/bias_in_bios" in line[0] and "data_dir" in line[0]
+    assert len(line) == 1 and "LabHC/bias_in_bios" in line[0] and "--data-dir" in line[0]
+    assert "data_dir=" not in line[0]  # the command's flag, not the Python setting
     assert "Traceback" not in no_data[2]
-    assert needs_bench[0] == 2 and "--model-name needs --bench" in needs_bench[2]
+    assert needs_bench[0] == 2 and "--llm-batch-size needs --bench" in needs_bench[2]
 
 
 # --- the figures, from those saved results --------------------------------------------------------

@@ -21,6 +21,7 @@ from torch.overrides import TorchFunctionMode
 from sae_lens_ext.run.loop import TrainingLoop
 from sae_lens_ext.run.progress import RunLogger
 from sae_lens_ext.sparse import codes as sparse_module  # where active_entries reads
+from sae_lens_ext.training import make_trainer as upstream_trainer
 from sae_lens_ext.windows import mark_layout_served
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +42,7 @@ CONFIGS: dict[str, tuple[str, dict[str, Any], int]] = {
             "attention_window": 4,
             "adaptive_l1": True,
             "prefix_coefficient": 1.0,
+            "prefix_warm_up_steps": 0,
         },
         7,
     ),
@@ -77,12 +79,22 @@ SPARSE_RELU = {"freq_ordered, sparse step", "temporal_consistency, sparse step"}
 # prefix lengths are drawn from torch's global CPU generator, which checkpoints save; the
 # sparse step's density count is read from a host copy once it has arrived (pinned on CUDA)
 # (and two reads made only when the tensor is a CPU one: tsae's "nothing is dead", BatchTopK's
-# threshold)
+# threshold); the contrastive term's sparse path runs on CPU tensors only
+# (sparse_path_applies is False on an accelerator before it reads anything: test_temporal_unit)
 HOST_ONLY = {
     "TorchUniform.random",
     "_DeviceCount.density",
     "_none_dead_on_cpu",
     "_host_batch_topk",
+    "sparse_path_applies",
+    "_Codes.__init__",
+    "_Codes.input_gradient",
+    "_Offset.__init__",
+    "_Offset.cosines",
+    "_Offset.backward",
+    "_join",
+    "SparseWindowInfoNCE.forward",
+    "SparseWindowInfoNCE.backward",
 }
 # torch functions that read a tensor's value on the host (a host-device sync on an
 # accelerator) or whose output size depends on values (nonzero inside: a sync too)
@@ -204,7 +216,7 @@ def make_trainer(name: str, device: str = "cpu", seed: int = 0) -> SAETrainer:
     with torch.no_grad():
         if hasattr(sae, "b_enc"):
             sae.b_enc[: D_SAE // 8] = -100.0  # dead latents: resampling must happen
-    return SAETrainer(cfg=trainer_cfg(device), sae=sae, data_provider=iter(()))
+    return upstream_trainer(trainer_cfg(device), sae, iter(()))  # tells it the run's length
 
 
 def batches(device: str = "cpu") -> Iterator[torch.Tensor]:

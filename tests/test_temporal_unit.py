@@ -33,7 +33,7 @@ from sae_lens_ext_plugins.temporal_consistency.sae import (
 )
 from sae_lens_ext_plugins.temporal_consistency.train import train_on_sequences
 
-from sae_lens_ext.windows import BatchLayoutError
+from sae_lens_ext.windows import BatchLayoutError, mark_layout_served
 
 TC = TemporalConsistencyTrainingSAEConfig
 
@@ -116,6 +116,131 @@ def test_contrastive_prefers_consistent_windows():
     consistent = per_window.expand(16, 4, 10).reshape(64, 10)
     random = torch.rand(64, 10)
     assert contrastive_penalty(consistent, 4, 1.0, 0.1) < contrastive_penalty(random, 4, 1.0, 0.1)
+
+
+def relu_codes(n_rows, d_sae, active, always_on=(), seed=0):
+    """Pre-activations and a bias giving ReLU codes with ``active`` latents per row (plus
+    the ``always_on`` latents, which fire on every row)."""
+    g = torch.Generator().manual_seed(seed)
+    pre = torch.randn(n_rows, d_sae, generator=g)
+    bias = (1e-3 - pre.topk(active, dim=1).values[:, -1:]).expand(n_rows, d_sae).clone()
+    bias[:, list(always_on)] = 5.0
+    return pre, bias
+
+
+@pytest.mark.parametrize("pair_cost_ratio", [2048, 1, 10**9])  # mixed, all dense, all pairs
+@pytest.mark.parametrize(
+    "n_rows, d_sae, active, fraction, window, stride",
+    [
+        (256, 64, 6, 1.0, 4, 1),
+        (256, 64, 6, 0.5, 4, 2),
+        (512, 200, 8, 1.0, 2, 1),
+        (480, 96, 5, 0.3, 8, 3),
+    ],
+)
+def test_sparse_contrastive_equals_the_dense_products(
+    monkeypatch, pair_cost_ratio, n_rows, d_sae, active, fraction, window, stride
+):
+    """The sparse path (sums over matching non-zero codes) gives the dense loss and, through
+    the ReLU, the dense gradient in the pre-activations, in every mix of its two branches
+    (frequent latents as a dense product, rare ones pair by pair)."""
+    from sae_lens_ext_plugins.temporal_consistency import contrastive
+
+    monkeypatch.setattr(contrastive, "MAX_DENSITY", 1.0)  # small test sizes are not that sparse
+    monkeypatch.setattr(contrastive, "PAIR_COST_RATIO", pair_cost_ratio)
+    pre, bias = relu_codes(n_rows, d_sae, active, always_on=(0, 5))
+    pre[:4] = -10.0  # rows without any active code
+    k = max(1, round(fraction * d_sae))
+    grads, losses = [], []
+    for sparse in (False, True):
+        x = pre.clone().requires_grad_()
+        codes = torch.relu(x + bias)
+        if sparse:
+            assert contrastive.sparse_path_applies(codes, k)
+            loss = contrastive_penalty(codes, window, fraction, 0.1, stride)
+            assert loss.grad_fn.name() == "SparseWindowInfoNCEBackward"
+        else:
+            loss = contrastive.dense_window_infonce(codes, window, k, 0.1, stride)
+        losses.append(loss)
+        grads.append(torch.autograd.grad(2.5 * loss, x)[0])
+    assert losses[1].item() == pytest.approx(losses[0].item(), rel=1e-6)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
+
+
+def test_sparse_contrastive_under_bf16_autocast_matches_the_dense_products():
+    from sae_lens_ext_plugins.temporal_consistency import contrastive
+
+    pre, bias = relu_codes(256, 512, 8)
+    losses, grads = [], []
+    for sparse in (False, True):
+        x = pre.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            codes = torch.relu(x.bfloat16() + bias.bfloat16())
+            assert contrastive.sparse_path_applies(codes, 512)
+            fn = contrastive_penalty if sparse else contrastive.dense_window_infonce
+            loss = fn(codes, 4, 1.0, 0.1, 1) if sparse else fn(codes, 4, 512, 0.1, 1)
+        losses.append(loss.item())
+        grads.append(torch.autograd.grad(loss, x)[0])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    # both round the gradient in the codes to bf16 (one ulp: 0.4 %): compare on its scale
+    assert (grads[1] - grads[0]).abs().max() <= 1e-2 * grads[0].abs().max()
+
+
+def test_contrastive_takes_the_dense_products_where_the_sparse_path_would_not_be_exact():
+    """Codes that are not a ReLU's output (their zero entries may carry a gradient, e.g.
+    GELU or a leaf tensor), dense codes, and tensors on an accelerator (where the sparse path's
+    host reads would be syncs) take the dense products."""
+    from sae_lens_ext_plugins.temporal_consistency import contrastive
+
+    pre, bias = relu_codes(256, 512, 8)
+    relu = torch.relu((pre + bias).requires_grad_())
+    assert contrastive.sparse_path_applies(relu, 512)
+    assert contrastive.sparse_path_applies(relu.detach(), 512)  # no gradient needed
+    assert not contrastive.sparse_path_applies(relu.detach().requires_grad_(), 512)  # a leaf
+    gelu = torch.nn.functional.gelu((pre + bias).requires_grad_())
+    assert not contrastive.sparse_path_applies(gelu, 512)
+    on_accelerator = torch.empty(256, 512, device="meta")  # decided before reading a value
+    assert not contrastive.sparse_path_applies(on_accelerator, 512)
+    dense = torch.relu(torch.randn(256, 512, requires_grad=True))  # half the latents fire
+    assert not contrastive.sparse_path_applies(dense, 512)
+    loss = contrastive_penalty(dense, 4, 1.0, 0.1)
+    assert loss.grad_fn.name() != "SparseWindowInfoNCEBackward"
+
+
+def test_tuned_contrastive_step_gives_the_dense_gradients(monkeypatch):
+    """A whole training step of the tuned setting (contrastive 1 on all latents, consistency
+    off): every parameter's gradient is the one the dense products give."""
+    from sae_lens_ext_plugins.temporal_consistency import contrastive, losses
+
+    monkeypatch.setattr(contrastive, "MAX_DENSITY", 1.0)
+    cfg = TC(
+        d_in=16,
+        d_sae=64,
+        temporal_coefficient=0.0,
+        temporal_contrastive_coefficient=1.0,
+        temporal_contrastive_fraction=1.0,
+    )
+    x = torch.randn(128, 16, generator=torch.Generator().manual_seed(1))
+
+    def gradients():
+        torch.manual_seed(0)
+        sae = TemporalConsistencyTrainingSAE(cfg)
+        mark_layout_served(sae)  # the rows are the test's windows
+        with torch.no_grad():
+            sae.b_enc.fill_(-0.5)  # sparse codes
+        step(sae, x).loss.backward()
+        return {n: p.grad.clone() for n, p in sae.named_parameters()}
+
+    real, taken = losses.sparse_path_applies, []
+    monkeypatch.setattr(
+        losses, "sparse_path_applies", lambda *a: taken.append(real(*a)) or taken[-1]
+    )
+    sparse = gradients()
+    assert taken == [True]
+    monkeypatch.setattr(losses, "sparse_path_applies", lambda *a: False)
+    dense = gradients()
+    for name, expected in dense.items():
+        torch.testing.assert_close(sparse[name], expected, rtol=1e-5, atol=1e-7, msg=name)
 
 
 # --- training step checks -------------------------------------------------------------------
@@ -373,3 +498,27 @@ def test_loss_term_options_are_checked_against_the_enabled_terms():
     _, tc_cfg_cls = get_sae_training_class("temporal_consistency")
     with pytest.raises(ValueError, match=r"'temporal_window' is a field .*; set it directly"):
         tc_cfg_cls(d_in=8, d_sae=16, loss_term_options="temporal_window=8")
+
+
+def test_ground_truth_metrics_with_fewer_latents_than_features(small_data):
+    """``d_sae`` below the number of true features: MCC is upstream's (mean over the
+    ``d_sae`` matched pairs), unmatched features are marked, nothing reads garbage."""
+    from sae_lens.synthetic.evals import mean_correlation_coefficient
+    from sae_lens_ext_plugins.temporal_consistency.metrics import (
+        evaluate_on_sequences,
+        match_latents,
+        matched_cosines,
+    )
+
+    n_features = small_data.feature_vectors.shape[0]
+    d_sae = n_features - 2
+    sae = TemporalConsistencySAE(TemporalConsistencySAEConfig(d_in=8, d_sae=d_sae))
+    matched, cosines = match_latents(sae, small_data.feature_vectors), matched_cosines(
+        sae, small_data.feature_vectors
+    )
+    assert (matched == -1).sum() == 2 and cosines.isnan().sum() == 2
+    assert sorted(matched[matched >= 0].tolist()) == list(range(d_sae))
+    metrics = evaluate_on_sequences(sae, small_data)
+    upstream = mean_correlation_coefficient(sae.W_dec.detach(), small_data.feature_vectors)
+    assert metrics["mcc"] == pytest.approx(upstream, abs=1e-5)
+    assert all(v == v for v in metrics.values())  # no NaN

@@ -123,7 +123,9 @@ class FakeStore:
     def __init__(self):
         self.n = 0
 
-    def get_batch_tokens(self):
+    def get_batch_tokens(
+        self, batch_size=None, raise_at_epoch_end=False, move_to_model_device=True
+    ):
         self.n += 1
         return torch.arange(self.n * 10, self.n * 10 + 2)  # 2 "prompts", ids unique per call
 
@@ -142,11 +144,10 @@ def test_window_shuffled_lm_batches_keep_windows_refill_and_resume():
     assert batches.n_read > 4  # refilled from the store
     state, store_n = batches.state_dict(), batches.store.n
     expected = [next(batches) for _ in range(6)]
-    store = FakeStore()
-    store.n = store_n  # the store's own checkpoint restores its dataset position
+    store = FakeStore()  # a fresh store: load_state_dict replays its reads
     restored = WindowShuffledLMBatches(store, window=4, batch_size=8, n_batches_in_buffer=4)
-    store.n = store_n
     restored.load_state_dict(state)
+    assert store.n == store_n
     assert all(torch.equal(e, next(restored)) for e in expected)
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sae_lens_ext.hookspecs import hookimpl
+from sae_lens_ext.api import hookimpl
 
 if TYPE_CHECKING:
-    from sae_lens_ext.resampling import ResampleRequest, ResampleResult
+    from sae_lens_ext.api import ResampleRequest, ResampleResult
 
 NAME = "worst_reconstructed"
 
@@ -24,7 +24,7 @@ NAME = "worst_reconstructed"
 def resample_dead_latents(request: ResampleRequest) -> ResampleResult | None:
     import torch
 
-    from sae_lens_ext.resampling import ResampleResult
+    from sae_lens_ext.api import ResampleResult
 
     sae, dead = request.sae, request.dead_latents
     x = request.sae_in.float().reshape(-1, request.sae_in.shape[-1])

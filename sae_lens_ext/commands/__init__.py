@@ -12,6 +12,7 @@ import click
 
 def add_commands(cli: click.Group) -> None:
     """Attach the built-in commands to the ``sae-lens`` group."""
+    from sae_lens_ext.commands.browse import browse_command
     from sae_lens_ext.commands.compare import compare_command, plots_command
     from sae_lens_ext.commands.demo import demo_command
     from sae_lens_ext.commands.evaluate import evaluate_command
@@ -27,5 +28,6 @@ def add_commands(cli: click.Group) -> None:
         compare_command,
         plots_command,
         upload_command,
+        browse_command,
     ):
         cli.add_command(command)

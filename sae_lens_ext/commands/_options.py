@@ -6,8 +6,25 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from typing_extensions import override
+
+from sae_lens_ext.run.values import NotANumber, to_number
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+class IntRange(click.IntRange):
+    """click's ``IntRange`` that also takes whole numbers written as Python writes floats
+    (``--samples 1e6``, ``2.0e+3``); ``1.5`` is refused, not truncated."""
+
+    @override
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, (str, float)):
+            try:
+                value = to_number(value, int)
+            except NotANumber as exc:
+                self.fail(f"{value!r}: {exc}", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 def _stacked(options: list[Decorator]) -> Decorator:
@@ -19,16 +36,17 @@ def _stacked(options: list[Decorator]) -> Decorator:
     return decorate
 
 
-def progress_options(log_every: int, log_file: str = "training_log.jsonl") -> Decorator:
-    """``--log-every`` (default ``log_every``, written to ``log_file``) and ``--progress``."""
+def progress_options(log_file: str = "training_log.jsonl") -> Decorator:
+    """``--log-every`` (written to ``log_file``; unset: chosen from the run's length) and
+    ``--progress``."""
     return _stacked(
         [
             click.option(
                 "--log-every",
-                type=click.IntRange(min=1),
-                default=log_every,
-                show_default=True,
-                help=f"Write losses to {log_file} every this many steps.",
+                type=IntRange(min=1),
+                default=None,
+                help=f"Write losses to {log_file} every this many steps  [default: about "
+                "150 records per run, every step of a run under 225 steps]",
             ),
             click.option(
                 "--progress",
@@ -41,7 +59,7 @@ def progress_options(log_every: int, log_file: str = "training_log.jsonl") -> De
     )
 
 
-def run_options(log_every: int) -> Decorator:
+def run_options() -> Decorator:
     """``--resume``, ``--overwrite`` and :func:`progress_options`."""
     return _stacked(
         [
@@ -55,7 +73,7 @@ def run_options(log_every: int) -> Decorator:
                 is_flag=True,
                 help="Replace an output folder that already holds a trained SAE or checkpoints.",
             ),
-            progress_options(log_every),
+            progress_options(),
         ]
     )
 
@@ -64,7 +82,7 @@ def data_streams_option(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--data-streams``: the independent streams every batch is made of."""
     return click.option(
         "--data-streams",
-        type=click.IntRange(min=0),
+        type=IntRange(min=0),
         default=0,
         show_default=True,
         help="Independent data streams each batch is made of, an equal block from each "

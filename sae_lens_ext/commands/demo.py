@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sae_lens_ext.commands._options import data_streams_option, run_options
+from sae_lens_ext.commands._options import IntRange, data_streams_option, run_options
 from sae_lens_ext.errors import debug_option
 
 HELP = """Train an SAE on ground-truth synthetic data, offline, and report how well it recovers it.
@@ -18,7 +18,8 @@ ground-truth MCC, explained variance, L0, dead latents, shrinkage and more.
 
 Writes the SAE (cfg.json, sae_weights.safetensors), metrics.json,
 training_log.jsonl, plots/ and the data's ground truth (demo_data/) to
---output, so `sae-lens evaluate` can draw fresh data later. Needs no network.
+--output (default ./sae-lens-demo-ARCHITECTURE), so `sae-lens evaluate` can draw
+fresh data later. Needs no network.
 
 \b
 Data-parallel on N processes (one SAE, each process a block of every batch):
@@ -36,27 +37,27 @@ Data-parallel on N processes (one SAE, each process a block of every batch):
 @click.option(
     "-o",
     "--output",
-    default="sae-lens-demo",
-    show_default=True,
+    default=None,
     type=click.Path(file_okay=False),
-    help="Output folder.",
+    help="Output folder (default: ./sae-lens-demo-ARCHITECTURE, one per architecture). "
+    "A folder that holds a trained SAE is never overwritten without --overwrite.",
 )
 @click.option(
     "--samples",
-    type=click.IntRange(min=1),
+    type=IntRange(min=1),
     default=None,
     help="Training samples (default: the architecture's demo setting, else 1,000,000).",
 )
-@click.option("--d-in", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--d-in", type=IntRange(min=1), default=64, show_default=True)
 @click.option(
     "--n-features",
-    type=click.IntRange(min=1),
+    type=IntRange(min=1),
     default=256,
     show_default=True,
     help="Ground-truth features.",
 )
-@click.option("--d-sae", type=click.IntRange(min=1), default=512, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("--d-sae", type=IntRange(min=1), default=512, show_default=True)
+@click.option("--batch-size", type=IntRange(min=1), default=1024, show_default=True)
 @click.option(
     "--lr",
     type=click.FloatRange(min=0, min_open=True),
@@ -79,31 +80,39 @@ Data-parallel on N processes (one SAE, each process a block of every batch):
     "--seed to train the same SAE on the same data with another initialisation.",
 )
 @click.option(
+    "--preset",
+    default=None,
+    metavar="NAME",
+    help="Start from a named preset of the architecture's settings (--set wins); list "
+    "them with `sae-lens train --architecture ARCH --help-options`.",
+)
+@click.option(
     "--set",
     "overrides",
     multiple=True,
     metavar="FIELD=VALUE",
-    help="Set a field of the SAE training config, e.g. --set l1_coefficient=2 (repeatable).",
+    help="Set a field of the SAE training config, e.g. --set l1_coefficient=1e-3, or of "
+    "upstream's trainer config, e.g. --set dead_feature_window=20 (repeatable).",
 )
 @click.option(
     "--eval-samples",
-    type=click.IntRange(min=1),
+    type=IntRange(min=1),
     default=100_000,
     show_default=True,
     help="Fresh samples the metrics are computed on (dead latents: on the first 100,000).",
 )
 @click.option(
     "--n-checkpoints",
-    type=click.IntRange(min=0),
+    type=IntRange(min=0),
     default=0,
     show_default=True,
     help="Periodic checkpoints (Ctrl-C always saves one).",
 )
-@run_options(log_every=20)
+@run_options()
 @click.option("--device", default="cpu", show_default=True)
 @click.option(
     "--threads",
-    type=click.IntRange(min=0),
+    type=IntRange(min=0),
     default=1,
     show_default=True,
     help="torch CPU threads (0: torch's default). One thread is fastest for these "
@@ -114,4 +123,5 @@ Data-parallel on N processes (one SAE, each process a block of every batch):
 def demo_command(**options: object) -> int:
     from sae_lens_ext.run.demo import DemoOptions, demo
 
+    # click gives each option its declared type; DemoOptions' fields are those options
     return demo(DemoOptions(**options))  # type: ignore[arg-type]

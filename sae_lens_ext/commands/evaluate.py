@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import click
 
+from sae_lens_ext.commands._options import IntRange
 from sae_lens_ext.errors import debug_option
 
 HELP = """Evaluate a trained SAE: on fresh data, or with SAE-Bench (--bench).
@@ -13,9 +17,13 @@ Without --bench, PATH is a run folder; writes PATH/evaluation.json:
   a `sae-lens demo` folder (holds demo_data/): fresh samples of the same ground
     truth; generic metrics (MCC, explained variance, L0, dead latents...) and
     every installed plugin's metrics;
-  a `sae-lens train` folder (holds runner_cfg.json): SAE-Lens's run_evals on the
-    model and dataset it was trained on (KL and CE-loss scores, reconstruction,
-    sparsity), and the plugins' metrics on whole sequences of the same activations.
+  a `sae-lens train` folder, or one written by SAE-Lens's runners (holds
+    runner_cfg.json, or its parent does for MultiSAETrainingRunner): SAE-Lens's
+    run_evals on the model and dataset it was trained on (KL and CE-loss scores,
+    reconstruction, sparsity), and the plugins' metrics on whole sequences of
+    the same activations. --model_name, --model_class_name, --dataset_path and
+    --device replace what the folder recorded (with or without --bench), e.g.
+    for a folder trained on another machine.
 
 \b
 With --bench BENCHES (comma-separated; `--bench` alone: core, absorption,
@@ -63,20 +71,20 @@ BENCH_OPTIONS = [
         "dataset",
         help="Core's text dataset: hub id or local path.",
     ),
-    click.option("--context-size", "--context_size", "context_size", type=click.IntRange(min=1)),
+    click.option("--context-size", "--context_size", "context_size", type=IntRange(min=1)),
     click.option(
         "--batch-size-prompts",
         "batch_size_prompts",
-        type=click.IntRange(min=1),
+        type=IntRange(min=1),
         help="Core's prompts per batch.",
     ),
     click.option(
         "--llm-batch-size",
         "llm_batch_size",
-        type=click.IntRange(min=1),
+        type=IntRange(min=1),
         help="Prompts per model batch (absorption, probing, SCR, TPP).",
     ),
-    click.option("--sae-batch-size", "sae_batch_size", type=click.IntRange(min=1)),
+    click.option("--sae-batch-size", "sae_batch_size", type=IntRange(min=1)),
     click.option("--device"),
     click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"])),
     click.option("--random-seed", "random_seed", type=int),
@@ -105,7 +113,17 @@ BENCH_OPTIONS = [
 ]
 
 
-def _bench_options(f):  # type: ignore[no-untyped-def]
+#: Options that also apply without --bench (they replace what the run folder recorded):
+#: the runner-config key of each.
+DATA = {
+    "model_name": "model_name",
+    "model_class_name": "model_class_name",
+    "dataset": "dataset_path",
+    "device": "device",
+}
+
+
+def _bench_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(BENCH_OPTIONS):
         f = option(f)
     return f
@@ -115,7 +133,7 @@ def _bench_options(f):  # type: ignore[no-untyped-def]
 @click.argument("path", metavar="PATH_OR_HUB_ID")
 @click.option(
     "--samples",
-    type=click.IntRange(min=1),
+    type=IntRange(min=1),
     default=100_000,
     show_default=True,
     help="Synthetic samples (demo runs) or tokens (LM runs, and the plugins' metrics with "
@@ -130,12 +148,14 @@ def evaluate_command(
 ) -> int:
     if benches is None:
         flags = {p.name: p.opts[0] for p in click.get_current_context().command.params}
-        given = [flags[k] for k, v in bench.items() if v not in (None, ())]
+        given = [flags[k] for k, v in bench.items() if v not in (None, ()) and k not in DATA]
         if given:
             raise click.UsageError(f"{given[0]} needs --bench")
         from sae_lens_ext.run.evaluate import evaluate
 
-        return evaluate(path, samples=samples, seed=seed, as_json=as_json)
+        data = {key: bench[k] for k, key in DATA.items() if bench.get(k) is not None}
+        return evaluate(path, samples=samples, seed=seed, as_json=as_json, data=data)
     from sae_lens_ext.run.evaluate_bench import BenchOptions, evaluate_bench
 
+    # click gives each option its declared type; BenchOptions' fields are those options
     return evaluate_bench(path, BenchOptions(benches=benches, samples=samples, **bench))  # type: ignore[arg-type]

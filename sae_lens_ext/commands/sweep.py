@@ -48,14 +48,14 @@ figures with `sae-lens compare OUTPUT/*/`.
     is_flag=True,
     help="List the variants, what is done and the shared passes; train nothing.",
 )
-@progress_options(log_every=20, log_file="each variant's training_log.jsonl")
+@progress_options(log_file="each variant's training_log.jsonl")
 @debug_option
 def sweep_command(
     sweep_file: str,
     output: str | None,
     sets: tuple[str, ...],
     dry_run: bool,
-    log_every: int,
+    log_every: int | None,
     progress: str,
 ) -> int:
     from sae_lens_ext.run.sweep import run_sweep

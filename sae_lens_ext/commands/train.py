@@ -26,7 +26,7 @@ architecture's training config is accepted under its upstream name, exactly as
     --hook_name transformer.h.0 --d_in 64 --d_sae 512 \\
     --dataset_path ./my-text --streaming False --is_dataset_tokenized False \\
     --context_size 32 --training_tokens 200000 --output_path runs/fo
-List them all (slow: imports SAE-Lens) with
+List them all, and the architecture's named presets (slow: imports SAE-Lens), with
   sae-lens train --architecture ARCH --help-options
 
 \b
@@ -60,11 +60,18 @@ Cached activations (upstream's CacheActivationsRunner output), any architecture:
     help="YAML (or JSON) file of upstream option names and values; flags given "
     "on the command line win. Nested `sae:`/`logger:` sections are allowed.",
 )
-@run_options(log_every=50)
+@run_options()
+@click.option(
+    "--preset",
+    default=None,
+    metavar="NAME",
+    help="Start from a named preset of --architecture's settings (your flags win); "
+    "--help-options lists them.",
+)
 @click.option(
     "--help-options",
     is_flag=True,
-    help="List every upstream option for --architecture (slow) and exit.",
+    help="List every upstream option for --architecture, and its presets (slow), and exit.",
 )
 @data_streams_option
 @debug_option
@@ -73,8 +80,9 @@ def train_command(
     config_file: str | None,
     resume: bool,
     overwrite: bool,
-    log_every: int,
+    log_every: int | None,
     progress: str,
+    preset: str | None,
     help_options: bool,
     data_streams: int,
     upstream_args: tuple[str, ...],
@@ -90,4 +98,5 @@ def train_command(
         progress=progress,
         help_options=help_options,
         data_streams=data_streams,
+        preset=preset,
     )

@@ -99,10 +99,11 @@ def write_figures(runs: Sequence[RunResults], out: Path) -> list[Path]:
         if frequencies is None:
             print(f"skipped frequency figures of {run.name}: no {FREQUENCY_SOURCE}")
             continue
-        for name, build in (
+        builders: list[tuple[str, Callable[..., Any]]] = [
             ("feature_frequencies.png", f.build_feature_frequencies),
             ("frequency_ordering.png", f.build_frequency_ordering),
-        ):
+        ]
+        for name, build in builders:
             written.append(
                 f.save_figure(build(frequencies, run.name, FREQUENCY_SOURCE), out / run.name / name)
             )
@@ -163,10 +164,11 @@ def write_seed_consistency(rows: list[dict[str, Any]], out: Path) -> list[Path]:
 def compare(runs: list[str], output: str) -> int:
     """The body of ``sae-lens compare`` (and its alias ``plots``). Everything is written
     into a staged folder first: a run that cannot be read leaves ``output`` as it was."""
-    from sae_lens_ext.run.output import staged_folder
+    from sae_lens_ext.run.output import check_creatable, staged_folder
 
-    results = read_runs([Path(r) for r in runs])
     out = Path(output)
+    check_creatable(out, "--output")
+    results = read_runs([Path(r) for r in runs])
     with staged_folder(out) as tmp:
         written = write_figures(results, tmp)
         written += write_results_table(results, tmp)

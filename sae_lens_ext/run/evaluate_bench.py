@@ -9,17 +9,28 @@ Settings left unset take SAE-Bench's defaults; a ``sae-lens train`` folder's
 from __future__ import annotations
 
 import dataclasses
+import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sae_lens_ext.bench import BenchSettings
 from sae_lens_ext.errors import fail, one_line
-from sae_lens_ext.run.results import BENCH_DIR, read_runner_cfg
+from sae_lens_ext.run.results import BENCH_DIR, training_record
+
+if TYPE_CHECKING:
+    pass
 
 #: ``--bench`` given without a value, or ``--bench default``.
 DEFAULT = "default"
+#: The flags a data error names (see ``BenchDataError.advice``).
+CLI_NAMES = {
+    "dataset": "--dataset_path PATH",
+    "data_dir": "--data-dir DATA_DIR",
+    "model": "--model_class_name AutoModelForCausalLM --model_name DIR",
+    "dataset_names": "--bench-option {bench}.dataset_names={names}",
+}
 
 
 @dataclass(kw_only=True)
@@ -53,14 +64,12 @@ def bench_names(value: str) -> list[str]:
     return names
 
 
-def parse_bench_options(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """``BENCH.FIELD=VALUE`` -> ``{bench: {field: value}}``; values are YAML, and a comma
-    list (or a single value for a list field) becomes a list: ``scr.n_values=2,5,10``."""
-    import yaml
+def check_bench_option_syntax(items: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """``BENCH.FIELD=VALUE`` -> ``(bench, field, raw value)``, checked without importing
+    SAE-Bench (a typo is reported at once)."""
+    from sae_lens_ext.bench import BENCHES
 
-    from sae_lens_ext.bench import BENCHES, sae_bench_config_class
-
-    overrides: dict[str, dict[str, Any]] = {}
+    out = []
     for item in items:
         key, sep, raw = item.partition("=")
         bench, dot, name = key.strip().partition(".")
@@ -72,6 +81,21 @@ def parse_bench_options(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
             raise fail(
                 f"--bench-option {item!r}: unknown bench {bench!r}; choose from {', '.join(BENCHES)}"
             )
+        out.append((bench, name.strip(), raw))
+    return out
+
+
+def parse_bench_options(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``BENCH.FIELD=VALUE`` -> ``{bench: {field: value}}``; values are YAML, and a comma
+    list (or a single value for a list field) becomes a list: ``scr.n_values=2,5,10``.
+    Each value is checked against the field's type in SAE-Bench's config (numbers as Python
+    reads them: ``core.exclude_special_tokens_from_reconstruction``, ``1e-3``...)."""
+    import yaml
+
+    from sae_lens_ext.bench import sae_bench_config_class
+
+    overrides: dict[str, dict[str, Any]] = {}
+    for (bench, name, raw), item in zip(check_bench_option_syntax(items), items, strict=True):
         hints = typing.get_type_hints(sae_bench_config_class(bench))
         is_list = typing.get_origin(hints.get(name)) in (list, tuple)
         try:
@@ -81,13 +105,45 @@ def parse_bench_options(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
                 value = [yaml.safe_load(part) for part in raw.split(",") if part.strip()]
         except yaml.YAMLError as exc:
             raise fail(f"--bench-option {item!r}: not a YAML value ({one_line(exc)})") from exc
+        if name in hints:
+            value = _checked_value(item, value, hints[name])
         overrides.setdefault(bench, {})[name] = value
     return overrides
 
 
+def _checked_value(item: str, value: Any, annotation: Any) -> Any:
+    """``value`` as a field of type ``annotation`` (pydantic, as SAE-Bench's configs
+    validate), numbers read as Python reads them; one line naming the option otherwise."""
+    import pydantic
+
+    from sae_lens_ext.run.values import NotANumber, coerce, number_kind
+
+    args = typing.get_args(annotation)
+    element = args[0] if typing.get_origin(annotation) in (list, tuple) and args else None
+    try:
+        if isinstance(value, list) and element is not None and number_kind(element):
+            value = [coerce(v, element) for v in value]
+        else:
+            value = coerce(value, annotation)
+        pydantic.TypeAdapter(annotation).validate_python(value)  # as the config will
+        return value
+    except NotANumber as exc:
+        raise fail(f"--bench-option {item!r}: {exc}") from None
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        raise fail(
+            f"--bench-option {item!r}: expected {_type_name(annotation)} ({first['msg']})"
+        ) from None
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
 def runner_defaults(folder: Path) -> dict[str, Any]:
-    """Model, model class, dataset and context size a ``sae-lens train`` folder recorded."""
-    runner = read_runner_cfg(folder)
+    """Model, model class, dataset and context size a run folder recorded (``sae-lens
+    train``, SAE-Lens's runners)."""
+    runner = training_record(folder)
     if runner is None:
         return {}
     return {
@@ -102,6 +158,7 @@ def settings_for(target: str, options: BenchOptions) -> tuple[Any, Path]:
     """SAE-Bench settings (unset: the run's recorded settings, then SAE-Bench's defaults)
     and the output folder."""
     from sae_lens_ext.bench import check_benches
+    from sae_lens_ext.run.evaluate import check_recorded_paths, refuse_multi_sae_folder
     from sae_lens_ext.run.lm_config import check_device, looks_local
 
     folder = Path(target)
@@ -111,9 +168,18 @@ def settings_for(target: str, options: BenchOptions) -> tuple[Any, Path]:
             f"PATH {target} is an SAE trained on synthetic data (`sae-lens demo`): SAE-Bench "
             "evaluates SAEs of a language model; evaluate it without --bench"
         )
+    if local:
+        refuse_multi_sae_folder(folder)
     recorded = runner_defaults(folder) if local else {}
     given = ("model_name", "model_class_name", "dataset", "context_size")
-    merged = {**recorded, **{k: getattr(options, k) for k in given if getattr(options, k)}}
+    supplied = {k: getattr(options, k) for k in given if getattr(options, k)}
+    if recorded:
+        record = {"model_name": recorded["model_name"], "dataset_path": recorded["dataset"]}
+        names = {"model_name": "model_name", "dataset": "dataset_path"}
+        check_recorded_paths(
+            folder, record, {names[k] for k in supplied if k in names}, required=False
+        )
+    merged = {**recorded, **supplied}
     model, model_class = merged.get("model_name"), merged.get("model_class_name")
     if model and Path(model).expanduser().exists() and model_class == "HookedTransformer":
         raise fail(
@@ -138,8 +204,12 @@ def settings_for(target: str, options: BenchOptions) -> tuple[Any, Path]:
         check_benches(bench_names(options.benches), settings)
     except ValueError as exc:
         raise fail(f"--bench-option: {one_line(exc)}") from exc
-    default_out = folder / BENCH_DIR if local else Path(BENCH_DIR)
-    return settings, Path(options.output_dir) if options.output_dir else default_out
+    from sae_lens_ext.run.output import check_creatable
+
+    output_dir = Path(options.output_dir) if options.output_dir else None
+    if output_dir is not None:
+        check_creatable(output_dir, "--output-dir")
+    return settings, output_dir or (folder / BENCH_DIR if local else Path(BENCH_DIR))
 
 
 def plugin_metrics(samples: int) -> Any:
@@ -148,12 +218,12 @@ def plugin_metrics(samples: int) -> Any:
     hook, as whole sequences (core's dataset and context size)."""
 
     def compute(run: Any) -> dict[str, Any]:
-        import torch
         from sae_bench.evals.core.eval_config import CoreEvalConfig
         from sae_lens.training.activations_store import ActivationsStore
 
+        from sae_lens_ext.lm_batches import store_sequences
         from sae_lens_ext.metrics import EvalData, metrics_dict
-        from sae_lens_ext.plugins import load_plugins
+        from sae_lens_ext.run.report import plugin_metrics
 
         defaults = CoreEvalConfig()
         context = run.settings.context_size or defaults.context_size
@@ -164,16 +234,9 @@ def plugin_metrics(samples: int) -> Any:
             dataset=run.settings.dataset or defaults.dataset,
             dataset_trust_remote_code=True,
         )
-        sequences, tokens = [], 0
-        with torch.no_grad():
-            while tokens < samples:
-                acts = store.get_activations(store.get_batch_tokens())
-                sequences.append(acts.reshape(acts.shape[0], acts.shape[1], -1).float().cpu())
-                tokens += acts.shape[0] * acts.shape[1]
-        data = EvalData(torch.cat(sequences), description=f"{run.model_name} {run.sae_hook_name}")
-        metrics = []
-        for contributed in load_plugins().hook.evaluation_metrics(sae=run.sae, data=data):
-            metrics.extend(contributed or [])
+        sequences = store_sequences(store, samples)
+        data = EvalData(sequences, description=f"{run.model_name} {run.sae_hook_name}")
+        metrics = plugin_metrics(run.sae, data)
         labels = {m.key: m.label or m.key for m in metrics if m.row() is not None}
         return {**metrics_dict(metrics), "tokens": data.n_rows, "labels": labels}
 
@@ -182,9 +245,10 @@ def plugin_metrics(samples: int) -> Any:
 
 def evaluate_bench(target: str, options: BenchOptions) -> int:
     """The body of ``sae-lens evaluate PATH_OR_HUB_ID --bench ...``."""
-    from sae_lens_ext.bench import BenchDataError, OutOfContextError, run_bench
+    from sae_lens_ext.bench import BenchDataError, ModelTooSmallError, OutOfContextError, run_bench
 
     benches = bench_names(options.benches)
+    check_bench_option_syntax(options.bench_options)  # before SAE-Bench's slow import
     settings, output_dir = settings_for(target, options)
     try:
         paths = run_bench(
@@ -194,11 +258,16 @@ def evaluate_bench(target: str, options: BenchOptions) -> int:
             output_dir,
             name=options.name,
             extra_metrics=plugin_metrics(options.samples),
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
         )
     except BenchDataError as exc:
-        raise fail(str(exc)) from exc
+        raise fail(exc.advice(CLI_NAMES)) from exc
     except OutOfContextError as exc:
         raise fail(f"--bench {exc}") from exc
+    except ModelTooSmallError as exc:
+        rest = [b for b in benches if b != "absorption"]
+        fix = f"--bench {','.join(rest)}" if rest else "another --bench"
+        raise fail(f"--bench {exc}; leave absorption out ({fix}) or use a larger model") from exc
     print_bench_summary(paths)
     return 0
 

@@ -28,6 +28,8 @@ CURVE_PANELS = (
     ("trainer_dead_latents", "Dead latents (trainer window)", "latents"),
 )
 NA = "n/a"
+#: Values of a bar panel all within this of 0 are drawn as zero (a sane axis, said so).
+ZERO = 1e-12
 #: Marks a value that is the run's own evaluation where SAE-Bench's is missing.
 FALLBACK_MARK = "†"
 FALLBACK_NOTE = (
@@ -82,23 +84,18 @@ def bar_panel(
 ) -> None:
     """Grouped bars: one group per run (``names``), one bar per series, each labelled with
     its value (``(value, marked)`` pairs; a marked value gets a dagger). A missing value
-    gets an "n/a" mark at its place, never a bar."""
+    gets an "n/a" mark at its place inside the panel, never a bar; a panel without any
+    value, or whose values are all 0, says so in its middle on an axis of -1 to 1."""
     width = 0.8 / len(series)
+    na_place = ax.get_xaxis_transform()  # x: data, y: fraction of the panel's height
     for j, (label, values) in enumerate(series):
         offset = (j - (len(series) - 1) / 2) * width
-        legend = label if any(is_number(v) for v, _ in values) else f"{label} ({NA})"
+        legend: str | None = label if any(is_number(v) for v, _ in values) else f"{label} ({NA})"
         for i, (value, marked) in enumerate(values):
             x = i + offset
             if not is_number(value):
-                ax.annotate(
-                    NA,
-                    (x, 0),
-                    xytext=(0, 3),
-                    textcoords="offset points",
-                    ha="center",
-                    fontsize="small",
-                    color="gray",
-                )
+                ax.text(x, 0.5, NA, transform=na_place, ha="center", va="center",
+                        fontsize="small", color="gray")  # fmt: skip
                 continue
             bars = ax.bar(x, value, width, color=f"C{j}", label=legend)
             legend = None  # one legend entry per series
@@ -111,17 +108,18 @@ def bar_panel(
     ax.axhline(0, color="black", linewidth=0.5)
     ax.grid(axis="y", alpha=0.3)
     ax.margins(y=0.15)
-    if not any(is_number(v) for _, values in series for v, _ in values):
-        ax.set_ylim(0, 1)  # nothing to scale to: keep the n/a marks in view
-        ax.text(
-            0.5,
-            0.5,
-            f"{NA}: no run has this metric",
-            transform=ax.transAxes,
-            ha="center",
-            va="center",
-            color="gray",
-        )
+    ax.ticklabel_format(axis="y", useOffset=False)  # no offset text over the title
+    numbers = [v for _, values in series for v, _ in values if is_number(v)]
+    empty = None
+    if not numbers:
+        empty = f"{NA}: no run has this metric"
+    elif max(abs(v) for v in numbers) <= ZERO:
+        everywhere = len(numbers) == sum(len(values) for _, values in series)
+        empty = "0 for every run" if everywhere else "0 where measured"
+    if empty is not None:
+        ax.set_ylim(-1, 1)  # nothing to scale to
+        ax.text(0.5, 0.75, empty, transform=ax.transAxes, ha="center", va="center",
+                color="dimgray", bbox={"facecolor": "white", "edgecolor": "none"})  # fmt: skip
     if len(series) > 1:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
@@ -358,8 +356,10 @@ def build_training_curves(logs: dict[str, list[dict[str, Any]]]) -> Any:
     for ax, (key, title, ylabel) in zip(axes, panels, strict=True):
         for i, (name, records) in enumerate(logs.items()):
             pts = [(r["step"], r[key]) for r in records if is_number(r.get(key))]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), color=f"C{i}", label=name)
+            if pts:  # markers where a line would be too short to see
+                marker = "o" if len(pts) < 20 else None
+                ax.plot(*zip(*pts, strict=True), color=f"C{i}", label=name, marker=marker,
+                        markersize=3)  # fmt: skip
         ax.set_title(title)
         ax.set_xlabel("training step")
         ax.set_ylabel(ylabel)

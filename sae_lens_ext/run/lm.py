@@ -16,11 +16,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from typing_extensions import override
 
 from sae_lens_ext.errors import fail, one_line
 from sae_lens_ext.run import lm_config as checks
@@ -33,27 +36,79 @@ def train(
     args: list[str],
     resume: bool,
     overwrite: bool,
-    log_every: int,
+    log_every: int | None,
     progress: str,
     help_options: bool,
     data_streams: int = 0,
+    preset: str | None = None,
 ) -> int:
     """The body of ``sae-lens train`` (see ``sae-lens train --help``)."""
     if config_file is not None:
         args = checks.options_to_args(checks.config_file_options(config_file)) + args
+    if preset is not None:  # after a --config file's preset: the command line wins
+        args = [*args, "--preset", preset]
     if not help_options:
         checks.precheck(args, overwrite=overwrite)  # before SAE-Lens's slow import
     checks.check_architecture(args)
     if help_options:
-        return checks.print_upstream_help(args)
+        return print_help_options(args)
     if not args:
         raise fail("no options given; see 'sae-lens train --help' for an example")
     cfg = parse_config(args, config_file, data_streams)
     output = RunOutput(
-        Path(cfg.output_path), _checkpoint_dir(cfg), overwrite=overwrite, resume=resume
+        Path(cfg.output_path),
+        _checkpoint_dir(cfg),
+        overwrite=overwrite,
+        resume=resume,
+        expected={
+            "architecture": cfg.sae.architecture(),
+            "d_in": cfg.sae.d_in,
+            "d_sae": cfg.sae.d_sae,
+        },
     )
     output.check()
     return run_lm(cfg, output, log_every=log_every, progress=progress, data_streams=data_streams)
+
+
+def print_help_options(args: list[str]) -> int:
+    """Upstream's option list for ``--architecture``, then the architecture's presets."""
+    from sae_lens_ext.presets import describe_presets
+
+    code = checks.print_upstream_help(without_preset(args)[1])
+    listing = describe_presets(checks.last_flag(args, "architecture", "standard"))
+    print(f"\n{listing}" if listing else "\nNo presets registered for this architecture.")
+    return code
+
+
+def without_preset(args: list[str]) -> tuple[str | None, list[str]]:
+    """The last ``--preset NAME`` of ``args`` (from the command line, a ``--config`` file
+    or a sweep variant), and the other arguments."""
+    name, rest, i = None, [], 0
+    while i < len(args):
+        if args[i] == "--preset" and i + 1 < len(args):
+            name, i = args[i + 1], i + 2
+            continue
+        if args[i].startswith("--preset="):
+            name = args[i].split("=", 1)[1]
+        else:
+            rest.append(args[i])
+        i += 1
+    return name, rest
+
+
+def apply_preset(args: list[str]) -> list[str]:
+    """``args`` with a ``--preset NAME`` replaced by the preset's flags, put first so that
+    every flag given wins."""
+    from sae_lens_ext.presets import PresetError, get_preset
+
+    name, rest = without_preset(args)
+    if name is None:
+        return rest
+    try:
+        preset = get_preset(checks.last_flag(rest, "architecture", "standard"), name)
+    except PresetError as exc:
+        raise fail(str(exc)) from exc
+    return [*preset.flags(), *rest]
 
 
 def parse_config(args: list[str], config_file: str | None, data_streams: int = 0) -> Any:
@@ -62,6 +117,7 @@ def parse_config(args: list[str], config_file: str | None, data_streams: int = 0
     from sae_lens_ext.streams import check_streams
     from sae_lens_ext.windows import BatchLayoutError, batch_window, validate_window_layout
 
+    args = apply_preset(args)
     checks.check_context_flag(args)
     cfg = checks.parse_upstream(["--log_to_wandb", "False", *args], config_file)
     if cfg.output_path is None or str(cfg.output_path) == "None":
@@ -89,6 +145,7 @@ def parse_config(args: list[str], config_file: str | None, data_streams: int = 0
     except BatchLayoutError as exc:
         raise fail(str(exc)) from exc
     checks.fit_buffer(cfg, args, window)
+    checks.fit_norm_estimate(cfg, args)
     if cfg.use_cached_activations:
         check_cache(cfg, window, n_streams)
     return cfg
@@ -199,7 +256,8 @@ def cached_activations_runner(cfg: Any) -> Any:
 
     class CachedActivationsRunner(LanguageModelSAETrainingRunner):
         def __init__(self, cfg: Any) -> None:  # no super().__init__: no model, no store
-            self.cfg, self.model, self.activations_store, self.evaluator = cfg, None, None, None
+            # no model, store or evaluator: a cached-activation run reads neither (internals.md)
+            self.cfg, self.model, self.activations_store, self.evaluator = cfg, None, None, None  # type: ignore[assignment]
             if cfg.from_pretrained_path is not None:
                 self.sae = TrainingSAE.load_from_disk(cfg.from_pretrained_path, cfg.device)
             else:
@@ -207,11 +265,29 @@ def cached_activations_runner(cfg: Any) -> Any:
                 self.sae = TrainingSAE.from_dict(sae_cfg.to_dict())
             self.sae.to(cfg.device)
 
+        @override
         def save_checkpoint(self, checkpoint_path: Path | None) -> None:
             if checkpoint_path is not None:  # the data position is in the loop's state
                 (checkpoint_path / RUNNER_CFG_FILENAME).write_text(json.dumps(self.cfg.to_dict()))
 
     return CachedActivationsRunner(cfg)
+
+
+#: Runner settings that name local files: recorded as absolute paths.
+PATH_SETTINGS = ("model_name", "dataset_path", "cached_activations_path", "from_pretrained_path")
+
+
+def record_inputs(runner: Any) -> None:
+    """What a run folder records about its inputs (``runner_cfg.json``, the SAE's
+    metadata): local model, dataset and cache paths made absolute, so that ``sae-lens
+    evaluate`` works from any directory and after the folder moves; then upstream's
+    metadata. Called once they were loaded (error messages name the paths as typed)."""
+    cfg = runner.cfg
+    for name in PATH_SETTINGS:
+        value = getattr(cfg, name, None)
+        if isinstance(value, str) and value and Path(value).expanduser().exists():
+            setattr(cfg, name, os.path.abspath(Path(value).expanduser()))
+    runner._set_sae_metadata()  # private upstream name: see docs/internals.md
 
 
 def check_context(cfg: Any, model: Any) -> None:
@@ -259,9 +335,9 @@ def check_d_in(runner: Any) -> None:
         )
 
 
-def training_data(runner: Any, n_streams: int) -> tuple[Any, Any]:
-    """This process's training batches and what restores their position on ``--resume``
-    beyond their ``state_dict`` (see the module docstring)."""
+def training_data(runner: Any, n_streams: int) -> Any:
+    """This process's training batches (see the module docstring); their ``state_dict``
+    restores their position exactly on ``--resume``."""
     import torch
 
     from sae_lens_ext import distributed
@@ -270,7 +346,7 @@ def training_data(runner: Any, n_streams: int) -> tuple[Any, Any]:
 
     cfg = runner.cfg
     if not cfg.use_cached_activations and n_streams == 1 and distributed.world_size() == 1:
-        return data_provider(runner), runner.activations_store.load_from_checkpoint
+        return data_provider(runner)
     make = (
         cached_streams(runner, n_streams)
         if cfg.use_cached_activations
@@ -286,7 +362,7 @@ def training_data(runner: Any, n_streams: int) -> tuple[Any, Any]:
         private_rng=not cfg.prefetch_llm_batches,
     )
     mark_layout_served(runner.sae)
-    return data, None
+    return data
 
 
 def cached_streams(runner: Any, n_streams: int) -> Any:
@@ -342,87 +418,51 @@ def lm_streams(runner: Any, n_streams: int) -> Any:
     window = batch_window(runner.sae.cfg)
 
     def make_stream(s: int, rows: int) -> Any:
-        shard = split_dataset_by_node(dataset, rank=s, world_size=n_streams)
+        # load_dataset(split="train") is one Dataset / IterableDataset, never a dict of splits
+        shard = split_dataset_by_node(dataset, rank=s, world_size=n_streams)  # type: ignore[type-var]
         store = ActivationsStore.from_config(runner.model, cfg, override_dataset=shard)
         store.train_batch_size_tokens = rows  # this stream's block of each batch
-        return StoreStream(store, window, rows, cfg, seed=cfg.seed + s)
+        return store_batches(store, window, rows, cfg, seed=cfg.seed + s)
 
     return make_stream
 
 
-class StoreStream(Iterator[Any]):
-    """One data stream of LM activations: an ``ActivationsStore`` on a dataset shard,
-    served as upstream serves it (or in whole windows), with its dataset position in
-    ``state_dict`` (restored through the store's public ``load``)."""
+def store_batches(store: Any, window: int, rows: int, cfg: Any, seed: int) -> Any:
+    """Batches of ``rows`` rows from upstream's store, as ``iter(store)`` serves them
+    (:class:`~sae_lens_ext.lm_batches.MixedTokenBatches`) or, for a window architecture,
+    in whole windows; prefetched when ``--prefetch_llm_batches`` asks. Their
+    ``state_dict`` holds the buffer and the store's exact position."""
+    from sae_lens_ext.lm_batches import MixedTokenBatches, PrefetchedBatches
+    from sae_lens_ext.windows import WindowShuffledLMBatches
 
-    def __init__(self, store: Any, window: int, rows: int, cfg: Any, seed: int) -> None:
-        from sae_lens.training.prefetch import PrefetchingIterator
-
-        from sae_lens_ext.windows import WindowShuffledLMBatches
-
-        self.store, self.window = store, window
-        self.batches: Any = store
-        if window > 1:
-            self.batches = WindowShuffledLMBatches(
-                store, window, rows, n_batches_in_buffer=cfg.n_batches_in_buffer, seed=seed
-            )
-        if cfg.prefetch_llm_batches:
-            size = 1 if isinstance(cfg.prefetch_llm_batches, bool) else cfg.prefetch_llm_batches
-            self.batches = PrefetchingIterator(iter(self.batches), prefetch=size)
-
-    def __next__(self) -> Any:
-        return next(self.batches)
-
-    def state_dict(self) -> dict[str, Any]:
-        window_state = getattr(self.batches, "state_dict", None)
-        return {
-            "store": self.store.state_dict(),
-            "window": window_state() if self.window > 1 and callable(window_state) else None,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        import tempfile
-
-        from safetensors.torch import save_file
-
-        if state["window"] is not None and hasattr(self.batches, "load_state_dict"):
-            self.batches.load_state_dict(state["window"])
-        with tempfile.TemporaryDirectory() as tmp:
-            path = str(Path(tmp) / "store.safetensors")
-            save_file(state["store"], path)
-            self.store.load(path)  # fast-forwards the dataset to the saved position
-
-    def close(self) -> None:
-        if hasattr(self.batches, "close"):
-            self.batches.close()
+    source: Any
+    if window > 1:
+        source = WindowShuffledLMBatches(
+            store, window, rows, n_batches_in_buffer=cfg.n_batches_in_buffer, seed=seed
+        )
+    else:
+        source = MixedTokenBatches(store)
+    if cfg.prefetch_llm_batches:
+        return PrefetchedBatches(source, cfg.prefetch_llm_batches)
+    return source
 
 
 def data_provider(runner: Any) -> Any:
-    """What the SAE trains on: whole windows for window architectures, else upstream's store."""
-    from sae_lens.training.prefetch import PrefetchingIterator
-
-    from sae_lens_ext.windows import WindowShuffledLMBatches, batch_window, mark_layout_served
+    """What the SAE trains on (one process, one stream): upstream's store's batches, or
+    whole windows of it for window architectures (:func:`store_batches`)."""
+    from sae_lens_ext.windows import batch_window, mark_layout_served
 
     cfg = runner.cfg
     window = batch_window(runner.sae.cfg)
     if window > 1:
-        provider = WindowShuffledLMBatches(
-            runner.activations_store,
-            window,
-            cfg.train_batch_size_tokens,
-            n_batches_in_buffer=cfg.n_batches_in_buffer,
-            seed=cfg.seed,
-        )
         mark_layout_served(runner.sae)
-        return provider
-    if cfg.prefetch_llm_batches:
-        size = 1 if isinstance(cfg.prefetch_llm_batches, bool) else cfg.prefetch_llm_batches
-        return PrefetchingIterator(iter(runner.activations_store), prefetch=size)
-    return runner.activations_store
+    return store_batches(
+        runner.activations_store, window, cfg.train_batch_size_tokens, cfg, cfg.seed
+    )
 
 
 def run_lm(
-    cfg: Any, output: RunOutput, *, log_every: int, progress: str, data_streams: int = 0
+    cfg: Any, output: RunOutput, *, log_every: int | None, progress: str, data_streams: int = 0
 ) -> int:
     """Build the runner, train with the core loop, save atomically, print a summary (under
     torchrun: on every rank, data-parallel; rank 0 writes)."""
@@ -454,9 +494,9 @@ def _main_logger(trainer_cfg: Any, output: RunOutput, log_every: int, progress: 
     )
 
 
-def _train_lm(cfg: Any, output: RunOutput, *, log_every: int, progress: str, n_streams: int) -> int:
-    from sae_lens.training.sae_trainer import SAETrainer
-
+def _train_lm(
+    cfg: Any, output: RunOutput, *, log_every: int | None, progress: str, n_streams: int
+) -> int:
     from sae_lens_ext import distributed
     from sae_lens_ext.run.loop import (
         InterruptFlag,
@@ -464,19 +504,24 @@ def _train_lm(cfg: Any, output: RunOutput, *, log_every: int, progress: str, n_s
         reconstruction_warning,
         seed_everything,
     )
+    from sae_lens_ext.run.progress import default_log_every
+    from sae_lens_ext.training import make_trainer
 
     t0 = time.perf_counter()
     seed_everything(cfg.seed)  # upstream's runner never uses cfg.seed
     with distributed.main_first():  # rank 0 downloads and caches first
         runner = build_runner(cfg)
     check_d_in(runner)
-    runner._set_sae_metadata()  # private upstream name: see docs/internals.md
-    data, on_resume = training_data(runner, n_streams)
+    record_inputs(runner)
+    data = training_data(runner, n_streams)
     trainer_cfg = cfg.to_sae_trainer_config()
-    trainer = SAETrainer(
-        cfg=trainer_cfg,
-        sae=runner.sae,
-        data_provider=data,
+    log_every = log_every or default_log_every(  # the same on every rank
+        trainer_cfg.total_training_samples, trainer_cfg.train_batch_size_samples
+    )
+    trainer = make_trainer(
+        trainer_cfg,
+        runner.sae,
+        data,
         evaluator=runner.evaluator,
         save_checkpoint_fn=runner.save_checkpoint,
     )
@@ -485,7 +530,6 @@ def _train_lm(cfg: Any, output: RunOutput, *, log_every: int, progress: str, n_s
         data,
         logger=_main_logger(trainer_cfg, output, log_every, progress),
         interrupt=InterruptFlag(),
-        on_resume=on_resume,
         check_every=log_every,
     )
     runner._compile_sae_if_needed()  # private upstream name: see docs/internals.md
@@ -494,17 +538,50 @@ def _train_lm(cfg: Any, output: RunOutput, *, log_every: int, progress: str, n_s
             sae = loop.run(output.resume_from)
             if not distributed.is_main():
                 return 0  # rank 0 writes the SAE
-            metrics = run_summary(cfg, loop, time.perf_counter() - t0, n_streams)
-            with output.staging() as tmp:
-                runner.save_final_sae(
-                    sae, str(tmp), log_feature_sparsity=trainer.log_feature_sparsity
-                )
-                write_json(tmp / METRICS_FILENAME, metrics)
+            metrics = run_summary(cfg, loop, t0, n_streams)
+            with getattr(data, "paused", contextlib.nullcontext)():  # a prefetcher
+                save_run(runner, sae, trainer, output, metrics)
     finally:
         if hasattr(data, "close"):
             data.close()
     print_summary(output.folder, metrics, reconstruction_warning(loop.last_record))
     return 0
+
+
+def save_run(
+    runner: Any, sae: Any, trainer: Any, output: RunOutput, metrics: dict[str, Any]
+) -> None:
+    """The run's folder, staged (``cfg.json`` moved in last): upstream's final save (SAE,
+    sparsity, ``runner_cfg.json``), ``metrics.json`` and ``plots/``."""
+    from sae_lens_ext.run.output import read_log
+    from sae_lens_ext.run.report import PLOTS_DIR, write_plots
+
+    with output.staging() as tmp:
+        runner.save_final_sae(sae, str(tmp), log_feature_sparsity=trainer.log_feature_sparsity)
+        write_json(tmp / METRICS_FILENAME, metrics)
+        log = read_log(output.log_path)
+        write_plots(tmp / PLOTS_DIR, runner.cfg.sae.architecture(), log, sae, figure_data(runner))
+
+
+#: Most tokens read after training for the plugins' figures (``plots/``); at most a tenth
+#: of the run's tokens.
+FIGURE_TOKENS = 100_000
+
+
+def figure_data(runner: Any) -> Any:
+    """Fresh activations (whole sequences, from where training stopped) for the plugins'
+    figures of a run: ``EvalData``, or ``None`` when no plugin draws any or the run read
+    cached activations."""
+    from sae_lens_ext.lm_batches import store_sequences
+    from sae_lens_ext.metrics import EvalData
+    from sae_lens_ext.run.report import has_plugin_figures
+
+    cfg, store = runner.cfg, runner.activations_store
+    if store is None or not has_plugin_figures():
+        return None
+    tokens = min(FIGURE_TOKENS, max(1, cfg.training_tokens // 10))
+    print(f"plots: the plugins' figures on {tokens:,} fresh tokens", file=sys.stderr)
+    return EvalData(store_sequences(store, tokens), description=f"{cfg.model_name} {cfg.hook_name}")
 
 
 @contextlib.contextmanager
@@ -530,10 +607,12 @@ def _wandb_run(cfg: Any) -> Iterator[None]:
         wandb.finish()
 
 
-def run_summary(cfg: Any, loop: Any, seconds: float, n_streams: int = 1) -> dict[str, Any]:
+def run_summary(cfg: Any, loop: Any, t0: float, n_streams: int = 1) -> dict[str, Any]:
+    """``metrics.json`` of a run that began at ``time.perf_counter()`` = ``t0``."""
     from sae_lens_ext import distributed
 
-    trainer, last = loop.trainer, loop.last_record
+    trainer, last, now = loop.trainer, loop.last_record, time.perf_counter()
+    first_step = loop.first_step_at
     return {
         "architecture": cfg.sae.architecture(),
         "processes": distributed.world_size(),
@@ -546,7 +625,8 @@ def run_summary(cfg: Any, loop: Any, seconds: float, n_streams: int = 1) -> dict
         "sparsity_window_steps": trainer.cfg.feature_sampling_window,
         "trainer_dead_latents": trainer.sae.cfg.metadata.num_dead_features,
         "dead_feature_window_steps": trainer.cfg.dead_feature_window,
-        "wall_time_s": round(seconds, 2),
+        "wall_time_s": round(now - t0, 2),
+        "before_first_step_s": None if first_step is None else round(first_step - t0, 2),
     }
 
 
@@ -576,6 +656,10 @@ def print_summary(output: Path, metrics: dict[str, Any], warning: str | None) ->
             _fmt(metrics["trainer_dead_latents"]),
         ),
         ("wall time (s)", _fmt(metrics["wall_time_s"])),
+        (
+            "of which before the first step (s): model, data, normalisation",
+            _fmt(metrics["before_first_step_s"]),
+        ),
     ]
     for row in rows:
         table.add_row(*row)
@@ -583,7 +667,7 @@ def print_summary(output: Path, metrics: dict[str, Any], warning: str | None) ->
     console.print(table)
     if warning:
         Console(stderr=True, width=100).print(f"[bold red]{warning}[/bold red]")
-    console.print(f"SAE, metrics.json and training_log.jsonl written to {output}")
+    console.print(f"SAE, metrics.json, training_log.jsonl and plots/ written to {output}")
 
 
 def _fmt(value: Any) -> str:
@@ -598,11 +682,16 @@ def model_and_store(runner_cfg: dict[str, Any]) -> tuple[Any, Any, Any]:
     """The model and activation store a run was trained on (for ``evaluate``):
     ``(cfg, model, store)``, through upstream's public ``load_model`` and
     ``ActivationsStore.from_config``."""
+    import dataclasses
+
     from sae_lens.config import LanguageModelSAERunnerConfig
     from sae_lens.training.activations_store import ActivationsStore
 
-    try:
-        cfg = LanguageModelSAERunnerConfig.from_dict(runner_cfg)
+    known = {f.name for f in dataclasses.fields(LanguageModelSAERunnerConfig)}
+    try:  # keys of other runners (or upstream releases) that this config lacks: left out
+        cfg = LanguageModelSAERunnerConfig.from_dict(
+            {k: v for k, v in runner_cfg.items() if k in known}
+        )
     except Exception as exc:
         raise fail(f"runner_cfg.json: cannot be read as a runner config ({one_line(exc)})") from exc
     checks.check_devices(cfg)

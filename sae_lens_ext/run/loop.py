@@ -10,7 +10,9 @@ upstream's ``MultiSAETrainer`` does (``step``, ``maybe_reset_sparsity``,
    returned permutation is applied to the trainer's per-latent firing counters too);
 2. the core's guards (:class:`~sae_lens_ext.guards.TrainingGuard`: device-side every
    step, checked on logging steps);
-3. logging (JSONL, progress, wandb when asked), checkpoints at step boundaries (with
+3. logging (JSONL, progress, wandb when asked; before the step, the SAE's loss terms are
+   told whether it is a logging step: :func:`~sae_lens_ext.loss_terms.set_logging_step`),
+   checkpoints at step boundaries (with
    the RNG state, the data provider's ``state_dict`` and the guard's state, written to a
    temp folder and renamed), and Ctrl-C at a step boundary.
 
@@ -23,27 +25,36 @@ position) while the others wait.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from typing_extensions import override
 
 from sae_lens_ext import distributed
 from sae_lens_ext.errors import TrainingInterrupted, fail
 from sae_lens_ext.guards import TrainingGuard
+from sae_lens_ext.loss_terms import set_logging_step
 from sae_lens_ext.optim import permute_latent_state
 from sae_lens_ext.run.progress import RunLogger
 from sae_lens_ext.run.replicas import ReplicaSync
 
 LOOP_STATE_FILENAME = "loop_state.pt"
 DEFAULT_MAX_SILENT_STEPS = 200
+#: What a resumed run does not reproduce when wandb evaluations read the training data.
+WANDB_EVAL_RESUME_NOTE = (
+    "with --log_to_wandb True the periodic evaluations read the training data source and "
+    "a resumed run does not replay them, so its batches differ from an uninterrupted run's"
+)
 
 
 class InterruptFlag:
@@ -81,6 +92,7 @@ class _Interruptible(Iterator[torch.Tensor]):
     def __init__(self, data: Iterator[torch.Tensor], interrupt: InterruptFlag) -> None:
         self.data, self.interrupt = data, interrupt
 
+    @override
     def __next__(self) -> torch.Tensor:
         if self.interrupt.requested:
             raise TrainingInterrupted(0, None)
@@ -122,8 +134,6 @@ class TrainingLoop:
             ``load_state_dict()`` pair, if it has one, goes into checkpoints.
         logger: JSONL log and progress display.
         interrupt: the Ctrl-C flag (installed by :meth:`run`).
-        on_resume: extra state to restore from a checkpoint (e.g. the LM activation
-            store's dataset position).
         check_every: under torchrun, guards and replica checks run every this many steps
             (default: the logger's ``log_every``); in one process they run whenever the
             logger makes a record.
@@ -136,11 +146,10 @@ class TrainingLoop:
         *,
         logger: RunLogger | None = None,
         interrupt: InterruptFlag | None = None,
-        on_resume: Callable[[Path], None] | None = None,
         check_every: int | None = None,
     ) -> None:
         self.trainer, self.sae, self.cfg = trainer, trainer.sae, trainer.cfg
-        self.data, self.logger, self.on_resume = data, logger, on_resume
+        self.data, self.logger = data, logger
         self.interrupt = interrupt or InterruptFlag()
         self.replicas = ReplicaSync(trainer)
         self.stop = distributed.StopAgreement()
@@ -151,6 +160,7 @@ class TrainingLoop:
         self.thresholds = list(trainer.checkpoint_thresholds)  # upstream's schedule
         self.last_checkpoint: Path | None = None
         self.last_record: dict[str, Any] = {}
+        self.first_step_at: float | None = None  # time.perf_counter() when training began
         self._resume_rng: dict[str, Any] | None = None
         if hasattr(self.sae, "post_step_by_caller"):
             self.sae.post_step_by_caller = True  # this loop runs after-step work and guards
@@ -163,12 +173,10 @@ class TrainingLoop:
         self.thresholds = [t for t in self.thresholds if t >= self.trainer.n_training_samples]
         state = torch.load(checkpoint / LOOP_STATE_FILENAME, weights_only=False)
         data_state = self._rank_data_state(state, checkpoint)
-        if data_state is not None:
+        if data_state is not None:  # saved only by a source that has state_dict()
             self.data.load_state_dict(data_state)  # type: ignore[attr-defined]
         self.guard.load_state_dict(state["guard"])
         self._resume_rng = state["rng"]
-        if self.on_resume is not None:
-            self.on_resume(checkpoint)
 
     @staticmethod
     def _rank_data_state(state: dict[str, Any], checkpoint: Path) -> Any:
@@ -188,7 +196,9 @@ class TrainingLoop:
         with self.interrupt:
             if resume_from is not None:
                 if distributed.is_main():
-                    print(f"Resuming from {resume_from}", file=sys.stderr)
+                    note = self.resume_note()
+                    print(f"Resuming from {resume_from}{f' ({note})' if note else ''}",
+                          file=sys.stderr)  # fmt: skip
                 self.resume_from(resume_from)
             self.sae.to(self.cfg.device)
             self.replicas.start()
@@ -203,6 +213,7 @@ class TrainingLoop:
 
     def _train_steps(self) -> None:
         trainer = self.trainer
+        self.first_step_at = time.perf_counter()
         if self.logger is not None:
             self.logger.start(trainer.n_training_samples, trainer.n_training_steps)
         try:
@@ -218,8 +229,15 @@ class TrainingLoop:
         on batches that stop promptly on Ctrl-C."""
         trainer, sae_cfg = self.trainer, self.sae.cfg
         scaler, n = trainer.activation_scaler, self.cfg.n_batches_for_norm_estimate
-        data = self.replicas.normalization_batches(_Interruptible(self.data, self.interrupt))
+        data: Iterator[torch.Tensor] = self.replicas.normalization_batches(
+            _Interruptible(self.data, self.interrupt)
+        )
         mode = sae_cfg.normalize_activations
+        due = (mode == "expected_average_only_in" and scaler.scaling_factor is None) or (
+            mode == "covariance_whitening" and scaler.whitening is None
+        )
+        if due and self.logger is not None:
+            data = self.logger.counted(data, n, f"{mode} normalisation estimate")
         if mode == "expected_average_only_in" and scaler.scaling_factor is None:
             scaler.estimate_scaling_factor(
                 d_in=sae_cfg.d_in, data_provider=data, n_batches_for_norm_estimate=n
@@ -233,6 +251,7 @@ class TrainingLoop:
         trainer, replicas = self.trainer, self.replicas
         sparsity_log = trainer.maybe_reset_sparsity()
         batch = next(self.data)
+        set_logging_step(self.sae, self.is_logging_step(batch.shape[0]))
         replicas.before_step()
         output = trainer.step(batch)
         replicas.after_step(batch.shape[0])
@@ -245,6 +264,7 @@ class TrainingLoop:
             # the trainer just zeroed the counters of the latents that fired: no read of
             # the (batch, d_sae) activations
             fired=(trainer.n_forward_passes_since_fired == 0).any(),
+            losses=output.losses,
         )
         self.log_to_wandb(output, sparsity_log)
         trainer.n_training_steps += 1
@@ -261,7 +281,25 @@ class TrainingLoop:
         if stop and trainer.n_training_samples < self.cfg.total_training_samples:
             self.check()
             checkpoint = self.save_checkpoint(str(trainer.n_training_samples))
-            raise TrainingInterrupted(trainer.n_training_steps, checkpoint)
+            raise TrainingInterrupted(trainer.n_training_steps, checkpoint, self.resume_note())
+
+    def resume_note(self) -> str | None:
+        """What a run resumed from this loop's checkpoints does not reproduce (``None``:
+        it continues bit-identically)."""
+        notes = [getattr(self.data, "resume_note", None)]
+        if self.cfg.logger.log_to_wandb and self.trainer.evaluator is not None:
+            notes.append(WANDB_EVAL_RESUME_NOTE)
+        return "; ".join(n for n in notes if n) or None
+
+    def is_logging_step(self, rows: int) -> bool:
+        """Whether the step about to run on ``rows`` rows (this process's) is logged: a
+        record of the logger (decided now, kept by it) or a wandb log step."""
+        trainer = self.trainer
+        step = trainer.n_training_steps + 1  # the logger's count once the step is done
+        samples = trainer.n_training_samples + rows * self.replicas.world
+        logged = self.logger is not None and self.logger.plan(step, samples)
+        wandb = self.cfg.logger.log_to_wandb and distributed.is_main()
+        return logged or (wandb and step % self.cfg.logger.wandb_log_frequency == 0)
 
     def _check_due(self, record: dict[str, Any] | None) -> bool:
         """One process: whenever a record was made. Several: on the same steps on every
@@ -308,7 +346,9 @@ class TrainingLoop:
         every = logger_cfg.wandb_log_frequency * logger_cfg.eval_every_n_wandb_logs
         if trainer.evaluator is not None and (step + 1) % every == 0:
             self.sae.eval()
-            metrics = trainer.evaluator(self.sae, self.data, trainer.activation_scaler)
+            paused = getattr(self.data, "paused", contextlib.nullcontext)  # a prefetcher
+            with paused():
+                metrics = trainer.evaluator(self.sae, self.data, trainer.activation_scaler)
             self.sae.train()
             wandb.log(metrics, step=step)
 

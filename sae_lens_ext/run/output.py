@@ -73,9 +73,13 @@ class RunOutput:
         overwrite: bool,
         resume: bool,
         flag: str = "--output_path",
+        expected: dict[str, Any] | None = None,
     ) -> None:
+        """``expected``: settings of this run (``architecture``, ``d_in``, ``d_sae``) that a
+        checkpoint's ``cfg.json`` must match for ``--resume``."""
         self.folder, self.checkpoint_dir = folder, checkpoint_dir
         self.overwrite, self.resume, self.flag = overwrite, resume, flag
+        self.expected = expected or {}
         self.resume_from: Path | None = None
         self._created: list[Path] = []
         self._replaced: Path | None = None
@@ -93,6 +97,9 @@ class RunOutput:
             raise fail(f"{flag} {folder} is a file; give a folder")
         if holds_trained_sae(folder) and not self.overwrite:
             refuse_trained(folder, flag)
+        check_creatable(folder, flag)
+        if self.checkpoint_dir is not None and self.checkpoint_dir.parent != folder:
+            check_creatable(self.checkpoint_dir, "--checkpoint_path")
         checkpoints = complete_checkpoints(self.checkpoint_dir)
         if self.resume:
             if not checkpoints:
@@ -101,6 +108,7 @@ class RunOutput:
                     "without --resume to start training"
                 )
             self.resume_from = checkpoints[-1]
+            self._check_resumable(self.resume_from)
         elif checkpoints and not self.overwrite:
             raise fail(
                 f"{self.checkpoint_dir} holds checkpoints of an earlier run: add --resume to "
@@ -108,13 +116,31 @@ class RunOutput:
             )
         return self.resume_from
 
+    def _check_resumable(self, checkpoint: Path) -> None:
+        """The checkpoint's SAE is this run's (architecture and sizes in its ``cfg.json``)."""
+        cfg_path = checkpoint / "cfg.json"
+        try:
+            saved = json.loads(cfg_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return  # the loader names the file if it cannot read it
+        for key, value in self.expected.items():
+            if key in saved and value is not None and saved[key] != value:
+                raise fail(
+                    f"--resume: {checkpoint} holds an SAE with {key} {saved[key]!r} "
+                    f"({cfg_path}), this run has {key} {value!r}; rerun with the settings of "
+                    "the interrupted run, or pass --overwrite instead of --resume to start again"
+                )
+
     def begin(self) -> None:
         """Create the folder (remembering what this run created); with ``--overwrite``,
         move the previous run's files aside (restored by :meth:`abort`)."""
         missing = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
         self._created = list(reversed(missing))  # outermost first
         self._had_checkpoint_dir = self.checkpoint_dir is not None and self.checkpoint_dir.exists()
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise fail(f"{self.flag} {self.folder}: cannot be created ({one_line(exc)})") from exc
         if not self.overwrite or self.resume:
             return
         previous = [p for p in self.folder.iterdir() if not p.name.startswith(".")]
@@ -193,6 +219,31 @@ class RunOutput:
                 path.rmdir()  # only if empty
 
 
+def check_creatable(folder: Path, flag: str) -> None:
+    """One line, exit 2, when ``folder`` cannot be written: a file stands where it or one
+    of its parents should be, or its first existing parent refuses new folders (checked
+    by creating and removing an empty folder there). Writes nothing that stays."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists() or p.is_symlink()), None)
+    if existing is None:
+        return
+    if not existing.is_dir():
+        if existing == folder:
+            raise fail(f"{flag} {folder} is a file; give a folder")
+        raise fail(f"{flag} {folder}: {existing} is a file, not a folder; choose another {flag}")
+    if existing == folder:
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise fail(f"{flag} {folder}: not writable; choose another {flag}")
+        return
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".sae-lens-write-check-", dir=existing))
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise fail(
+            f"{flag} {folder}: cannot create folders in {existing} ({reason}); "
+            f"choose another {flag}"
+        ) from exc
+
+
 @contextlib.contextmanager
 def staged_folder(folder: Path, last: str = "cfg.json") -> Iterator[Path]:
     """A hidden temporary folder inside ``folder`` (beside it while ``folder`` does not
@@ -247,10 +298,27 @@ def load_saved_sae(folder: Path) -> Any:
     try:
         return SAE.load_from_disk(folder)
     except Exception as exc:
-        raise fail(
-            f"{folder / 'sae_weights.safetensors'}: cannot be loaded ({type(exc).__name__}: "
-            f"{one_line(exc)}); is it truncated?"
-        ) from exc
+        weights = folder / "sae_weights.safetensors"
+        reason = f"{type(exc).__name__}: {one_line(exc)}"
+        if _readable_safetensors(weights):
+            raise fail(
+                f"{weights}: its tensors do not fit the {architecture} SAE that {cfg_path} "
+                f"describes ({reason}); the weights and cfg.json come from different SAEs"
+            ) from exc
+        raise fail(f"{weights}: cannot be loaded ({reason}); is it truncated?") from exc
+
+
+def _readable_safetensors(path: Path) -> bool:
+    """Whether ``path`` is a complete safetensors file (header and every tensor)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                f.get_tensor(key)
+    except Exception:
+        return False
+    return True
 
 
 def write_json(path: Path, data: Any) -> None:

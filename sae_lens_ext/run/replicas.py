@@ -14,9 +14,12 @@ training on the global batch), and its own block of each global batch.
   reduces the trainer's firing counters (``act_freq_scores``: sum of this step's counts;
   ``n_forward_passes_since_fired``: 0 where any rank saw the latent fire), so the
   dead-latent mask the next step gets is the global one;
+- gives an SAE that takes them (``collectives``, see
+  :class:`sae_lens_ext.loss_terms.BatchCollectives`) the reductions it asks for inside a
+  step: a model's or loss term's batch statistic becomes the global batch's
+  (``batch_mean``), a resampler sees the global batch and rank 0's choice is applied;
 - after the architecture's after-step work: gives every rank rank 0's buffers (as DDP's
-  ``broadcast_buffers``); an architecture whose buffer must see the global batch reduces
-  its statistic itself (``sae_lens_ext.distributed.all_reduce_mean_``);
+  ``broadcast_buffers``);
 - after a latent permutation (e.g. a periodic sort): records, on the device, whether the
   ranks chose different permutations;
 - on checking steps: raises if they did, or if the replicas differ (parameters, buffers,
@@ -26,11 +29,20 @@ training on the global batch), and its own block of each global batch.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
+from typing_extensions import override
 
 from sae_lens_ext import distributed
+from sae_lens_ext.loss_terms import LOCAL_COLLECTIVES, BatchCollectives
+
+
+@runtime_checkable
+class TakesCollectives(Protocol):
+    """An SAE whose steps may reduce over processes (``LossTermsMixin``)."""
+
+    collectives: BatchCollectives
 
 
 class GatheredBatches(Iterator[torch.Tensor]):
@@ -39,6 +51,7 @@ class GatheredBatches(Iterator[torch.Tensor]):
     def __init__(self, data: Iterator[torch.Tensor]) -> None:
         self.data = data
 
+    @override
     def __next__(self) -> torch.Tensor:
         return distributed.all_gather_rows(next(self.data))
 
@@ -59,10 +72,14 @@ class ReplicaSync:
         if self.active:
             distributed.broadcast_module_(self.sae)
             self._remove_hooks = distributed.average_gradients(self.sae)
+            if isinstance(self.sae, TakesCollectives):
+                self.sae.collectives = distributed.ProcessGroupCollectives()
 
     def stop(self) -> None:
         self._remove_hooks()
         self._remove_hooks = lambda: None
+        if isinstance(self.sae, TakesCollectives):
+            self.sae.collectives = LOCAL_COLLECTIVES
 
     def normalization_batches(self, data: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
         return GatheredBatches(data) if self.active else data

@@ -16,21 +16,46 @@ LABELS_KEY = "labels"
 
 
 def collect_metrics(sae: Any, data: EvalData) -> list[Metric]:
-    """Generic metrics, then every plugin's ``evaluation_metrics`` for this SAE and data."""
-    from sae_lens_ext.plugins import load_plugins
+    """Generic metrics, then every plugin's ``evaluation_metrics`` for this SAE and data
+    (a plugin that fails is named in a warning and left out)."""
+    return generic_metrics(sae, data) + plugin_metrics(sae, data)
 
-    metrics = generic_metrics(sae, data)
-    for contributed in load_plugins().hook.evaluation_metrics(sae=sae, data=data):
-        metrics.extend(contributed or [])
-    return metrics
+
+def plugin_metrics(sae: Any, data: EvalData) -> list[Metric]:
+    """Every plugin's ``evaluation_metrics``; a plugin that fails is named and left out."""
+    from sae_lens_ext.plugins import call_each_list
+
+    return call_each_list("evaluation_metrics", Metric, sae=sae, data=data)
 
 
 def plugin_figures(sae: Any, data: EvalData, folder: Path) -> list[Path]:
+    """Every plugin's ``run_figures``; a plugin that fails is named and left out."""
+    from sae_lens_ext.plugins import call_each_list
+
+    return call_each_list("run_figures", Path, sae=sae, data=data, folder=folder)
+
+
+def has_plugin_figures() -> bool:
+    """Whether any loaded plugin draws figures (``run_figures``): data are read only then."""
     from sae_lens_ext.plugins import load_plugins
 
-    paths: list[Path] = []
-    for written in load_plugins().hook.run_figures(sae=sae, data=data, folder=folder):
-        paths.extend(written or [])
+    return bool(load_plugins().hook.run_figures.get_hookimpls())
+
+
+def write_plots(
+    folder: Path,
+    name: str,
+    log: list[dict[str, Any]],
+    sae: Any = None,
+    data: EvalData | None = None,
+) -> list[Path]:
+    """A run's ``plots/`` (``sae-lens demo`` and ``sae-lens train``): the training curves of
+    its log and, given ``data``, every plugin's figures of ``sae`` on them."""
+    from sae_lens_ext.run.figures import plot_training_curves
+
+    paths = [plot_training_curves({name: log}, folder / "training_curves.png")] if log else []
+    if sae is not None and data is not None:
+        paths += plugin_figures(sae, data, folder)
     return paths
 
 
@@ -48,7 +73,6 @@ def evaluate_and_save(
     from sae_lens.constants import SPARSITY_FILENAME
     from safetensors.torch import save_file
 
-    from sae_lens_ext.run.figures import plot_training_curves
     from sae_lens_ext.synthetic import DATA_DIR
 
     evaluation = data.eval_data(eval_samples, seed)
@@ -61,11 +85,8 @@ def evaluate_and_save(
         save_file({"sparsity": trainer.log_feature_sparsity}, tmp / SPARSITY_FILENAME)
         data.save(tmp / DATA_DIR)
         write_json(tmp / METRICS_FILENAME, result)
-        plots = tmp / PLOTS_DIR
-        plot_training_curves(
-            {run_info["architecture"]: read_log(output.log_path)}, plots / "training_curves.png"
-        )
-        plugin_figures(sae, evaluation, plots)
+        log = read_log(output.log_path)
+        write_plots(tmp / PLOTS_DIR, run_info["architecture"], log, sae, evaluation)
     return result
 
 

@@ -1,12 +1,15 @@
-"""The saved results of a run folder, read back for ``compare`` and ``sweep``.
+"""The saved results of a run folder, read back for ``compare``, ``evaluate`` and ``sweep``.
 
-A run folder (written by ``sae-lens demo``, ``sae-lens train`` or a sweep) may hold:
+A run folder (written by ``sae-lens demo``, ``sae-lens train``, a sweep, or upstream's
+runners: ``python -m sae_lens.llm_sae_training_runner``, cached activations included, and
+``MultiSAETrainingRunner``, whose output folder holds one folder per SAE) may hold:
 
 - ``training_log.jsonl`` (losses over steps), ``metrics.json`` (the run's metrics),
   ``evaluation.json`` (``sae-lens evaluate``), ``sparsity.safetensors`` (upstream's log10
   firing frequency of each latent over the last sparsity window of training);
 - ``eval_results/<bench>/*_eval_results.json``: SAE-Bench's files written by
-  ``sae-lens evaluate PATH --bench ...`` (and ``eval_results/sae_lens_ext/`` beside them).
+  ``sae-lens evaluate PATH --bench ...`` (and ``eval_results/sae_lens_ext/`` beside them);
+- ``runner_cfg.json``: how it was trained (:func:`training_record`).
 
 :func:`read_results` gathers them into one :class:`RunResults`, whose :attr:`values` is a
 flat ``{column: number}`` record: the run's own metrics under their keys, SAE-Bench's
@@ -33,6 +36,8 @@ BENCH_DIR = "eval_results"
 RUNNER_CFG = "runner_cfg.json"
 SPARSITY_FILE = "sparsity.safetensors"
 SWEEP_FILE = "sweep.json"
+#: Key of a ``MultiSAETrainingRunner``'s ``runner_cfg.json``: each SAE's config by name.
+MULTI_SAES = "saes"
 #: ``log10`` firing frequencies at or below this are "never fired" (upstream adds 1e-10).
 DEAD_LOG10 = -9.5
 #: Keys of a demo's ``metrics.json`` that describe how it was trained (not results).
@@ -46,6 +51,7 @@ DEMO_TRAINING_KEYS = (
     "training_steps",
     "lr",
     "sae_config",
+    "trainer_config",
 )
 #: Keys of ``runner_cfg.json`` that do not change what is trained (besides the seed).
 RUNNER_VOLATILE_KEYS = (
@@ -134,8 +140,8 @@ class RunResults:
 
     @cached_property
     def runner(self) -> dict[str, Any] | None:
-        """The run's ``runner_cfg.json`` (``sae-lens train`` runs), or ``None``."""
-        return read_runner_cfg(self.folder)
+        """How the run was trained (:func:`training_record`), or ``None``."""
+        return training_record(self.folder)
 
     def seed(self) -> int | None:
         if self.runner is not None:
@@ -186,6 +192,34 @@ def read_runner_cfg(folder: Path) -> dict[str, Any] | None:
     )
 
 
+def training_record(folder: Path) -> dict[str, Any] | None:
+    """The runner config an SAE folder was trained with, in the shape of upstream's
+    ``LanguageModelSAERunnerConfig``: its own ``runner_cfg.json`` (``sae-lens train``,
+    upstream's LLM runner), or, for one SAE of upstream's ``MultiSAETrainingRunner``, its
+    parent folder's config narrowed to that SAE; ``None`` when nothing records it."""
+    own = read_runner_cfg(folder)
+    if own is not None and MULTI_SAES not in own:
+        return own
+    parent = read_runner_cfg(folder.parent) if (folder / "cfg.json").is_file() else None
+    if parent is None or folder.name not in (parent.get(MULTI_SAES) or {}):
+        return None
+    hooks, heads = parent.get("hook_names"), parent.get("hook_head_indices")
+    record = {
+        k: v for k, v in parent.items() if k not in (MULTI_SAES, "hook_names", "hook_head_indices")
+    }
+    record["sae"] = parent[MULTI_SAES][folder.name]
+    record["hook_name"] = hooks if isinstance(hooks, str) else (hooks or {}).get(folder.name)
+    record["hook_head_index"] = heads.get(folder.name) if isinstance(heads, dict) else heads
+    return record
+
+
+def multi_sae_folders(folder: Path) -> list[Path]:
+    """The SAE folders of a ``MultiSAETrainingRunner`` output folder (else none)."""
+    record = read_runner_cfg(folder) if folder.is_dir() else None
+    names = (record or {}).get(MULTI_SAES) or {}
+    return [folder / n for n in names if (folder / n / "cfg.json").is_file()]
+
+
 def read_bench_results(folder: Path) -> dict[str, dict[str, Any]]:
     """SAE-Bench's result files under ``folder/eval_results`` by bench (one SAE per folder:
     the newest file of each bench)."""
@@ -211,10 +245,12 @@ def read_results(folder: Path, name: str | None = None) -> RunResults:
     if not folder.is_dir():
         raise fail(f"RUN {folder}: no such folder")
     log, bench = folder / TRAINING_LOG, read_bench_results(folder)
-    if not log.is_file() and not (folder / METRICS_FILENAME).is_file() and not bench:
+    saved = [METRICS_FILENAME, EVALUATION_FILENAME, "cfg.json", SPARSITY_FILE]
+    if not log.is_file() and not bench and not any((folder / n).is_file() for n in saved):
         raise fail(
-            f"RUN {folder}: no training_log.jsonl, metrics.json or eval_results/; give folders "
-            "written by `sae-lens train`, `sae-lens demo`, `sae-lens sweep` or `sae-lens evaluate`"
+            f"RUN {folder}: no trained SAE, training_log.jsonl, metrics.json or eval_results/; "
+            "give folders written by `sae-lens train`, `sae-lens demo`, `sae-lens sweep`, "
+            "`sae-lens evaluate` or SAE-Lens's training runners"
         )
     run = RunResults(name or folder.name, folder, read_log(log), bench=bench)
     for filename in (METRICS_FILENAME, EVALUATION_FILENAME):
@@ -238,12 +274,12 @@ def run_labels(folders: list[Path]) -> list[str]:
 
 def expand_sweeps(folders: list[Path]) -> list[Path]:
     """A sweep's output folder (it holds ``sweep.json``) stands for its trained variants,
-    in the sweep's order."""
+    in the sweep's order; a ``MultiSAETrainingRunner``'s output folder for its SAEs."""
     out: list[Path] = []
     for folder in folders:
         record = _read_json(folder / SWEEP_FILE)
         if record is None:
-            out.append(folder)
+            out += multi_sae_folders(folder) or [folder]
             continue
         names = [v["name"] for v in record.get("variants", [])]
         out += [folder / n for n in names if (folder / n / "cfg.json").is_file()]

@@ -28,7 +28,8 @@ The sweep file (YAML) names the data once and the variants as changes to it::
 
 Settings are the options of ``sae-lens demo`` (any other key is a field of the SAE's
 training config, as ``--set``) or of ``sae-lens train`` (upstream names, ``sae:`` sections
-allowed). Each variant trains into ``OUTPUT/<name>/``, a complete run folder once its
+allowed); ``preset: NAME`` starts a variant from a named preset of its architecture (its
+other settings win). Each variant trains into ``OUTPUT/<name>/``, a complete run folder once its
 ``cfg.json`` is there; a rerun skips finished variants, resumes an interrupted one from its
 checkpoint, and evaluates what has not been evaluated. ``OUTPUT/results.csv`` and
 ``results.md`` hold every variant's metrics.
@@ -43,7 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sae_lens_ext.errors import INTERRUPTED, CliError, fail, read_mapping
+from sae_lens_ext.errors import INTERRUPTED, CliError, fail, one_line, read_mapping
+from sae_lens_ext.run.values import check_assignments, split_assignment
 
 SWEEP_KEYS = {
     "kind",
@@ -74,6 +76,7 @@ DEMO_OPTIONS = (
     "n_checkpoints",
     "device",
     "threads",
+    "preset",
 )
 #: Keys of ``evaluate:`` besides the ``sae-lens evaluate --bench`` options.
 EVALUATE_KEYS = ("samples", "bench", "bench_options")
@@ -109,6 +112,7 @@ class Sweep:
 def load_sweep(path: str, output: str | None = None, sets: tuple[str, ...] = ()) -> Sweep:
     """Parse and expand a sweep file; ``sets`` (``KEY=VALUE``) change ``base``."""
     file = Path(path)
+    check_assignments(sets, "--set", "KEY=VALUE, e.g. --set samples=200000")
     spec = read_mapping(path, "SWEEP", "a mapping with base: and variants: or grid:")
     unknown = sorted(set(spec) - SWEEP_KEYS)
     if unknown:
@@ -118,7 +122,7 @@ def load_sweep(path: str, output: str | None = None, sets: tuple[str, ...] = ())
     kind = spec.get("kind", "demo")
     if kind not in ("demo", "train"):
         raise fail(f"{path}: kind: {kind!r}; use demo (synthetic data) or train (a language model)")
-    base = _flat(_mapping(spec.get("base") or {}, f"{path}: base"))
+    base = _flat(_mapping(spec.get("base") or {}, f"{path}: base"), f"{path}: base")
     base.update(_parse_sets(sets))
     variants = expand(spec, base, path)
     evaluate = _mapping(spec.get("evaluate") or {}, f"{path}: evaluate")
@@ -139,26 +143,26 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
     return dict(value)
 
 
-def _flat(settings: dict[str, Any]) -> dict[str, Any]:
+def _flat(settings: dict[str, Any], where: str = "") -> dict[str, Any]:
     """``sae:``/``logger:`` sections flattened (as ``sae-lens train --config``), ``-`` -> ``_``."""
-    out: dict[str, Any] = {}
-    for key, value in settings.items():
-        if key in ("sae", "logger") and isinstance(value, dict):
-            out.update({k.replace("-", "_"): v for k, v in value.items()})
-        else:
-            out[key.replace("-", "_")] = value
-    return out
+    from sae_lens_ext.run.lm_config import flatten_sections
+
+    flat = flatten_sections(settings, where or "sweep file")
+    return {key.replace("-", "_"): value for key, value in flat.items()}
 
 
 def _parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` (values are YAML; numbers are converted to their field's type
+    where the variant's run reads them, see :mod:`sae_lens_ext.run.values`)."""
     import yaml
 
     out = {}
     for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise fail(f"--set {item!r}: expected KEY=VALUE, e.g. --set samples=200000")
-        out[key.strip().lstrip("-").replace("-", "_")] = yaml.safe_load(raw) if raw.strip() else ""
+        key, raw = split_assignment(item, "--set", "KEY=VALUE, e.g. --set samples=200000")
+        try:
+            out[key.replace("-", "_")] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise fail(f"--set {item!r}: not a YAML value ({one_line(exc)})") from exc
     return out
 
 
@@ -170,8 +174,14 @@ def expand(spec: dict[str, Any], base: dict[str, Any], path: str) -> list[Varian
     if not isinstance(entries, list):
         raise fail(f"{path}: variants: expected a list of mappings, each with a name")
     for i, entry in enumerate(entries):
-        entry = _flat(_mapping(entry, f"{path}: variants[{i}]"))
+        entry = _flat(_mapping(entry, f"{path}: variants[{i}]"), f"{path}: variants[{i}]")
         name, parent = entry.pop("name", None), entry.pop("extends", None)
+        if name is None or str(name).strip() == "":
+            described = f" ({_describe(entry)})" if entry else ""
+            raise fail(
+                f"{path}: variants[{i}]{described} has no name; give it one (name: ..., "
+                "letters, digits and . _ - + =): it names the variant's folder and table row"
+            )
         if parent is not None and parent not in by_name:
             raise fail(
                 f"{path}: variant {name!r} extends {parent!r}, which is not an earlier variant"
@@ -198,7 +208,7 @@ def expand(spec: dict[str, Any], base: dict[str, Any], path: str) -> list[Varian
 
 
 def grid_variants(spec: dict[str, Any], base: dict[str, Any], path: str) -> list[Variant]:
-    grid = _flat(_mapping(spec.get("grid") or {}, f"{path}: grid"))
+    grid = _flat(_mapping(spec.get("grid") or {}, f"{path}: grid"), f"{path}: grid")
     short = _mapping(spec.get("grid_names") or {}, f"{path}: grid_names")
     if not grid:
         return []
@@ -285,39 +295,58 @@ def run_sweep(
     output: str | None = None,
     sets: tuple[str, ...] = (),
     dry_run: bool = False,
-    log_every: int = 50,
+    log_every: int | None = None,
     progress: str = "auto",
 ) -> int:
     """The body of ``sae-lens sweep``."""
     sweep = load_sweep(path, output, sets)
-    if not dry_run:
-        write_sweep_record(sweep)
+    from sae_lens_ext.run.output import check_creatable
+
+    check_creatable(sweep.output, "--output")
+    # every variant (and the evaluation settings) is checked before anything is written
     if sweep.kind == "demo":
         from sae_lens_ext.run.sweep_demo import plan_demo, train_demo_variants
 
         plans = plan_demo(sweep, log_every, progress)
         if dry_run:
             return print_plan(sweep, [[v] for v in sweep.variants])
+        write_sweep_record(sweep)
         train_demo_variants(sweep, plans)
     else:
-        from sae_lens_ext.run.sweep_lm import evaluate_lm_variants, group_lm, train_lm_variants
+        from sae_lens_ext.run.sweep_lm import (
+            evaluate_lm_variants,
+            evaluation_plan,
+            group_lm,
+            train_lm_variants,
+        )
 
         groups = group_lm(sweep)
+        evaluation = evaluation_plan(sweep)
         if dry_run:
             return print_plan(sweep, [[v for v, _ in g] for g in groups])
+        write_sweep_record(sweep)
         train_lm_variants(sweep, groups, log_every, progress)
-        evaluate_lm_variants(sweep)
+        evaluate_lm_variants(sweep, evaluation)
     write_sweep_results(sweep)
     return 0
 
 
 def interrupted(variant: Variant, exc: CliError) -> CliError:
-    """The one line a sweep stops with when a variant is interrupted."""
+    """The one line a sweep stops with when a variant fails or is interrupted. A sweep takes
+    no ``--resume``: rerunning the same command skips finished variants and resumes an
+    interrupted one from its checkpoint (a shared pass, which keeps none, starts again)."""
     if exc.exit_code != INTERRUPTED:
         return CliError(f"variant {variant.name}: {exc.format_message()}", exc.exit_code)
+    cause = exc.__cause__
+    step, checkpoint = getattr(cause, "step", None), getattr(cause, "checkpoint", None)
+    where = f"after step {step}" if step is not None else "before its first step"
+    if checkpoint is not None:
+        state, then = f"checkpoint saved to {checkpoint}", "this one resumes from its checkpoint"
+    else:
+        state, then = "no checkpoint saved", "this one trains again from the start"
     return CliError(
-        f"sweep interrupted in variant {variant.name} ({exc.format_message()}); rerun the same "
-        "sweep command to continue: finished variants are kept",
+        f"sweep interrupted in variant {variant.name} {where} ({state}); rerun the same sweep "
+        f"command to continue: finished variants are skipped, {then}",
         INTERRUPTED,
     )
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from typing_extensions import override
 
 from sae_lens_ext.errors import CliError, TrainingInterrupted, fail
 from sae_lens_ext.run.sweep import Sweep, Variant, begin_variant, interrupted, is_done
@@ -100,7 +101,9 @@ def group_lm(sweep: Sweep) -> list[Group]:
     return list(groups.values())
 
 
-def train_lm_variants(sweep: Sweep, groups: list[Group], log_every: int, progress: str) -> None:
+def train_lm_variants(
+    sweep: Sweep, groups: list[Group], log_every: int | None, progress: str
+) -> None:
     from sae_lens_ext.run.lm import run_lm
     from sae_lens_ext.run.output import RunOutput
 
@@ -147,6 +150,7 @@ class _Slot(Iterator[torch.Tensor]):
     def __init__(self) -> None:
         self.batch: torch.Tensor | None = None
 
+    @override
     def __next__(self) -> torch.Tensor:
         batch, self.batch = self.batch, None
         if batch is None:
@@ -179,10 +183,10 @@ def build_runners(cfgs: list[Any]) -> list[Any]:
                 "dataset_path", cfg.dataset_path, exc, "--dataset_path ./data-dir --streaming False"
             ) from exc
         after = after or rng_state()
-    set_rng_state(after)
+    set_rng_state(after or before)
     for runner in runners:
         lm.check_d_in(runner)
-        runner._set_sae_metadata()  # private upstream name: see docs/internals.md
+        lm.record_inputs(runner)
     return runners
 
 
@@ -207,7 +211,7 @@ def estimate_normalization(source: Iterator[torch.Tensor], trainers: list[Any]) 
         trainer.activation_scaler.whitening = scaler.whitening
 
 
-def train_shared(sweep: Sweep, group: Group, log_every: int, progress: str) -> None:
+def train_shared(sweep: Sweep, group: Group, log_every: int | None, progress: str) -> None:
     """Train a group of variants on one pass over the activations (see the module docstring)."""
     from sae_lens_ext.run import lm
     from sae_lens_ext.run.loop import InterruptFlag
@@ -240,7 +244,7 @@ def train_shared(sweep: Sweep, group: Group, log_every: int, progress: str) -> N
                 variants, runners, loops, outputs, strict=True
             ):
                 sae = loop.finish()
-                metrics = lm.run_summary(runner.cfg, loop, time.perf_counter() - t0)
+                metrics = lm.run_summary(runner.cfg, loop, t0)
                 sparsity = loop.trainer.log_feature_sparsity
                 with output.staging() as tmp:
                     runner.save_final_sae(sae, str(tmp), log_feature_sparsity=sparsity)
@@ -254,12 +258,13 @@ def train_shared(sweep: Sweep, group: Group, log_every: int, progress: str) -> N
             source.close()
 
 
-def _shared_loop(runner: Any, slot: _Slot, output: Any, log_every: int, progress: str) -> Any:
+def _shared_loop(
+    runner: Any, slot: _Slot, output: Any, log_every: int | None, progress: str
+) -> Any:
     """The core loop of one variant, fed by its slot; checkpoints off (see module docstring)."""
-    from sae_lens.training.sae_trainer import SAETrainer
-
     from sae_lens_ext.run.loop import TrainingLoop
     from sae_lens_ext.run.progress import RunLogger
+    from sae_lens_ext.training import make_trainer
 
     cfg = dataclasses.replace(
         runner.cfg.to_sae_trainer_config(),
@@ -267,7 +272,7 @@ def _shared_loop(runner: Any, slot: _Slot, output: Any, log_every: int, progress
         checkpoint_path=None,
         save_final_checkpoint=False,
     )
-    trainer = SAETrainer(cfg=cfg, sae=runner.sae, data_provider=slot, evaluator=runner.evaluator)
+    trainer = make_trainer(cfg, runner.sae, slot, evaluator=runner.evaluator)
     logger = RunLogger(
         output.log_path,
         cfg.total_training_samples,
@@ -316,7 +321,7 @@ def _train_in_lockstep(
 def bench_option_strings(options: dict[str, Any]) -> tuple[str, ...]:
     """``{bench: {field: value}}`` as ``--bench-option BENCH.FIELD=VALUE`` strings."""
     if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
-        raise fail("evaluate: bench_options: expected {bench: {field: value}}")
+        raise fail("bench_options: expected {bench: {field: value}}")
     return tuple(
         f"{bench}.{name}={json.dumps(value)}"
         for bench, fields in options.items()
@@ -343,42 +348,75 @@ def fit_benches(variant: Variant, benches: list[str]) -> list[str]:
     return [bench for bench in benches if bench not in unfit]
 
 
-def evaluate_lm_variants(sweep: Sweep) -> None:
-    """``sae-lens evaluate`` of every trained variant that lacks it (``evaluation.json``),
-    then the SAE-Bench benches of ``evaluate: bench:`` that it lacks."""
-    from sae_lens_ext.run.evaluate import evaluate
-    from sae_lens_ext.run.evaluate_bench import BenchOptions, bench_names, evaluate_bench
-    from sae_lens_ext.run.results import EVALUATION_FILENAME
+@dataclasses.dataclass
+class EvaluationPlan:
+    """What ``evaluate:`` of a train sweep asks for, checked before anything trains."""
+
+    samples: int
+    benches: list[str]
+    bench_options: tuple[str, ...]
+    settings: dict[str, Any]
+
+
+def evaluation_plan(sweep: Sweep) -> EvaluationPlan:
+    """The sweep's ``evaluate:`` settings, every key and value checked (one line naming the
+    file otherwise)."""
+    from sae_lens_ext.run.evaluate_bench import BenchOptions, bench_names, parse_bench_options
+    from sae_lens_ext.run.values import NotANumber, coerce, field_types, to_number
 
     settings = dict(sweep.evaluate)
-    samples = int(settings.pop("samples", 100_000))
+    where = f"{sweep.file}: evaluate:"
+    try:
+        samples = int(to_number(settings.pop("samples", 100_000), int))
+    except NotANumber as exc:
+        raise fail(f"{where} samples: {exc}") from None
     bench = settings.pop("bench", None)
-    benches = (
-        bench_names(",".join(bench) if isinstance(bench, list) else str(bench)) if bench else []
-    )
-    extra = bench_option_strings(settings.pop("bench_options", {}) or {})
-    not_keys = {"benches", "bench_options", "overrides"}  # the keys above set these
-    known = {f.name for f in dataclasses.fields(BenchOptions)} - not_keys
+    try:
+        benches = (
+            bench_names(",".join(bench) if isinstance(bench, list) else str(bench)) if bench else []
+        )
+        extra = bench_option_strings(settings.pop("bench_options", {}) or {})
+        parse_bench_options(extra)
+    except CliError as exc:
+        raise fail(f"{where} {exc.format_message()}") from exc
+    types = field_types(BenchOptions)
+    known = set(types) - {"benches", "bench_options", "overrides"}  # the keys above set these
     unknown = sorted(set(settings) - known)
     if unknown:
         raise fail(
-            f"{sweep.file}: evaluate: unknown key {unknown[0]!r}; known: "
+            f"{where} unknown key {unknown[0]!r}; known: "
             f"samples, bench, bench_options, {', '.join(sorted(known - {'samples'}))}"
         )
+    for key, value in settings.items():
+        try:
+            settings[key] = coerce(value, types[key])
+        except NotANumber as exc:
+            raise fail(f"{where} {key}: {value!r}: {exc}") from None
+    return EvaluationPlan(samples, benches, extra, settings)
+
+
+def evaluate_lm_variants(sweep: Sweep, plan: EvaluationPlan | None = None) -> None:
+    """``sae-lens evaluate`` of every trained variant that lacks it (``evaluation.json``),
+    then the SAE-Bench benches of ``evaluate: bench:`` that it lacks."""
+    from sae_lens_ext.run.evaluate import evaluate
+    from sae_lens_ext.run.evaluate_bench import BenchOptions, evaluate_bench
+    from sae_lens_ext.run.results import EVALUATION_FILENAME
+
+    plan = plan or evaluation_plan(sweep)
     for variant in sweep.variants:
         if not (variant.folder / "cfg.json").is_file():
             continue
         if not (variant.folder / EVALUATION_FILENAME).is_file():
             print(f"sweep: {variant.name}: evaluating")
-            evaluate(str(variant.folder), samples=samples, seed=1234, as_json=False)
-        todo = fit_benches(variant, missing_benches(variant.folder, benches))
+            evaluate(str(variant.folder), samples=plan.samples, seed=1234, as_json=False)
+        todo = fit_benches(variant, missing_benches(variant.folder, plan.benches))
         if todo:
             print(f"sweep: {variant.name}: SAE-Bench {', '.join(todo)}")
             options = BenchOptions(
                 benches=",".join(todo),
-                bench_options=extra,
-                samples=samples,
+                bench_options=plan.bench_options,
+                samples=plan.samples,
                 name=variant.name,
-                **settings,
+                **plan.settings,
             )
             evaluate_bench(str(variant.folder), options)

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from typing_extensions import override
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -41,14 +42,16 @@ def _sampled_product(
 class _Densify(torch.autograd.Function):
     """Entries -> dense codes; the backward gathers the dense gradient at the entries."""
 
+    @override
     @staticmethod
-    def forward(ctx: Any, values, rows, cols, n_rows: int, n_latents: int):  # type: ignore[override]
+    def forward(ctx: Any, values, rows, cols, n_rows: int, n_latents: int):
         ctx.save_for_backward(rows, cols)
         out = values.new_zeros(n_rows, n_latents)
         return out.index_put_((rows, cols), values)
 
+    @override
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor):
         rows, cols = ctx.saved_tensors
         return grad[rows, cols], None, None, None, None
 
@@ -60,15 +63,17 @@ class _AffineAt(torch.autograd.Function):
     ``dinputs_t = c_t G W_t^T`` and, for a ``shift`` subtracted from every (detached) input,
     ``dshift = -sum_t c_t W_t colsum(G)``."""
 
+    @override
     @staticmethod
-    def forward(ctx: Any, spec, rows, cols, offsets, values, shift, bias, *tensors):  # type: ignore[override]
+    def forward(ctx: Any, spec, rows, cols, offsets, values, shift, bias, *tensors):
         n_terms = len(spec.coefficients)
         ctx.spec, ctx.n_terms = spec, n_terms
         ctx.save_for_backward(rows, cols, offsets, shift, bias, *tensors)
         return values.clone()
 
+    @override
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor):
         _, cols, offsets, shift, bias, *tensors = ctx.saved_tensors
         spec, n = ctx.spec, ctx.n_terms
         inputs, weights = tensors[:n], tensors[n:]
@@ -107,14 +112,16 @@ class _DenseHidden(torch.autograd.Function):
     """The dense pre-activations ``hidden = unscaled * scale`` (computed beforehand) with the
     dense encoder backward: for a loss term that differentiates them (slow; exact)."""
 
+    @override
     @staticmethod
-    def forward(ctx: Any, spec, hidden, unscaled, scale, shift, bias, *tensors):  # type: ignore[override]
+    def forward(ctx: Any, spec, hidden, unscaled, scale, shift, bias, *tensors):
         ctx.spec, ctx.n_terms = spec, len(spec.coefficients)
         ctx.save_for_backward(unscaled, scale, shift, bias, *tensors)
         return hidden  # returned as a view: no copy
 
+    @override
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor):
         unscaled, scale, shift, bias, *tensors = ctx.saved_tensors
         n, spec, need = ctx.n_terms, ctx.spec, ctx.needs_input_grad
         inputs, weights = tensors[:n], tensors[n:]
@@ -148,8 +155,9 @@ class _BagDecode(torch.autograd.Function):
     ``offsets``). Backward: ``dvalues[j] = <dout[bag j], W[cols[j]]>`` (a sampled product) and
     ``dW = A^T dout`` (a sparse product), ``A`` the ``(n_bags, n_latents)`` entry matrix."""
 
+    @override
     @staticmethod
-    def forward(ctx: Any, values, W, cols, offsets, n_bags: int):  # type: ignore[override]
+    def forward(ctx: Any, values, W, cols, offsets, n_bags: int):
         dtype = _compute_dtype(values, W)
         v, Wc = values.to(dtype), W.to(dtype)
         ctx.save_for_backward(v, Wc, cols, offsets)
@@ -159,8 +167,9 @@ class _BagDecode(torch.autograd.Function):
                 cols, Wc, offsets, mode="sum", per_sample_weights=v, include_last_offset=True
             )
 
+    @override
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor):
         v, W, cols, offsets = ctx.saved_tensors
         A = _csr(offsets, cols, v, (ctx.n_bags, W.shape[0]))
         g = grad.to(W.dtype)
@@ -176,8 +185,9 @@ class _Gram(torch.autograd.Function):
     """``A @ B^T`` for two sets of codes on the same latents (a dense ``(rows_a, rows_b)``
     matrix); backward by sampled products at each side's entries."""
 
+    @override
     @staticmethod
-    def forward(ctx: Any, va, vb, a_cols, a_offsets, b_rows, b_cols, b_offsets, shape):  # type: ignore[override]
+    def forward(ctx: Any, va, vb, a_cols, a_offsets, b_rows, b_cols, b_offsets, shape):
         n_a, n_b, width = shape
         dtype = _compute_dtype(va, vb)
         va, vb = va.to(dtype), vb.to(dtype)
@@ -187,8 +197,9 @@ class _Gram(torch.autograd.Function):
         with torch.autocast(va.device.type, enabled=False):
             return _csr(a_offsets, a_cols, va, (n_a, width)) @ B_t
 
+    @override
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor):
         va, vb, a_cols, a_offsets, b_cols, b_offsets, B_t = ctx.saved_tensors
         n_a, n_b, width = ctx.shape
         g = grad.to(va.dtype)
@@ -205,16 +216,18 @@ class _JumpReLUAt(torch.autograd.Function):
     """Upstream's ``JumpReLU`` on entries: threshold of latent ``cols[j]``; its gradient sums
     the straight-through estimate over the entries of each latent."""
 
+    @override
     @staticmethod
-    def forward(ctx: Any, pre, threshold, cols, bandwidth: float, ste_to_input: bool):  # type: ignore[override]
+    def forward(ctx: Any, pre, threshold, cols, bandwidth: float, ste_to_input: bool):
         t = threshold.to(pre.dtype)[cols]
         ctx.save_for_backward(pre, t, cols)
         ctx.bandwidth, ctx.ste, ctx.threshold_shape = bandwidth, ste_to_input, threshold.shape
         ctx.threshold_dtype = threshold.dtype
         return pre * (pre > t)
 
+    @override
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor):
         pre, t, cols = ctx.saved_tensors
         bw = ctx.bandwidth
         window = (((pre - t) / bw > -0.5) & ((pre - t) / bw < 0.5)).to(pre.dtype)

@@ -327,7 +327,7 @@ class SparseStepMixin:
         codes = codes_of(feature_acts)
         if codes is None:
             return super().decode(feature_acts)  # type: ignore[misc]
-        return self.finish_decode(decode_sparse(codes, self.W_dec, self.b_dec))  # type: ignore[attr-defined,arg-type]
+        return self.finish_decode(decode_sparse(codes, self.W_dec, self.b_dec))  # type: ignore[attr-defined]
 
     def finish_decode(self, recons: torch.Tensor) -> torch.Tensor:
         """Upstream's decode after the product: output hooks, normalisation, reshaping."""

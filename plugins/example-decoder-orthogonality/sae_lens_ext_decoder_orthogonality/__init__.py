@@ -4,17 +4,27 @@
 
 computed on a random subset of ``decoder_orthogonality_sample`` latents per
 step (default 1024, set with ``loss_term_options``) so that its cost stays
-O(k^2 d_in) however large the dictionary. Enable it on any plugin training
-SAE with ``loss_terms="decoder_orthogonality=0.01"``.
+O(k^2 d_in) however large the dictionary. Enable it on any training SAE, SAE-Lens's
+own architectures included, with ``loss_terms="decoder_orthogonality=0.01"``.
 """
 
-from sae_lens_ext import hookimpl
+from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-def decoder_orthogonality(ctx):
+from sae_lens_ext.api import hookimpl
+
+if TYPE_CHECKING:
     import torch
 
-    W = ctx.sae.W_dec
+    from sae_lens_ext.api import LossContext, LossTerm
+
+
+def decoder_orthogonality(ctx: LossContext) -> torch.Tensor:
+    import torch  # heavy imports inside functions: this module loads at start-up
+
+    W: torch.Tensor = ctx.sae.W_dec
     k = int(ctx.option("decoder_orthogonality_sample", 1024))
     if W.shape[0] > k:
         W = W[torch.randperm(W.shape[0], device=W.device)[:k]]
@@ -26,8 +36,8 @@ def decoder_orthogonality(ctx):
 
 
 @hookimpl
-def register_loss_terms(register):
-    from sae_lens_ext.loss_terms import LossTerm
+def register_loss_terms(register: Callable[[LossTerm], None]) -> None:
+    from sae_lens_ext.api import LossTerm
 
     register(
         LossTerm(

@@ -5,12 +5,12 @@ at module level). Heavy code lives in ``sae``, ``losses``, ``prefix``,
 ``metrics``, ``reorder`` and ``plots``.
 """
 
-from sae_lens_ext import hookimpl
+from sae_lens_ext.api import hookimpl
 
 
 @hookimpl
 def register_architectures(register):
-    from sae_lens_ext.architectures import Architecture
+    from sae_lens_ext.api import Architecture
     from sae_lens_ext_plugins.freq_ordered.sae import (
         ARCHITECTURE,
         FreqOrderedSAE,
@@ -33,7 +33,7 @@ def register_architectures(register):
 
 @hookimpl
 def register_loss_terms(register):
-    from sae_lens_ext.loss_terms import LossTerm
+    from sae_lens_ext.api import LossTerm
     from sae_lens_ext_plugins.freq_ordered.losses import adaptive_l1_loss, frequency_ordering_loss
     from sae_lens_ext_plugins.freq_ordered.prefix import (
         PREFIX_OPTIONS,
@@ -70,30 +70,24 @@ def register_loss_terms(register):
 
 
 @hookimpl
-def default_demo_architecture():
-    return "freq_ordered"
+def register_presets(register):
+    from sae_lens_ext_plugins.freq_ordered.presets import presets
+
+    for preset in presets():
+        register(preset)
 
 
 @hookimpl
-def demo_setup(architecture):
-    """The demo trains ``freq_ordered`` in prefix mode (every prefix of the frequency order
-    trained to reconstruct, ramped up over the whole run, as the benchmark recommends) with
-    a lower L1, and the ordering loss warmed up over the first quarter of the run."""
-    if architecture != "freq_ordered":
-        return None
-    from sae_lens_ext.synthetic import DemoSetup
-
-    return DemoSetup(
-        sae_settings={"l1_coefficient": 0.4, "prefix_coefficient": 1.0},
-        per_step_settings={"ordering_warm_up_steps": 0.25, "prefix_warm_up_steps": 1.0},
-    )
+def default_demo_architecture():
+    """``sae-lens demo`` trains ``freq_ordered`` at its defaults (the prefix mode)."""
+    return "freq_ordered"
 
 
 @hookimpl
 def evaluation_metrics(sae, data):
     """Ordering quality of any SAE: Spearman(latent index, firing frequency) and the
     explained variance of its first 10/25/50 % of latents."""
-    from sae_lens_ext.metrics import Metric
+    from sae_lens_ext.api import Metric
     from sae_lens_ext_plugins.freq_ordered.metrics import (
         ordering_spearman,
         prefix_explained_variance,
@@ -124,3 +118,11 @@ def run_figures(sae, data, folder):
     from sae_lens_ext_plugins.freq_ordered.plots import plot_frequencies
 
     return plot_frequencies(data.firing_frequencies(sae), folder)
+
+
+@hookimpl
+def browser_panels(sae, data):
+    """For any SAE in ``sae-lens browse``: the prefix-EV curve beside the index."""
+    from sae_lens_ext_plugins.freq_ordered.browse import prefix_curve_panel
+
+    return [prefix_curve_panel(sae, data)]

@@ -6,12 +6,19 @@ Both are registered as plugin loss terms, so any architecture built on
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 import torch.nn.functional as F
 
-from sae_lens_ext.distributed import all_reduce_mean_
-from sae_lens_ext.loss_terms import LossContext
-from sae_lens_ext.training import decoder_weighted_sparsity
+from sae_lens_ext.api import LossContext, decoder_weighted_sparsity
+
+
+@runtime_checkable
+class HasFrequencyLever(Protocol):
+    """An SAE with a per-latent bias added last before its activation."""
+
+    def frequency_lever(self) -> torch.Tensor: ...
 
 
 def rearrangement_gap(p: torch.Tensor) -> torch.Tensor:
@@ -94,7 +101,7 @@ def frequency_ordering_loss(ctx: LossContext) -> torch.Tensor:
     hard = getattr(sae, "latent_frequency", None)
     temperature = float(ctx.option("frequency_temperature", 0.1))
     rows = int(ctx.option("ordering_rows", 0))
-    lever = sae.frequency_lever() if hasattr(sae, "frequency_lever") else None
+    lever = sae.frequency_lever() if isinstance(sae, HasFrequencyLever) else None
     if lever is not None and hard is not None:
         loss = bias_routed_gap(ctx.hidden_pre, hard, temperature, rows, lever)
     else:
@@ -117,7 +124,7 @@ def adaptive_l1_loss(ctx: LossContext) -> torch.Tensor:
     x = ctx.step_input.sae_in.float().reshape(-1, b_dec.shape[0]) - b_dec
     x_hat = ctx.sae_out.detach().float().reshape(x.shape) - b_dec
     quality = F.cosine_similarity(x_hat, x, dim=-1).mean()
-    # data-parallel: the global batch's mean (ranks hold equal blocks); no-op otherwise
-    quality = all_reduce_mean_(quality).clamp(0.0, 1.0)
+    # data-parallel: the global batch's mean (processes hold equal blocks); else itself
+    quality = ctx.batch_mean(quality).clamp(0.0, 1.0)
     ctx.metrics["adaptive_l1_scale"] = quality
     return quality * decoder_weighted_sparsity(sae, ctx.feature_acts)

@@ -16,9 +16,16 @@ DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 
 def _batches(sae: Any, activations: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
     """Row batches of ``activations`` flattened to ``(N, d_in)``, a whole number of the
-    SAE's batch windows each (window architectures see consecutive positions)."""
-    from sae_lens_ext.metrics import batch_rows_for
+    SAE's batch windows each (window architectures see consecutive positions); sequences
+    ``(n_seq, seq_len, d_in)`` are served whole, a whole number of them per batch (context
+    architectures see every position of a sequence)."""
+    from sae_lens_ext.api import batch_rows_for
 
+    if activations.dim() == 3:
+        per = max(1, batch_size // max(1, activations.shape[1]))
+        for start in range(0, activations.shape[0], per):
+            yield activations[start : start + per]
+        return
     x = activations.reshape(-1, activations.shape[-1])
     batch_size = batch_rows_for(sae, batch_size)
     for start in range(0, x.shape[0], batch_size):
@@ -81,6 +88,7 @@ def prefix_explained_variance(
 ) -> dict[float, float]:
     """Explained variance ``1 - E||x - x_hat_k||^2 / Var(x)`` when only the first
     ``k = round(fraction * d_sae)`` latents are kept (the others zeroed before decoding).
+    ``activations``: rows ``(N, d_in)`` or sequences ``(n_seq, seq_len, d_in)``.
 
     Computed with SAE-Lens's ``ExplainedVarianceCalculator`` (the package's one
     definition); fraction 1.0 is the SAE's ordinary EV.
@@ -97,11 +105,11 @@ def prefix_explained_variance(
     sae.eval()
     try:
         for batch in _batches(sae, activations, batch_size):
-            acts = sae.encode(batch)
+            acts, x = sae.encode(batch), batch.reshape(-1, batch.shape[-1]).float()
             for f, k in ks.items():
                 kept = acts.clone()
                 kept[..., k:] = 0
-                calcs[f].add_batch(sae.decode(kept).reshape(batch.shape).float(), batch.float())
+                calcs[f].add_batch(sae.decode(kept).reshape(x.shape).float(), x)
     finally:
         sae.train(was_training)
     if not calcs or calcs[fractions[0]].num_samples == 0:
@@ -126,7 +134,7 @@ def decoder_consistency(sae_a: Any, sae_b: Any, threshold: float = 0.9) -> Decod
     signed cosine, every latent counted; the smaller dictionary matched in full) as a
     :class:`DecoderConsistency`.
     """
-    from sae_lens_ext.metrics import seed_consistency
+    from sae_lens_ext.api import seed_consistency
 
     result = seed_consistency(sae_a, sae_b, threshold=threshold)
     return DecoderConsistency(

@@ -26,16 +26,24 @@ one more decoder pass).
 
 from __future__ import annotations
 
+import functools
 import itertools
+import operator
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from typing_extensions import override
 
-from sae_lens_ext.loss_terms import LossContext, parse_options
-from sae_lens_ext.sparse import codes_of, decode_sparse
+from sae_lens_ext.api import (
+    LossContext,
+    codes_of,
+    decode_sparse,
+    parse_options,
+    term_option,
+)
 
 PREFIX_TERM = "prefix_reconstruction"
 PREFIX_OPTIONS = ("prefix_samples", "prefix_min_fraction", "prefix_exponent")
@@ -79,11 +87,14 @@ class PrefixSampler:
 
 def prefix_sampler(sae: Any, options: dict[str, str]) -> PrefixSampler:
     """The sampler of ``sae``: its config fields, else ``loss_term_options``, else defaults."""
-    ctx = LossContext(sae, None, None, None, None, options)  # type: ignore[arg-type]
+
+    def option(key: str) -> float:
+        return float(term_option(sae.cfg, options, key, DEFAULTS[key]))
+
     return PrefixSampler(
-        samples=int(ctx.option("prefix_samples", DEFAULTS["prefix_samples"])),
-        min_fraction=float(ctx.option("prefix_min_fraction", DEFAULTS["prefix_min_fraction"])),
-        exponent=float(ctx.option("prefix_exponent", DEFAULTS["prefix_exponent"])),
+        samples=int(option("prefix_samples")),
+        min_fraction=option("prefix_min_fraction"),
+        exponent=option("prefix_exponent"),
     )
 
 
@@ -107,8 +118,9 @@ class _RunningSums(torch.autograd.Function):
     output gradients of blocks ``g`` onwards, block ``g`` gets ``R_g @ W_g^T`` (acts) and
     ``acts_g^T @ R_g`` (W), each written straight into its slice of the gradient."""
 
+    @override
     @staticmethod
-    def forward(ctx: Any, acts: torch.Tensor, W: torch.Tensor, b: torch.Tensor, edges: list[int]):  # type: ignore[override]
+    def forward(ctx: Any, acts: torch.Tensor, W: torch.Tensor, b: torch.Tensor, edges: list[int]):
         ctx.save_for_backward(acts, W)
         ctx.edges, ctx.b_dtype = edges, b.dtype
         out, outs = b, []
@@ -117,8 +129,9 @@ class _RunningSums(torch.autograd.Function):
             outs.append(out)
         return tuple(outs)
 
+    @override
     @staticmethod
-    def backward(ctx: Any, *grads: torch.Tensor | None):  # type: ignore[override]
+    def backward(ctx: Any, *grads: torch.Tensor | None):
         acts, W = ctx.saved_tensors
         edges, (need_acts, need_W, need_b, _) = ctx.edges, ctx.needs_input_grad
         dtype = next(g.dtype for g in grads if g is not None)  # autocast: the products' dtype
@@ -128,8 +141,9 @@ class _RunningSums(torch.autograd.Function):
         R: torch.Tensor | None = None
         written = edges[-1]  # latents from here on get a zero gradient
         for g in reversed(range(len(grads))):
-            if grads[g] is not None:
-                R = grads[g] if R is None else R + grads[g]
+            grad = grads[g]
+            if grad is not None:
+                R = grad if R is None else R + grad
             lo, hi = edges[g], edges[g + 1]
             if R is None:
                 written = lo
@@ -166,7 +180,7 @@ def running_reconstructions(
     edges = [0, *lengths, d_sae] if full else [0, *lengths]
     codes = codes_of(feature_acts)
     if codes is not None:
-        return decode_sparse(codes, W_dec, b_dec, edges=edges)  # type: ignore[return-value]
+        return decode_sparse(codes, W_dec, b_dec, edges=edges)
     acts = feature_acts.reshape(-1, d_sae)
     return list(_RunningSums.apply(acts, W_dec, b_dec, edges))
 
@@ -181,7 +195,15 @@ class PrefixStash:
     recons: list[torch.Tensor]
 
 
-class NestedDecodeMixin:
+if TYPE_CHECKING:  # a mixin of plugin training SAEs: type-checked as one
+    from sae_lens_ext.api import LossTermsMixin
+
+    _TrainingBase = LossTermsMixin[Any]
+else:
+    _TrainingBase = object
+
+
+class NestedDecodeMixin(_TrainingBase):
     """Training-time decode in blocks at freshly drawn prefix lengths, keeping the
     prefix reconstructions for the ``prefix_reconstruction`` term. The output equals
     ``acts @ W_dec + b_dec`` (up to float summation order) followed by upstream's
@@ -193,58 +215,61 @@ class NestedDecodeMixin:
 
     def prefix_decode_enabled(self, feature_acts: torch.Tensor) -> bool:
         if self._prefix_on is None:
-            names = {spec.name for spec in self.cfg.enabled_loss_terms()}  # type: ignore[attr-defined]
+            names = {spec.name for spec in self.cfg.enabled_loss_terms()}
             self._prefix_on = PREFIX_TERM in names
         return (
             self._prefix_on
-            and self.training  # type: ignore[attr-defined]
+            and self.training
             and torch.is_grad_enabled()
             and feature_acts.ndim == 2
-            and not self.hook_z_reshaping_mode  # type: ignore[attr-defined]
+            and not self.hook_z_reshaping_mode
         )
 
+    @override
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
         if not self.prefix_decode_enabled(feature_acts):
-            return super().decode(feature_acts)  # type: ignore[misc]
+            return super().decode(feature_acts)
         return self.nested_decode(feature_acts)
 
     @torch.compiler.disable  # prefix lengths are drawn afresh each step: not one graph
     def nested_decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
         """Decode in blocks at freshly drawn prefix lengths, stashing the prefixes."""
-        sampler = prefix_sampler(self, parse_options(self.cfg.loss_term_options))  # type: ignore[attr-defined]
+        sampler = prefix_sampler(self, parse_options(self.cfg.loss_term_options))
         lengths = sampler.lengths(feature_acts.shape[-1], prefix_rng(self))
-        recons = running_reconstructions(feature_acts, self.W_dec, self.b_dec, lengths)  # type: ignore[attr-defined]
+        recons = running_reconstructions(feature_acts, self.W_dec, self.b_dec, lengths)
         *prefixes, full = recons
-        sae_out = self.hook_sae_recons(full)  # type: ignore[attr-defined]
-        if self.cfg.normalize_activations in RUNTIME_NORMS:  # type: ignore[attr-defined]
+        sae_out = self.hook_sae_recons(full)
+        if self.cfg.normalize_activations in RUNTIME_NORMS:
             # a stateful per-row affine map, usable once: apply it to all at once
-            stacked = self.run_time_activation_norm_fn_out(torch.stack([*prefixes, sae_out]))  # type: ignore[attr-defined]
+            stacked = self.run_time_activation_norm_fn_out(torch.stack([*prefixes, sae_out]))
             *prefixes, sae_out = stacked.unbind(0)
         else:
-            sae_out = self.run_time_activation_norm_fn_out(sae_out)  # type: ignore[attr-defined]
+            sae_out = self.run_time_activation_norm_fn_out(sae_out)
         self._prefix_stash = PrefixStash(feature_acts, lengths, prefixes)
-        return self.reshape_fn_out(sae_out, self.d_head)  # type: ignore[attr-defined]
+        return self.reshape_fn_out(sae_out, self.d_head)
 
 
 class _MeanSquaredError(torch.autograd.Function):
     """``mean_g mean_rows ||recon_g - x||^2`` in few memory passes: a difference and a dot
     product per prefix forward, one scaled copy per prefix backward."""
 
+    @override
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, *recons: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, *recons: torch.Tensor) -> torch.Tensor:
         errors = [r - x for r in recons]
-        total = sum(torch.dot(e.reshape(-1), e.reshape(-1)) for e in errors)
+        total = functools.reduce(operator.add, [torch.dot(e.reshape(-1), e.reshape(-1)) for e in errors])
         ctx.save_for_backward(*errors)
         ctx.scale = 1.0 / (len(recons) * x.shape[0])
         ctx.dtypes = [r.dtype for r in recons]
-        return total * ctx.scale  # type: ignore[operator]
+        return total * ctx.scale
 
+    @override
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor):
         errors = ctx.saved_tensors
         c = grad * (2.0 * ctx.scale)
         grads = [(e * c.to(e.dtype)).to(dt) for e, dt in zip(errors, ctx.dtypes, strict=True)]
-        grad_x = -sum(grads) if ctx.needs_input_grad[0] else None  # type: ignore[operator]
+        grad_x = -functools.reduce(operator.add, grads) if ctx.needs_input_grad[0] else None
         return (grad_x, *grads)
 
 
@@ -262,8 +287,9 @@ def prefix_mse(sae: Any, recons: Sequence[torch.Tensor], sae_in: torch.Tensor) -
 
 def prefix_reconstruction_loss(ctx: LossContext) -> torch.Tensor:
     """Mean reconstruction loss of this step's prefixes (see the module docstring)."""
-    sae = ctx.sae
-    stash, sae._prefix_stash = getattr(sae, "_prefix_stash", None), None
+    sae, stash = ctx.sae, None
+    if isinstance(sae, NestedDecodeMixin):  # the stash is used once
+        stash, sae._prefix_stash = sae._prefix_stash, None
     if stash is not None and stash.feature_acts is ctx.feature_acts:
         return prefix_mse(sae, stash.recons, ctx.step_input.sae_in)
     # no nested decode: compute the prefix reconstructions here

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -38,26 +38,27 @@ from sae_lens.saes.sae import (
     TrainStepOutput,
 )
 from torch import nn
+from typing_extensions import override
 
-from sae_lens_ext.distributed import all_reduce_mean_
-from sae_lens_ext.loss_terms import LossTermSpec
-from sae_lens_ext.optim import permute_optimizer_rows
-from sae_lens_ext.resampling import ResampleResult, request_after_step
-from sae_lens_ext.sparse import (
+from sae_lens_ext.api import (
     AffineMap,
+    LatentAxis,
+    LossTermSpec,
+    LossTermTrainingSAE,
+    LossTermTrainingSAEConfig,
+    PluginSAE,
     ReLU,
+    ResampleResult,
     SparseEncoder,
     SparseStepFields,
     SparseStepMixin,
     accumulate,
-    codes_of,
-    encoder_input,
-)
-from sae_lens_ext.training import (
-    LossTermTrainingSAE,
-    LossTermTrainingSAEConfig,
     check_non_negative,
+    codes_of,
     decoder_weighted_sparsity,
+    encoder_input,
+    permute_latents,
+    request_after_step,
 )
 from sae_lens_ext_plugins.freq_ordered.prefix import PREFIX_TERM, NestedDecodeMixin
 
@@ -122,30 +123,34 @@ class FreqOrderedArchitectureFields:
 class FreqOrderedSAEConfig(SAEConfig, FreqOrderedArchitectureFields):
     """Inference config of the frequency-ordered SAE."""
 
+    @override
     def __post_init__(self) -> None:
         super().__post_init__()
         self.validate_architecture_fields()
 
+    @override
     @classmethod
     def architecture(cls) -> str:
         return ARCHITECTURE
 
 
-class FreqOrderedEncoderMixin:
+if TYPE_CHECKING:  # a mixin of SAE-Lens SAEs: type-checked as one
+    _SAEBase = SAE[Any]
+else:
+    _SAEBase = object
+
+
+class FreqOrderedEncoderMixin(_SAEBase):
     """Parameters, encoder, decoder and weight folding shared by both classes."""
 
     cfg: Any
-    dtype: torch.dtype
-    device: torch.device
-    W_enc: nn.Parameter
-    W_dec: nn.Parameter
-    b_dec: nn.Parameter
     b_enc: nn.Parameter
     latent_frequency: torch.Tensor
+    frequency_updates: torch.Tensor
 
     def init_freq_ordered_parameters(self) -> None:
         """Create ``b_enc``, the optional parameters and the frequency buffer."""
-        cfg, kw = self.cfg, {"dtype": self.dtype, "device": self.device}
+        cfg, kw = self.cfg, dict[str, Any](dtype=self.dtype, device=self.device)
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
         if cfg.layer_norm:
             self.ln_weight = nn.Parameter(torch.ones(cfg.d_sae, **kw))
@@ -220,61 +225,63 @@ class FreqOrderedEncoderMixin:
         return hidden
 
     def check_input_width(self, x: torch.Tensor) -> None:
-        if x.shape[-1] != self.cfg.d_in and not self.hook_z_reshaping_mode:  # type: ignore[attr-defined]
+        if x.shape[-1] != self.cfg.d_in and not self.hook_z_reshaping_mode:
             raise ValueError(
                 f"d_in: the SAE expects inputs of width d_in={self.cfg.d_in}, got {x.shape[-1]}"
             )
 
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.check_input_width(x)
-        sae_in = self.process_sae_in(x)  # type: ignore[attr-defined]
-        hidden_pre = self.hook_sae_acts_pre(self.pre_activations(sae_in))  # type: ignore[attr-defined]
-        feature_acts = self.hook_sae_acts_post(self.activation_fn(hidden_pre))  # type: ignore[attr-defined]
+        sae_in = self.process_sae_in(x)
+        hidden_pre = self.hook_sae_acts_pre(self.pre_activations(sae_in))
+        feature_acts = self.hook_sae_acts_post(self.activation_fn(hidden_pre))
         return feature_acts, hidden_pre
 
+    @override
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encode_with_hidden_pre(x)[0]
 
+    @override
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
-        sae_out = self.hook_sae_recons(feature_acts @ self.W_dec + self.b_dec)  # type: ignore[attr-defined]
-        sae_out = self.run_time_activation_norm_fn_out(sae_out)  # type: ignore[attr-defined]
-        return self.reshape_fn_out(sae_out, self.d_head)  # type: ignore[attr-defined]
+        sae_out = self.hook_sae_recons(feature_acts @ self.W_dec + self.b_dec)
+        sae_out = self.run_time_activation_norm_fn_out(sae_out)
+        return self.reshape_fn_out(sae_out, self.d_head)
+
+    # --- the latent table (resampling, the sort, optimizer state, folding) -------------------
+    def latent_parameters(self) -> dict[str, LatentAxis | None]:
+        """Every latent-indexed tensor. Folding the decoder norms (ReLU commutes with a
+        positive per-latent scale) moves the scale into the last linear map before the
+        ReLU: the LayerNorm gain and bias when ``layer_norm`` is on (the LayerNorm
+        statistics are then untouched), else ``W_enc``, ``b_enc`` and ``W_skip``."""
+        cfg, pre = self.cfg, 0 if self.cfg.layer_norm else 1
+        table: dict[str, LatentAxis | None] = {
+            "W_enc": LatentAxis(1, fold=pre),
+            "W_dec": LatentAxis(0, fold=-1),
+            "b_enc": LatentAxis(0, fold=pre),
+            "b_dec": None,
+            "latent_frequency": LatentAxis(0, fold=0),  # firing is unchanged by folding
+        }
+        if cfg.layer_norm:
+            table.update(ln_weight=LatentAxis(0, fold=1), ln_bias=LatentAxis(0, fold=1))
+        if cfg.skip_projection:
+            table["W_skip"] = LatentAxis(1, fold=pre)
+        if cfg.attention:  # attention over positions: no latent axis (d_in may equal d_sae)
+            table.update(W_q=None, W_k=None, W_v=None)
+        return table
 
     # --- weight folding ------------------------------------------------------------------
-    @torch.no_grad()
-    def fold_and_get_W_dec_norm(self) -> torch.Tensor:
-        """Give every decoder row unit norm, scaling the latent by the old norm.
-
-        ReLU commutes with a positive per-latent scale, so the scale moves to the
-        last linear map before the ReLU: the LayerNorm gain and bias when
-        ``layer_norm`` is on (the LayerNorm statistics are then untouched), else
-        ``W_enc``, ``b_enc`` and ``W_skip``. Outputs are unchanged.
-        """
-        norms = self.W_dec.norm(dim=-1).clamp(min=1e-8)
-        self.W_dec.data.div_(norms.unsqueeze(1))
-        if self.cfg.layer_norm:
-            self.ln_weight.data.mul_(norms)
-            self.ln_bias.data.mul_(norms)
-        else:
-            self.W_enc.data.mul_(norms)
-            self.b_enc.data.mul_(norms)
-            if self.cfg.skip_projection:
-                self.W_skip.data.mul_(norms)
-        return norms
-
-    def fold_W_dec_norm(self) -> None:
-        self.fold_and_get_W_dec_norm()
-
+    @override
     @torch.no_grad()
     def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
         """Fold the trainer's input scale ``s`` (the SAE saw ``s * x``) into the weights."""
-        super().fold_activation_norm_scaling_factor(scaling_factor)  # type: ignore[misc]
+        super().fold_activation_norm_scaling_factor(scaling_factor)
         if self.cfg.skip_projection:
             self.W_skip.data.mul_(scaling_factor)
         if self.cfg.attention:  # attention sees (s x - b_dec) / s: restore its logits
             self.W_q.data.mul_(scaling_factor)
             self.W_k.data.mul_(scaling_factor)
 
+    @override
     def fold_activation_whitening(self, *args: Any, **kwargs: Any) -> None:
         if self.cfg.attention or self.cfg.skip_projection:
             raise NotImplementedError(
@@ -282,19 +289,20 @@ class FreqOrderedEncoderMixin:
                 "skip_projection on; use normalize_activations='none' or "
                 "'expected_average_only_in'"
             )
-        super().fold_activation_whitening(*args, **kwargs)  # type: ignore[misc]
+        super().fold_activation_whitening(*args, **kwargs)
 
+    @override
     def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
         """Refuse weights of another shape with a message naming the setting."""
         for name, value in state_dict.items():
-            own = self._parameters.get(name, self._buffers.get(name))  # type: ignore[attr-defined]
+            own = self._parameters.get(name, self._buffers.get(name))
             if own is not None and tuple(own.shape) != tuple(value.shape):
                 raise ValueError(
                     f"{name}: checkpoint has shape {tuple(value.shape)} but this config "
                     f"(d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}, attention_dim="
                     f"{self.cfg.attention_dim}) gives {tuple(own.shape)}; fix d_in / d_sae"
                 )
-        missing = sorted(set(self._parameters) - set(state_dict))  # type: ignore[attr-defined]
+        missing = sorted(set(self._parameters) - set(state_dict))
         if missing:
             raise ValueError(
                 f"checkpoint lacks {missing}: its layer_norm / skip_projection / attention "
@@ -305,9 +313,10 @@ class FreqOrderedEncoderMixin:
         state_dict.setdefault("frequency_updates", torch.zeros(()))
 
 
-class FreqOrderedSAE(FreqOrderedEncoderMixin, SAE[FreqOrderedSAEConfig]):
+class FreqOrderedSAE(FreqOrderedEncoderMixin, PluginSAE[FreqOrderedSAEConfig]):
     """Inference class of ``freq_ordered`` (what is saved, loaded and uploaded)."""
 
+    @override
     def initialize_weights(self) -> None:
         super().initialize_weights()
         self.init_freq_ordered_parameters()
@@ -317,14 +326,24 @@ class FreqOrderedSAE(FreqOrderedEncoderMixin, SAE[FreqOrderedSAEConfig]):
 class FreqOrderedTrainingSAEConfig(
     LossTermTrainingSAEConfig, FreqOrderedArchitectureFields, SparseStepFields
 ):
-    """Training config of ``freq_ordered``. Defaults are the benchmarked recommendation
-    (docs/benchmarks-freq-ordered.md).
+    """Training config of ``freq_ordered``. The defaults are the benchmarked recommendation,
+    the prefix mode (docs/benchmarks-freq-ordered.md): ordering loss and periodic sort, the
+    prefix term at 1 ramped over the whole run, a lower L1; named presets give the research
+    log's runs (``sae-lens train --preset log-run-5``).
+
+    Warm-ups are a fraction of the run (``*_warm_up_fraction``) unless given in steps
+    (``*_warm_up_steps``, which then wins). The run's length is what ``sae-lens train``,
+    ``demo`` and ``sweep`` tell the SAE (:meth:`~sae_lens_ext.training.LossTermTrainingSAE.
+    set_training_steps`); SAE-Lens's own runners cannot, and there a fraction is taken of
+    ``FALLBACK_TRAINING_STEPS`` (1,000) steps, with a warning.
 
     Args:
         ordering_coefficient: weight of the ``frequency_ordering`` loss (log run 2: 0.3).
-        ordering_warm_up_steps: the ordering coefficient ramps linearly from 0 over
-            this many steps (log run 3: 0 -> 0.5 over 1000 steps; default 0: the
-            loss does most good while latents are still choosing their features).
+        ordering_warm_up_steps: the ordering coefficient ramps linearly from 0 over this
+            many steps (log run 3: 0 -> 0.5 over 1000 of its 4,882 steps); ``None``
+            (default): over ``ordering_warm_up_fraction`` of the run.
+        ordering_warm_up_fraction: that ramp as a share of the run (default 0: the loss
+            does most good while latents are still choosing their features).
         frequency_decay: decay of the EMA firing-rate buffer ``latent_frequency``
             (time constant ``1 / (1 - decay)`` steps).
         frequency_temperature: temperature of the soft firing rate
@@ -333,6 +352,8 @@ class FreqOrderedTrainingSAEConfig(
             the batch (0: all rows); it only carries a gradient estimate.
         l1_coefficient: weight of the L1 penalty on ``acts * ||W_dec row||``
             (the base of the adaptive L1; log run 5 used 0.04 on its own data scale).
+            Default 0.6: the prefix term makes codes denser, and the benchmark's prefix mode
+            takes 0.6x the L1 of ``standard``'s runs.
         l1_warm_up_steps: linear warm-up of the L1 coefficient.
         adaptive_l1: scale the L1 penalty by the batch's mean cosine similarity
             between input and reconstruction (log run 5), as the ``adaptive_l1``
@@ -343,9 +364,11 @@ class FreqOrderedTrainingSAEConfig(
             computes does not change. Not in the log; see the docs for why it is on.
         prefix_coefficient: weight of the ``prefix_reconstruction`` loss, the mean
             reconstruction loss of prefixes (the first ``k`` latents of the current
-            order) drawn every step (0: off; benchmark recommendation 1 with
-            ``prefix_warm_up_steps`` = the run's steps). See ``prefix.py``.
-        prefix_warm_up_steps: linear warm-up of that weight (recommended: the whole run).
+            order) drawn every step (default 1; 0: off). See ``prefix.py``.
+        prefix_warm_up_steps: linear warm-up of that weight in steps; ``None`` (default):
+            over ``prefix_warm_up_fraction`` of the run.
+        prefix_warm_up_fraction: that ramp as a share of the run (default 1: the whole run,
+            so that features form before the prefixes reorganise them).
         prefix_samples: prefix lengths drawn per step (stratified).
         prefix_min_fraction: shortest prefix drawn, as a fraction of ``d_sae``.
         prefix_exponent: prefix lengths follow ``p(k) ~ k^-prefix_exponent`` on
@@ -364,34 +387,43 @@ class FreqOrderedTrainingSAEConfig(
     """
 
     ordering_coefficient: float = 0.3
-    ordering_warm_up_steps: int = 0
+    ordering_warm_up_steps: int | None = None
+    ordering_warm_up_fraction: float = 0.0
     frequency_decay: float = 0.99
     frequency_temperature: float = 0.1
     ordering_rows: int = 128
-    l1_coefficient: float = 1.0
+    l1_coefficient: float = 0.6
     l1_warm_up_steps: int = 0
     adaptive_l1: bool = False
     sort_latents_every: int = 25
-    prefix_coefficient: float = 0.0
-    prefix_warm_up_steps: int = 0
+    prefix_coefficient: float = 1.0
+    prefix_warm_up_steps: int | None = None
+    prefix_warm_up_fraction: float = 1.0
     prefix_samples: int = 4
     prefix_min_fraction: float = 0.05
     prefix_exponent: float = 0.5
 
+    @override
     def __post_init__(self) -> None:
         name = type(self).__name__
         check_non_negative(
             self,
             "ordering_coefficient",
-            "ordering_warm_up_steps",
             "l1_coefficient",
             "l1_warm_up_steps",
             "sort_latents_every",
             "ordering_rows",
             "prefix_coefficient",
-            "prefix_warm_up_steps",
             "prefix_exponent",
         )
+        for steps in ("ordering_warm_up_steps", "prefix_warm_up_steps"):
+            if getattr(self, steps) is not None:
+                check_non_negative(self, steps)
+        for fraction in ("ordering_warm_up_fraction", "prefix_warm_up_fraction"):
+            if not 0.0 <= getattr(self, fraction) <= 1.0:
+                raise ValueError(
+                    f"{name}.{fraction} must be in [0, 1], got {getattr(self, fraction)}"
+                )
         if self.prefix_samples < 1:
             raise ValueError(f"{name}.prefix_samples must be >= 1, got {self.prefix_samples}")
         if not 0.0 < self.prefix_min_fraction < 1.0:
@@ -410,21 +442,30 @@ class FreqOrderedTrainingSAEConfig(
         self.check_sparse_step()
         super().__post_init__()
 
+    @override
     @classmethod
     def architecture(cls) -> str:
         return ARCHITECTURE
 
+    @override
     def architecture_window(self) -> int:
         return FreqOrderedArchitectureFields.architecture_window(self)
 
+    @override
     def builtin_loss_terms(self) -> list[LossTermSpec]:
-        specs = [
-            LossTermSpec(ORDERING_TERM, self.ordering_coefficient, self.ordering_warm_up_steps)
-        ]
+        ordering = warm_up(self.ordering_warm_up_steps, self.ordering_warm_up_fraction)
+        specs = [LossTermSpec(ORDERING_TERM, self.ordering_coefficient, *ordering)]
         if self.adaptive_l1:
             specs.append(LossTermSpec(ADAPTIVE_L1_TERM, self.l1_coefficient, self.l1_warm_up_steps))
-        specs.append(LossTermSpec(PREFIX_TERM, self.prefix_coefficient, self.prefix_warm_up_steps))
+        prefix = warm_up(self.prefix_warm_up_steps, self.prefix_warm_up_fraction)
+        specs.append(LossTermSpec(PREFIX_TERM, self.prefix_coefficient, *prefix))
         return specs
+
+
+def warm_up(steps: int | None, fraction: float) -> tuple[int, float | None]:
+    """``LossTermSpec``'s ``(warm_up_steps, warm_up_fraction)``: the steps if given, else the
+    fraction of the run."""
+    return (steps, None) if steps is not None else (0, fraction)
 
 
 class FreqOrderedTrainingSAE(
@@ -441,21 +482,25 @@ class FreqOrderedTrainingSAE(
         self._sort_due = False
         self.n_sorts = 0
 
+    @override
     def initialize_weights(self) -> None:
         super().initialize_weights()
         self.init_freq_ordered_parameters()
 
     # --- the sparse step -------------------------------------------------------------------
+    @override
     def sparse_step_unsupported(self) -> str | None:
         if self.cfg.layer_norm:
             return "layer_norm normalises each row over all latents"
         return None
 
+    @override
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.sparse_now:
             return self.encode_sparse_step(x)
         return super().encode_with_hidden_pre(x)
 
+    @override
     def sparse_encoder(self, x: torch.Tensor) -> SparseEncoder:
         """ReLU of an affine map of ``x - b_dec`` (with attention: of its output, whose
         gradient then flows on through the attention)."""
@@ -467,7 +512,8 @@ class FreqOrderedTrainingSAE(
         else:
             enc_in, shift = encoder_input(self, x, sae_in)
             inputs = (enc_in, enc_in)
-        weights, coefficients = (self.W_enc,), (1.0,)
+        weights: tuple[nn.Parameter, ...] = (self.W_enc,)
+        coefficients: tuple[float, ...] = (1.0,)
         if self.cfg.skip_projection:
             weights, coefficients = (self.W_enc, self.W_skip), (1.0, self.cfg.skip_scale)
         with torch.no_grad():
@@ -475,6 +521,7 @@ class FreqOrderedTrainingSAE(
         affine = AffineMap(inputs[: len(weights)], weights, self.b_enc, coefficients, shift)
         return SparseEncoder(hidden, affine, ReLU())
 
+    @override
     @torch.compiler.disable
     def begin_step(self, step_input: TrainStepInput) -> TrainStepInput:
         step_input = super().begin_step(step_input)
@@ -486,15 +533,26 @@ class FreqOrderedTrainingSAE(
             step_input = replace(step_input, dead_neuron_mask=mask & ~alive)
         return step_input
 
+    @override
     @torch.compiler.disable
     def end_step(self, step_input: TrainStepInput, output: TrainStepOutput) -> None:
         """Also ask for a sort after this step's optimizer step when one is due."""
-        super().end_step(step_input, output)
         every = self.cfg.sort_latents_every
         if every and (step_input.n_training_steps + 1) % every == 0:
             self._sort_due = True
             request_after_step(self)
+        super().end_step(step_input, output)
 
+    @override
+    def training_counts(self) -> dict[str, int]:
+        return {**super().training_counts(), "latent_sorts": self.n_sorts + int(self._sort_due)}
+
+    @override
+    def restore_training_counts(self, counts: dict[str, int]) -> None:
+        super().restore_training_counts(counts)
+        self.n_sorts = counts.get("latent_sorts", 0)
+
+    @override
     def after_optimizer_step(self, optimizer: Any) -> torch.Tensor | None:
         """Write a pending resample (with its skip columns, LayerNorm gain/bias and
         frequency restarted), then sort the latents if a sort is due; return the sort's
@@ -503,10 +561,10 @@ class FreqOrderedTrainingSAE(
         if pending is not None:
             dead, result = pending
             self._pending_resample = (dead, self._complete_result(dead, result))
-            self.latent_frequency[dead.to(self.latent_frequency.device)] = 0
         super().after_optimizer_step(optimizer)
         return self.sort_latents(optimizer) if self._sort_due else None
 
+    @override
     def skip_after_step_work(self) -> None:
         """A sort without the optimizer would leave Adam's moments on the wrong rows:
         skip it (the next one is due ``sort_latents_every`` steps later)."""
@@ -524,21 +582,19 @@ class FreqOrderedTrainingSAE(
     def sort_latents(self, optimizer: Any) -> torch.Tensor:
         """Permute latents so that ``latent_frequency`` is non-increasing; permute the
         optimizer's per-latent state along with them. Returns the permutation."""
-        from sae_lens_ext_plugins.freq_ordered.reorder import apply_permutation
-
         self._sort_due = False
         perm = torch.argsort(-self.latent_frequency.float(), stable=True)
-        apply_permutation(self, perm, check=False)  # an argsort: a permutation, no sync
-        for name, axis in self.latent_parameters().items():
-            permute_optimizer_rows(optimizer, self.get_parameter(name), axis, perm)
+        permute_latents(self, perm, optimizer, check=False)  # an argsort: no check, no sync
         self.n_sorts += 1
         return perm
 
+    @override
     def base_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
         if self.cfg.adaptive_l1:  # the adaptive_l1 loss term carries the L1 coefficient
             return {}
         return {"l1": TrainCoefficientConfig(self.cfg.l1_coefficient, self.cfg.l1_warm_up_steps)}
 
+    @override
     def base_aux_loss(
         self,
         step_input: TrainStepInput,
@@ -564,7 +620,7 @@ class FreqOrderedTrainingSAE(
             acts = feature_acts.detach().reshape(-1, self.cfg.d_sae)
             # a 1-byte mask and a column sum: fewer memory passes than sign() or a float mask
             fired = acts.ne(0).sum(0, dtype=torch.float32) / max(acts.shape[0], 1)
-        all_reduce_mean_(fired)  # data-parallel: the global batch's rates (no-op otherwise)
+        fired = self.batch_mean(fired)  # data-parallel: the global batch's rates
         t = self.frequency_updates
         decay = (t / (t + 1.0)).clamp(max=self.cfg.frequency_decay)
         new = decay * self.latent_frequency.float() + (1 - decay) * fired
@@ -576,16 +632,11 @@ class FreqOrderedTrainingSAE(
         goes to it (LayerNorm bias with ``layer_norm``, else ``b_enc``)."""
         return self.ln_bias if self.cfg.layer_norm else self.b_enc
 
-    def latent_parameters(self) -> dict[str, int]:
-        params = super().latent_parameters()
-        if self.cfg.layer_norm:
-            params.update(ln_weight=0, ln_bias=0)
-        if self.cfg.skip_projection:
-            params["W_skip"] = 1
-        return params
-
     def _complete_result(self, dead: torch.Tensor, result: ResampleResult) -> ResampleResult:
+        """The resampler's values, with the frequency restarted at 0 and, unless it chose
+        them, zero skip columns and the alive latents' mean LayerNorm gain."""
         values, n = dict(result.values), dead.numel()
+        values.setdefault("latent_frequency", torch.zeros(n))
         if self.cfg.skip_projection:
             values.setdefault("W_skip", torch.zeros(self.cfg.d_in, n))
         if self.cfg.layer_norm:

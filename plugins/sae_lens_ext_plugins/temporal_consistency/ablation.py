@@ -136,7 +136,12 @@ def run_lm_ablation(
         MultiSAETrainingRunnerConfig,
     )
 
-    from sae_lens_ext.windows import batch_window, shared_window, validate_window_layout
+    from sae_lens_ext.api import (
+        LossTermsMixin,
+        batch_window,
+        shared_window,
+        validate_window_layout,
+    )
 
     cfgs = _grid_configs(windows, coefficients, dict(sae_config or {}))
     rc = dict(runner_config)
@@ -158,7 +163,7 @@ def run_lm_ablation(
             name,
             cfgs[name],
             evaluate_on_sequences(sae, eval_acts, max_lag=max_lag),
-            n_steps=sae.guard.steps,
+            n_steps=sae.guard.steps if isinstance(sae, LossTermsMixin) else 0,
         )
         for name, sae in saes.items()
     ]

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from sae_lens_ext.windows import WindowShuffledBatches
+from sae_lens_ext.api import WindowShuffledBatches
 
 
 @torch.no_grad()
@@ -115,6 +115,11 @@ class SyntheticSequences:
     probability and persistent/transient split. ``feature_dict`` alone shares only the
     directions (each seed then draws its own chain parameters).
     """
+
+    feature_dict: Any
+    is_persistent: torch.Tensor
+    persistence: torch.Tensor
+    switch_on: torch.Tensor
 
     def __init__(
         self,

@@ -7,11 +7,12 @@ import math
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
+from typing_extensions import override
 
-from sae_lens_ext.metrics import EvalData
-from sae_lens_ext.synthetic import DemoData, DemoDataOptions
+from sae_lens_ext.api import DemoData, DemoDataOptions, EvalData
 from sae_lens_ext_plugins.temporal_consistency.data import (
     SyntheticSequenceConfig,
     SyntheticSequences,
@@ -46,9 +47,11 @@ class SequenceDemoData(DemoData):
         )
         return cls(SyntheticSequences(cfg))
 
+    @override
     def training_batches(self, batch_size: int, window: int, seed: int) -> Iterator[torch.Tensor]:
         return self.sequences.batches(window, batch_size, seed)
 
+    @override
     def eval_data(self, n_samples: int, seed: int) -> EvalData:
         cfg = self.sequences.cfg
         held_out_cfg = SyntheticSequenceConfig(
@@ -67,18 +70,19 @@ class SequenceDemoData(DemoData):
             description=self.description,
         )
 
+    @override
     def save_files(self, folder: Path) -> None:
         (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.sequences.cfg)) + "\n")
         torch.save(self.sequences.feature_dict.state_dict(), folder / FEATURES_FILE)
 
+    @override
     @classmethod
     def load_files(cls, folder: Path) -> SequenceDemoData:
         from sae_lens.synthetic import FeatureDictionary
 
         raw = json.loads((folder / CONFIG_FILE).read_text())
-        cfg = SyntheticSequenceConfig(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-        )
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+        cfg = SyntheticSequenceConfig(**values)
         feature_dict = FeatureDictionary(cfg.num_features, cfg.d_in, seed=cfg.seed)
         feature_dict.load_state_dict(torch.load(folder / FEATURES_FILE, weights_only=True))
         return cls(SyntheticSequences(cfg, feature_dict=feature_dict))

@@ -14,10 +14,20 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from typing_extensions import override
 
-from sae_lens_ext.loss_terms import LossContext
-from sae_lens_ext.sparse import codes_of, window_variation
-from sae_lens_ext.windows import BatchLayoutError, check_step_layout
+from sae_lens_ext.api import (
+    BatchLayoutError,
+    LossContext,
+    check_step_layout,
+    codes_of,
+    window_variation,
+)
+from sae_lens_ext_plugins.temporal_consistency.contrastive import (
+    SparseWindowInfoNCE,
+    dense_window_infonce,
+    sparse_path_applies,
+)
 
 EPS = 1e-6
 DEFAULT_WINDOW = 4
@@ -63,8 +73,9 @@ class _VariationPenalty(torch.autograd.Function):
     (:func:`_shifted_difference`): no zero-filled buffer, no read-modify-write.
     """
 
+    @override
     @staticmethod
-    def forward(ctx: Any, f: torch.Tensor, norms: torch.Tensor, window: int, stride: int):  # type: ignore[override]
+    def forward(ctx: Any, f: torch.Tensor, norms: torch.Tensor, window: int, stride: int):
         w = f.reshape(-1, window, f.shape[-1])
         diff = torch.sub(w[:, stride:], w[:, :-stride])
         per_latent = torch.linalg.vector_norm(diff, ord=1, dim=(0, 1))
@@ -73,8 +84,9 @@ class _VariationPenalty(torch.autograd.Function):
         acc = torch.promote_types(per_latent.dtype, torch.float32)  # at least float32
         return (per_latent.to(acc) * norms.to(acc)).sum() / ctx.count
 
+    @override
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad_out: torch.Tensor):
         f, norms, per_latent = ctx.saved_tensors
         window, stride = ctx.window, ctx.stride
         scale = grad_out / ctx.count
@@ -175,17 +187,16 @@ def contrastive_penalty(
     Bhalla et al.'s loss (the ``tsae`` architecture) differs: raw dot products, no
     temperature, symmetric, all pairs of the batch as negatives, on the first group of a
     Matryoshka BatchTopK SAE.
+
+    On CPU, for sparse ReLU codes, the similarities are summed from the non-zero codes
+    (:mod:`.contrastive`: same loss and, through the ReLU, same parameter gradients, at a
+    fraction of the dense products' cost); otherwise as dense products.
     """
     d_sae = feature_acts.shape[-1]
     k = max(1, min(d_sae, round(fraction * d_sae)))
-    h = feature_acts[:, :k].reshape(-1, window, k).float()
-    h = F.normalize(h, dim=-1, eps=1e-8)
-    anchors = h[:, stride:].transpose(0, 1)  # (window-s, n_windows, k)
-    positives = h[:, :-stride].transpose(0, 1)
-    logits = anchors @ positives.transpose(1, 2) / temperature  # (window-s, n_w, n_w)
-    n_windows = logits.shape[-1]
-    target = torch.arange(n_windows, device=logits.device).repeat(window - stride)
-    return F.cross_entropy(logits.reshape(-1, n_windows), target)
+    if sparse_path_applies(feature_acts, k):
+        return SparseWindowInfoNCE.apply(feature_acts, k, window, stride, temperature)
+    return dense_window_infonce(feature_acts, window, k, temperature, stride)
 
 
 def temporal_contrastive_loss(ctx: LossContext) -> torch.Tensor:

@@ -365,26 +365,38 @@ def cluster_latents(
 
 def match_latents(sae: Any, feature_vectors: torch.Tensor) -> torch.Tensor:
     """``(num_features,)`` latent matched to each ground-truth feature (Hungarian on
-    |cos(W_dec row, feature)|, as upstream's MCC); needs ``d_sae >= num_features``."""
-    return _matching(sae, feature_vectors)[0]
+    |cos(W_dec row, feature)|, as upstream's MCC); -1 for features left unmatched when
+    ``d_sae < num_features``."""
+    features, latents, _ = _matching(sae, feature_vectors)
+    matched = torch.full((feature_vectors.shape[0],), -1, dtype=torch.long)
+    matched[features] = latents
+    return matched
 
 
 def matched_cosines(sae: Any, feature_vectors: torch.Tensor) -> torch.Tensor:
-    """``(num_features,)`` |cos| between each true feature and its matched decoder row; their
-    mean is upstream's MCC, their mean over a subset is that subset's MCC."""
-    return _matching(sae, feature_vectors)[1]
+    """``(num_features,)`` |cos| between each true feature and its matched decoder row (NaN
+    for a feature left unmatched when ``d_sae < num_features``); the mean over matched
+    features is upstream's MCC, their mean over a subset is that subset's MCC."""
+    features, _, cosines = _matching(sae, feature_vectors)
+    out = torch.full((feature_vectors.shape[0],), float("nan"))
+    out[features] = cosines
+    return out
 
 
-def _matching(sae: Any, feature_vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _matching(
+    sae: Any, feature_vectors: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Hungarian matching as ``(features, latents, |cos|)`` of its ``min(num_features,
+    d_sae)`` pairs (upstream's MCC averages exactly these)."""
     from scipy.optimize import linear_sum_assignment
 
     w = sae.W_dec.detach().float().cpu()
     f = feature_vectors.detach().float().cpu()
     cos = (f / f.norm(dim=-1, keepdim=True)) @ (w / w.norm(dim=-1, keepdim=True).clamp_min(1e-8)).T
     rows, cols = linear_sum_assignment(-cos.abs().numpy())
-    matched = torch.empty(f.shape[0], dtype=torch.long)
-    matched[torch.as_tensor(rows)] = torch.as_tensor(cols, dtype=torch.long)
-    return matched, cos.abs()[torch.arange(f.shape[0]), matched]
+    features = torch.as_tensor(rows, dtype=torch.long)
+    latents = torch.as_tensor(cols, dtype=torch.long)
+    return features, latents, cos.abs()[features, latents]
 
 
 def inference_sae(sae: Any) -> Any:
@@ -398,7 +410,7 @@ def inference_sae(sae: Any) -> Any:
         return sae
     state = {k: v.detach().clone() for k, v in sae.state_dict().items()}
     sae.process_state_dict_for_saving_inference(state)
-    out = SAE.from_dict(sae.cfg.get_inference_sae_cfg_dict())
+    out: SAE[Any] = SAE.from_dict(sae.cfg.get_inference_sae_cfg_dict())
     out.load_state_dict(state)
     return out.to(sae.device).eval()
 
@@ -423,9 +435,9 @@ def _ground_truth_metrics(
 ) -> dict[str, float]:
     """MCC and autocorrelation error, overall and (when the data say which features are
     persistent) on persistent and transient features separately."""
-    matched, cosines = _matching(sae, sequences.feature_vectors)
+    features, latents, cosines = _matching(sae, sequences.feature_vectors)
     true_acf = autocorrelation(sequences.feature_acts, max_lag)
-    error = (acf[matched] - true_acf).abs().mean(-1)
+    error = (acf[latents] - true_acf[features]).abs().mean(-1)
     out = {
         "mcc": float(cosines.mean()),
         "autocorr_error": float(error.mean()),
@@ -433,6 +445,7 @@ def _ground_truth_metrics(
     }
     persistent = getattr(sequences, "is_persistent", None)
     if persistent is not None:
+        persistent = persistent[features]  # the matched features (all when d_sae >= them)
         for name, subset in (("persistent", persistent), ("transient", ~persistent)):
             if subset.any():
                 out[f"mcc_{name}"] = float(cosines[subset].mean())
@@ -461,7 +474,7 @@ def evaluate_on_sequences(
     flat_f = latents.reshape(-1, latents.shape[-1])
     acf = autocorrelation(latents, max_lag)
     alive = alive_latents(latents)
-    from sae_lens_ext.metrics import explained_variance
+    from sae_lens_ext.api import explained_variance
 
     out: dict[str, float] = {
         "explained_variance": explained_variance(flat_x, recon),
@@ -483,7 +496,7 @@ def sequence_metrics(sae: Any, data: Any, redundancy_threshold: float = 0.9) -> 
     """The ``evaluation_metrics`` rows of this plugin for ``data`` (an ``EvalData`` of
     sequences): mean lag-1 autocorrelation of alive latents, redundant pairs and, with
     ground truth, the lag-1 autocorrelation error of the latents matched to true features."""
-    from sae_lens_ext.metrics import Metric
+    from sae_lens_ext.api import Metric
 
     latents = encode_sequences(sae, data.activations)
     acf = autocorrelation(latents, 1)

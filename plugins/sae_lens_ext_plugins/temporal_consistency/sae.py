@@ -16,22 +16,21 @@ import torch
 from sae_lens.saes.sae import TrainCoefficientConfig, TrainStepInput
 from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 from torch import nn
+from typing_extensions import override
 
-from sae_lens_ext.loss_terms import LossTermSpec
-from sae_lens_ext.sparse import (
+from sae_lens_ext.api import (
     AffineMap,
+    LossTermSpec,
+    LossTermTrainingSAE,
+    LossTermTrainingSAEConfig,
     ReLU,
     SparseEncoder,
     SparseStepFields,
     SparseStepMixin,
     accumulate,
-    encoder_input,
-)
-from sae_lens_ext.training import (
-    LossTermTrainingSAE,
-    LossTermTrainingSAEConfig,
     check_non_negative,
     decoder_weighted_sparsity,
+    encoder_input,
 )
 
 ARCHITECTURE = "temporal_consistency"
@@ -75,10 +74,12 @@ class TemporalConsistencySAEConfig(StandardSAEConfig):
 
     activation_fn: Literal["relu", "gelu"] = "relu"
 
+    @override
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_activation_fn(self)
 
+    @override
     @classmethod
     def architecture(cls) -> str:
         return ARCHITECTURE
@@ -87,11 +88,13 @@ class TemporalConsistencySAEConfig(StandardSAEConfig):
 class TemporalConsistencySAE(StandardSAE):
     """Per-token SAE; identical maths to training (``encode_with_hidden_pre``)."""
 
-    cfg: TemporalConsistencySAEConfig  # type: ignore[assignment]
+    cfg: TemporalConsistencySAEConfig
 
+    @override
     def get_activation_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
         return make_activation_fn(self.cfg.activation_fn)
 
+    @override
     def fold_W_dec_norm(self) -> None:
         _fold_guard(self)
         super().fold_W_dec_norm()
@@ -137,6 +140,7 @@ class TemporalConsistencyTrainingSAEConfig(LossTermTrainingSAEConfig, SparseStep
     temporal_contrastive_fraction: float = 0.2
     temporal_contrastive_temperature: float = 0.1
 
+    @override
     def __post_init__(self) -> None:
         _check_activation_fn(self)
         if self.temporal_loss_form not in ("tv", "normalized"):
@@ -171,10 +175,12 @@ class TemporalConsistencyTrainingSAEConfig(LossTermTrainingSAEConfig, SparseStep
         self.check_sparse_step()
         super().__post_init__()
 
+    @override
     @classmethod
     def architecture(cls) -> str:
         return ARCHITECTURE
 
+    @override
     def builtin_loss_terms(self) -> list[LossTermSpec]:
         return [
             LossTermSpec(
@@ -197,24 +203,29 @@ class TemporalConsistencyTrainingSAE(
 
     b_enc: nn.Parameter
 
+    @override
     def initialize_weights(self) -> None:
         super().initialize_weights()
         self.b_enc = nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device))
 
+    @override
     def get_activation_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
         return make_activation_fn(self.cfg.activation_fn)
 
+    @override
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.sparse_now:
             return self.encode_sparse_step(x)
         hidden_pre = self.hook_sae_acts_pre(self.process_sae_in(x) @ self.W_enc + self.b_enc)
         return self.hook_sae_acts_post(self.activation_fn(hidden_pre)), hidden_pre
 
+    @override
     def sparse_step_unsupported(self) -> str | None:
         if self.cfg.activation_fn != "relu":
             return f"{self.cfg.activation_fn} codes are not sparse"
         return None
 
+    @override
     def sparse_encoder(self, x: torch.Tensor) -> SparseEncoder:
         sae_in = self.process_sae_in(x)
         enc_in, shift = encoder_input(self, x, sae_in)
@@ -224,9 +235,11 @@ class TemporalConsistencyTrainingSAE(
             hidden, AffineMap((enc_in,), (self.W_enc,), self.b_enc, shift=shift), ReLU()
         )
 
+    @override
     def base_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
         return {"l1": TrainCoefficientConfig(self.cfg.l1_coefficient, self.cfg.l1_warm_up_steps)}
 
+    @override
     def base_aux_loss(
         self,
         step_input: TrainStepInput,
@@ -240,6 +253,7 @@ class TemporalConsistencyTrainingSAE(
         )
         return {"l1_loss": step_input.coefficients["l1"] * sparsity}
 
+    @override
     def fold_W_dec_norm(self) -> None:
         _fold_guard(self)
         super().fold_W_dec_norm()

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from sae_lens_ext.windows import (
+from sae_lens_ext.api import (
     WindowShuffledBatches,
     batch_window,
     mark_layout_served,
@@ -83,9 +83,15 @@ def train_together(
         torch.manual_seed(seed + i)
         sae = get_sae_training_class(cfg.architecture())[0](cfg)
         mark_layout_served(sae)
-        schedule = {"lr": lr, "lr_scheduler_name": lr_scheduler_name}
         trainers[name] = make_trainer(
-            sae, provider, training_steps, batch_size, device, lr_warm_up_steps, **schedule
+            sae,
+            provider,
+            training_steps,
+            batch_size,
+            device,
+            lr_warm_up_steps,
+            lr=lr,
+            lr_scheduler_name=lr_scheduler_name,
         )
         results[name] = TrainResult(sae=sae)
     for step in range(training_steps):
@@ -117,7 +123,8 @@ def make_trainer(
 ) -> Any:
     """Upstream's ``SAETrainer`` for ``training_steps`` steps of ``batch_size`` rows."""
     from sae_lens.config import SAETrainerConfig
-    from sae_lens.training.sae_trainer import SAETrainer
+
+    from sae_lens_ext.api import make_trainer as upstream_trainer
 
     trainer_cfg = SAETrainerConfig(
         total_training_samples=training_steps * batch_size,
@@ -130,7 +137,7 @@ def make_trainer(
         dead_feature_window=max(1, training_steps // 4),
         feature_sampling_window=max(1, training_steps),
     )
-    trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=provider)
+    trainer = upstream_trainer(trainer_cfg, sae, provider)
     trainer.sae.to(device)
     return trainer
 

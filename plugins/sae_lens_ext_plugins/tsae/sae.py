@@ -39,8 +39,9 @@ from sae_lens.saes.matryoshka_batchtopk_sae import (
 )
 from sae_lens.saes.sae import SAEConfig, TrainStepInput, TrainStepOutput
 from sae_lens.saes.topk_sae import act_times_W_dec
+from typing_extensions import override
 
-from sae_lens_ext.sparse import (
+from sae_lens_ext.api import (
     AffineMap,
     BatchTopK,
     SparseCodes,
@@ -65,6 +66,7 @@ class TSAEConfig(JumpReLUSAEConfig):
 
     matryoshka_widths: list[int] = field(default_factory=list)
 
+    @override
     @classmethod
     def architecture(cls) -> str:
         return ARCHITECTURE
@@ -73,7 +75,7 @@ class TSAEConfig(JumpReLUSAEConfig):
 class TSAE(JumpReLUSAE):
     """Upstream's JumpReLU SAE (same maths); knows which latents are high-level."""
 
-    cfg: TSAEConfig  # type: ignore[assignment]
+    cfg: TSAEConfig
 
     @property
     def high_level_latents(self) -> slice:
@@ -102,16 +104,23 @@ class TSAETrainingSAEConfig(MatryoshkaBatchTopKTrainingSAEConfig, SparseStepFiel
             gradients; see ``sae_lens_ext.sparse``).
     """
 
-    k: float = 20
+    # BatchTopK's k is a mean over the batch, a float, as upstream's BatchTopK config has it
+    k: float = 20  # type: ignore[assignment]
     high_level_fraction: float = 0.2
     group_weights: list[float] = field(default_factory=list)
     temporal_coefficient: float = 0.1
     aux_loss_coefficient: float = 1 / 32
 
+    @override
     def __post_init__(self) -> None:
         if not 0 < self.high_level_fraction < 1:
             raise ValueError(
                 f"high_level_fraction must be in (0, 1), got {self.high_level_fraction}"
+            )
+        if not 0 < self.k <= self.d_sae:
+            raise ValueError(
+                f"k={self.k:g}: BatchTopK keeps k latents per token on average, so k must be "
+                f"in (0, d_sae={self.d_sae}]; lower k or raise d_sae"
             )
         if not self.matryoshka_widths:
             self.matryoshka_widths = [int(self.high_level_fraction * self.d_sae), self.d_sae]
@@ -131,10 +140,12 @@ class TSAETrainingSAEConfig(MatryoshkaBatchTopKTrainingSAEConfig, SparseStepFiel
         self.check_sparse_step()
         super().__post_init__()
 
+    @override
     @classmethod
     def architecture(cls) -> str:
         return ARCHITECTURE
 
+    @override
     def get_inference_config_class(self) -> type[SAEConfig]:
         return TSAEConfig
 
@@ -170,7 +181,7 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
     firing frequencies and dead latents over the whole batch (the reference counts firing on
     positions ``t + 1`` only)."""
 
-    cfg: TSAETrainingSAEConfig  # type: ignore[assignment]
+    cfg: TSAETrainingSAEConfig
 
     def __init__(self, cfg: TSAETrainingSAEConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)
@@ -192,6 +203,7 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
             )
         return sae_in[1::PAIR], sae_in[0::PAIR]
 
+    @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         current, previous = self.split_pairs(step_input.sae_in)
         if self.next_step_sparse:  # chosen after the previous step (no graph break)
@@ -313,6 +325,7 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
             for w, d in zip(widths, decoded, strict=True)
         ]
 
+    @override
     @torch.no_grad()
     def update_topk_threshold(self, acts_topk: torch.Tensor) -> None:
         """Upstream's update (EMA of the batch's smallest positive activation, unchanged when
@@ -399,12 +412,14 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
         if norms is not None:
             values = values * (1 / norms)[cols]
         codes = SparseCodes(rows, cols, values, n_rows, self.cfg.d_sae)
-        return decode_sparse(codes, self.W_dec)  # type: ignore[return-value]
+        return decode_sparse(codes, self.W_dec)
 
+    @override
     def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
         self._loaded = True
         super().process_state_dict_for_loading(state_dict)
 
+    @override
     def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
         if self.n_trained_steps == 0 and not self._loaded:
             raise RuntimeError(

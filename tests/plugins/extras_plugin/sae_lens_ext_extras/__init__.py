@@ -1,6 +1,6 @@
 """A third-party plugin used by the tests: the optional hooks, for the toy plugin's ``toy_relu``."""
 
-from sae_lens_ext import hookimpl
+from sae_lens_ext.api import hookimpl
 
 ARCHITECTURE = "toy_relu"
 
@@ -9,7 +9,7 @@ ARCHITECTURE = "toy_relu"
 def demo_setup(architecture):
     if architecture != ARCHITECTURE:
         return None
-    from sae_lens_ext.synthetic import DemoSetup
+    from sae_lens_ext.api import DemoSetup
 
     return DemoSetup(sae_settings={"l1_coefficient": 0.3}, samples=16_384)
 
@@ -18,7 +18,7 @@ def demo_setup(architecture):
 def evaluation_metrics(sae, data):
     if sae.cfg.architecture() != ARCHITECTURE:
         return None
-    from sae_lens_ext.metrics import Metric
+    from sae_lens_ext.api import Metric
 
     norms = sae.W_dec.detach().norm(dim=1)
     return [Metric("toy_decoder_norm", float(norms.mean()), "mean decoder row norm (toy)")]
@@ -28,7 +28,7 @@ def evaluation_metrics(sae, data):
 def run_figures(sae, data, folder):
     if sae.cfg.architecture() != ARCHITECTURE:
         return None
-    from sae_lens_ext.run.figures import pyplot, save_figure
+    from sae_lens_ext.api import pyplot, save_figure
 
     fig, ax = pyplot().subplots()
     ax.hist(sae.W_dec.detach().norm(dim=1).cpu().numpy(), bins=20)

@@ -1,13 +1,13 @@
 """A third-party plugin used by the tests: a whole architecture and a resampler."""
 
-from sae_lens_ext import hookimpl
+from sae_lens_ext.api import hookimpl
 
 RESAMPLER = "toy_unit_rows"
 
 
 @hookimpl
 def register_architectures(register):
-    from sae_lens_ext.architectures import Architecture
+    from sae_lens_ext.api import Architecture
     from sae_lens_ext_toy.sae import (
         ToyReluSAE,
         ToyReluSAEConfig,
@@ -32,7 +32,7 @@ def resample_dead_latents(request):
     """Give every dead latent the first basis vector, scaled to 3: easy to spot in tests."""
     import torch
 
-    from sae_lens_ext.resampling import ResampleResult
+    from sae_lens_ext.api import ResampleResult
 
     n, d_in = request.dead_latents.numel(), request.sae.cfg.d_in
     row = torch.zeros(d_in)

@@ -1,14 +1,15 @@
-"""A minimal ReLU SAE built on the core's LossTermTrainingSAE."""
+"""A minimal ReLU SAE built on the public API's LossTermTrainingSAE."""
 
 from dataclasses import dataclass
 
 import torch
-from sae_lens.saes.sae import SAE, SAEConfig
+from sae_lens.saes.sae import SAEConfig
 from torch import nn
 
-from sae_lens_ext.training import (
+from sae_lens_ext.api import (
     LossTermTrainingSAE,
     LossTermTrainingSAEConfig,
+    PluginSAE,
     decoder_weighted_sparsity,
 )
 
@@ -20,7 +21,7 @@ class ToyReluSAEConfig(SAEConfig):
         return "toy_relu"
 
 
-class ToyReluSAE(SAE[ToyReluSAEConfig]):
+class ToyReluSAE(PluginSAE[ToyReluSAEConfig]):
     b_enc: nn.Parameter
 
     def initialize_weights(self) -> None:
