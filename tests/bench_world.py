@@ -231,7 +231,11 @@ def build_world(root: Path, d_model: int = 64, n_layers: int = 2, seed: int = 0)
     """Write the model and the data folder under ``root``."""
     rng = random.Random(seed)
     vocab = vocabulary(rng)
-    build_model(root / "model", vocab, d_model, n_layers)
+    # the model's weights from this seed, not from whatever ran before in the process (the
+    # letter probes' F1, which absorption thresholds, depends on them)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        build_model(root / "model", vocab, d_model, n_layers)
     pool = [w for w in vocab[len(SPECIALS) + len(TEMPLATE_WORDS) :] if w.isalpha()]
     build_data(root / "data", rng, pool)
     return World(root / "model", root / "data", d_model)
