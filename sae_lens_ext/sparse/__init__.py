@@ -75,6 +75,8 @@ from sae_lens_ext.sparse.step import (
     SparseStepMode,
     SparseStepSwitch,
     has_hooks,
+    load_switch_state,
+    save_switch_state,
 )
 
 __all__ = [
@@ -107,7 +109,9 @@ __all__ = [
     "encoder_input",
     "gram",
     "has_hooks",
+    "load_switch_state",
     "row_offsets",
+    "save_switch_state",
     "window_pairs",
     "window_variation",
 ]

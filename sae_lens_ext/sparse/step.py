@@ -4,8 +4,10 @@ field) and the wiring of the sparse step into a
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -40,6 +42,8 @@ HYSTERESIS = 1.5
 MIN_PRODUCT = 2**25
 #: On dense steps the density is measured every this many steps.
 CHECK_EVERY = 10
+#: A checkpoint's file of :meth:`SparseStepSwitch.state_dict`.
+SWITCH_STATE_FILENAME = "sparse_step_state.json"
 
 # --- choosing the path -----------------------------------------------------------------------
 
@@ -170,6 +174,29 @@ class SparseStepSwitch:
         self.product = acts.numel() * self.d_in
         self.device_type = acts.device.type
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to take the same paths and log the same densities (a
+        density still on its way from the device is waited for: checkpoints only)."""
+        pending = self._pending
+        if pending is not None:
+            if pending.event is not None:
+                pending.event.synchronize()
+            self.density, self._pending = pending.density(), None
+        return {
+            "sparse": self.sparse,
+            "density": self.density,
+            "product": self.product,
+            "device_type": self.device_type,
+            "switches": self.switches,
+            "said": self._said,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sparse, self.density = bool(state["sparse"]), state["density"]
+        self.product, self.device_type = int(state["product"]), str(state["device_type"])
+        self.switches, self._said = int(state["switches"]), bool(state["said"])
+        self._pending = None
+
     def metrics(self, sparse: bool) -> dict[str, float]:
         """Host values for the step's log: the path taken (``sparse``: 1, dense: 0) and the
         last measured code density."""
@@ -177,6 +204,25 @@ class SparseStepSwitch:
         if self.density is not None:
             out["code_density"] = self.density
         return out
+
+
+def save_switch_state(
+    switch: SparseStepSwitch, path: str | Path, extra: dict[str, Any] | None = None
+) -> None:
+    """Write ``switch``'s state (and ``extra``) into a checkpoint folder."""
+    state = {**switch.state_dict(), **(extra or {})}
+    (Path(path) / SWITCH_STATE_FILENAME).write_text(json.dumps(state))
+
+
+def load_switch_state(switch: SparseStepSwitch, path: str | Path) -> dict[str, Any] | None:
+    """Restore ``switch`` from a checkpoint folder written by :func:`save_switch_state`;
+    the whole saved dict (None: the folder has none, as checkpoints from before it)."""
+    file = Path(path) / SWITCH_STATE_FILENAME
+    if not file.is_file():
+        return None
+    state = json.loads(file.read_text())
+    switch.load_state_dict(state)
+    return state
 
 
 @dataclass(kw_only=True)
@@ -304,6 +350,16 @@ class SparseStepMixin:
         output.metrics.update(self.sparse_switch.metrics(codes is not None))
         self.next_step_sparse = self.sparse_switch.choose()
         super().end_step(step_input, output)  # type: ignore[misc]
+
+    def save_model(self, path: str | Path) -> Any:
+        saved = super().save_model(path)  # type: ignore[misc]
+        save_switch_state(self.sparse_switch, path)  # checkpoints: the path's state too
+        return saved
+
+    def load_weights_from_checkpoint(self, checkpoint_path: str | Path) -> None:
+        super().load_weights_from_checkpoint(checkpoint_path)  # type: ignore[misc]
+        if load_switch_state(self.sparse_switch, checkpoint_path) is not None:
+            self.next_step_sparse = self.sparse_switch.sparse
 
     def encode_sparse_step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(feature_acts, hidden_pre)`` of a sparse step, for upstream's forward pass."""

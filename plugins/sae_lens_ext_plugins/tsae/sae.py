@@ -53,6 +53,8 @@ from sae_lens_ext.api import (
     encoder_input,
     gram,
     has_hooks,
+    load_switch_state,
+    save_switch_state,
 )
 
 ARCHITECTURE = "tsae"
@@ -418,6 +420,20 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
     def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
         self._loaded = True
         super().process_state_dict_for_loading(state_dict)
+
+    @override
+    def save_model(self, path: str | Path) -> tuple[Path, Path]:
+        saved = super().save_model(path)  # checkpoints: the step count and path state too
+        save_switch_state(self.sparse_switch, path, {"n_trained_steps": self.n_trained_steps})
+        return saved
+
+    @override
+    def load_weights_from_checkpoint(self, checkpoint_path: Path | str) -> None:
+        super().load_weights_from_checkpoint(checkpoint_path)
+        state = load_switch_state(self.sparse_switch, checkpoint_path)
+        if state is not None:
+            self.n_trained_steps = int(state["n_trained_steps"])
+            self.next_step_sparse = self.sparse_switch.sparse
 
     @override
     def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
