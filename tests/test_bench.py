@@ -107,22 +107,55 @@ def _settings(world: World) -> BenchSettings:
     )
 
 
+def _caller_state() -> dict:
+    """What run_bench must give back as it found it: working directory, the global
+    generators (their next draws), grad mode and jaxtyping's switch."""
+    import random
+
+    import jaxtyping
+    import numpy as np
+
+    python, numpy, torch_cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    state = {
+        "cwd": Path.cwd(),
+        "random": random.random(),
+        "numpy": float(np.random.rand()),
+        "torch": torch.rand(1).item(),
+        "grad": torch.is_grad_enabled(),
+        "jaxtyping_disable": jaxtyping.config.jaxtyping_disable,
+    }
+    random.setstate(python)
+    np.random.set_state(numpy)
+    torch.set_rng_state(torch_cpu)
+    return state
+
+
 @pytest.fixture(scope="module")
-def identity_results(world: World, identity_sae_dir: Path, tmp_path_factory) -> dict[str, Path]:
+def identity_run(world: World, identity_sae_dir: Path, tmp_path_factory):
+    """Every bench that seeds the generators, switches gradients or jaxtyping off or needs
+    ``data_dir`` as working directory, with the caller's state before and after."""
     out = tmp_path_factory.mktemp("identity_results")
     benches = ["core", "absorption", "sparse_probing", "scr", "tpp"]
-    return run_bench(identity_sae_dir, benches, _settings(world), out)
+    before = _caller_state()
+    paths = run_bench(identity_sae_dir, benches, _settings(world), out)
+    return paths, before, _caller_state()
+
+
+@pytest.fixture(scope="module")
+def identity_results(identity_run) -> dict[str, Path]:
+    return identity_run[0]
 
 
 @pytest.fixture(scope="module")
 def plugin_run(world: World, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("plugin_results")
     sae = random_sae(world, *PLUGIN)
-    seen = {}
+    seen = {"cfg_before": sae.cfg.to_dict()}
 
     def extra(run):
         seen["hook"] = run.sae.cfg.hook_name
         seen["truncation_side"] = run.model.tokenizer.truncation_side
+        seen["same_parameters"] = run.sae is not sae and run.sae.W_dec is sae.W_dec
         return {"d_sae": run.sae.cfg.d_sae}
 
     benches = ["core", "sparse_probing_sae_probes"]
@@ -332,11 +365,8 @@ def sae_bench_entry_points(world: World, tmp_path_factory):
     from sae_bench.evals.sparse_probing import main as sparse_probing
     from transformer_lens import HookedTransformer
 
-    from sae_lens_ext.bench import (
-        _jaxtyping_shape_checks_off,
-        load_hooked_transformer,
-        sae_bench_config_class,
-    )
+    from sae_lens_ext.bench import load_hooked_transformer, sae_bench_config_class
+    from sae_lens_ext.bench.process_state import jaxtyping_shape_checks_off
 
     model, hook = load_hooked_transformer(
         str(world.model_dir), "transformer.h.0", device="cpu", dtype="float32"
@@ -364,7 +394,7 @@ def sae_bench_entry_points(world: World, tmp_path_factory):
             recorded = json.loads(paths[bench].read_text())["eval_config"]
             config = sae_bench_config_class(bench)(**{**recorded, "model_name": "tiny"})
             folder = out if bench == "tpp" else out / bench  # SCR/TPP add their own folder
-            with _jaxtyping_shape_checks_off():
+            with jaxtyping_shape_checks_off():
                 module.run_eval(config, [("tiny", sae)], "cpu", str(folder), True, True, False,
                                 str(out / "artifacts"))  # fmt: skip
             theirs[bench] = out / bench / "tiny_custom_sae_eval_results.json"
@@ -408,6 +438,39 @@ def test_plugin_run_writes_extra_metrics_and_leaves_the_cfg(plugin_run) -> None:
     assert seen["truncation_side"] == "right"  # sae-probes' "left" did not leak out
     assert not hasattr(sae.cfg, "hook_layer")  # SAE-Bench's fields went to a copy
     assert sae.cfg.metadata.prepend_bos is None
+    assert sae.cfg.to_dict() == seen["cfg_before"]  # on the device and dtype it had
+    assert seen["same_parameters"]  # the evaluations' copy reads the caller's weights
+
+
+def test_run_bench_leaves_the_callers_process_state(identity_run) -> None:
+    """SAE-Bench seeds the global generators (absorption, sparse probing, SCR, TPP), turns
+    gradients off (SCR/TPP) and jaxtyping's checks off (sparse probing), and reads its
+    datasets from ``data_dir`` as working directory: all of it is given back."""
+    _, before, after = identity_run
+    assert after == before
+
+
+def test_process_state_is_restored_when_an_evaluation_fails(tmp_path: Path) -> None:
+    import jaxtyping
+
+    from sae_lens_ext.bench.process_state import (
+        global_rng_restored,
+        jaxtyping_shape_checks_off,
+        seed_global_rngs,
+        working_directory,
+    )
+
+    before = _caller_state()
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        global_rng_restored(),
+        jaxtyping_shape_checks_off(),
+        working_directory(tmp_path),
+    ):
+        seed_global_rngs(0)
+        assert Path.cwd() == tmp_path.resolve() and jaxtyping.config.jaxtyping_disable
+        raise RuntimeError("boom")
+    assert _caller_state() == before
 
 
 def test_hugging_face_module_hooks_map_to_the_residual_stream(world: World) -> None:

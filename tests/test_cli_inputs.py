@@ -371,12 +371,11 @@ def test_the_data_error_names_the_flags_and_what_cannot_be_copied() -> None:
 
 
 def test_absorption_on_a_vocabulary_missing_a_letter_is_one_clear_line() -> None:
-    from types import SimpleNamespace
+    from sae_lens_ext.bench import ModelTooSmallError
+    from sae_lens_ext.bench.absorption import missing_letter_error
 
-    from sae_lens_ext.bench import ModelTooSmallError, _missing_letter
-
-    error = _missing_letter(SimpleNamespace(model_name="tiny"), KeyError(9))
+    error = missing_letter_error("tiny", KeyError(9))
     assert isinstance(error, ModelTooSmallError)
     assert "no word starting with 'j'" in str(error) and "tiny" in str(error)
     other = KeyError("frequency_ordering")
-    assert _missing_letter(SimpleNamespace(model_name="tiny"), other) is other
+    assert missing_letter_error("tiny", other) is other

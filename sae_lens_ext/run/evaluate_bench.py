@@ -231,7 +231,7 @@ def plugin_metrics(samples: int) -> Any:
             run.model,
             run.sae,
             context_size=context,
-            dataset=run.settings.dataset or defaults.dataset,
+            dataset=run.dataset_path(run.settings.dataset or defaults.dataset),
             dataset_trust_remote_code=True,
         )
         sequences = store_sequences(store, samples)
