@@ -467,9 +467,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="reuse inductor's on-disk cache (default: a fresh one, so compile times are cold)",
     )
     parser.add_argument(
-        "--l0", type=int, default=0, help="active latents per row (0: as initialised)"
-    )
-    parser.add_argument(
         "--extra", action="store_true", help="add prefix, normalized, tsae, tuned contrastive rows"
     )
     parser.add_argument(
