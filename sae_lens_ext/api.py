@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 from sae_lens_ext.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    from sae_lens_ext.after_step import AfterOptimizerStep, request_after_step
     from sae_lens_ext.architectures import Architecture
     from sae_lens_ext.browse.data import BrowserData, Panel
     from sae_lens_ext.browse.svg import bar_chart as svg_bar_chart
@@ -103,12 +104,7 @@ if TYPE_CHECKING:
         register_plugin,
     )
     from sae_lens_ext.presets import Preset, PresetError, get_preset
-    from sae_lens_ext.resampling import (
-        AfterOptimizerStep,
-        ResampleRequest,
-        ResampleResult,
-        request_after_step,
-    )
+    from sae_lens_ext.resampling import ResampleRequest, ResampleResult
     from sae_lens_ext.run.figures import pyplot, save_figure
     from sae_lens_ext.sparse import (
         Activation,
@@ -202,10 +198,10 @@ _LAZY: dict[str, tuple[str, str]] = {
     "PresetError": ("sae_lens_ext.presets", "PresetError"),
     "get_preset": ("sae_lens_ext.presets", "get_preset"),
     "make_trainer": ("sae_lens_ext.training", "make_trainer"),
-    "AfterOptimizerStep": ("sae_lens_ext.resampling", "AfterOptimizerStep"),
+    "AfterOptimizerStep": ("sae_lens_ext.after_step", "AfterOptimizerStep"),
     "ResampleRequest": ("sae_lens_ext.resampling", "ResampleRequest"),
     "ResampleResult": ("sae_lens_ext.resampling", "ResampleResult"),
-    "request_after_step": ("sae_lens_ext.resampling", "request_after_step"),
+    "request_after_step": ("sae_lens_ext.after_step", "request_after_step"),
     "pyplot": ("sae_lens_ext.run.figures", "pyplot"),
     "save_figure": ("sae_lens_ext.run.figures", "save_figure"),
     "Activation": ("sae_lens_ext.sparse", "Activation"),
