@@ -592,4 +592,3 @@ def make_trainer(cfg: Any, sae: Any, data_provider: Any, **kwargs: Any) -> Any:
     if callable(getattr(sae, "set_training_steps", None)):
         sae.set_training_steps(cfg.total_training_steps)
     return SAETrainer(cfg=cfg, sae=sae, data_provider=data_provider, **kwargs)
-

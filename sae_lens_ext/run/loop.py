@@ -42,8 +42,8 @@ import torch
 from typing_extensions import override
 
 from sae_lens_ext import distributed
-from sae_lens_ext.errors import TrainingInterrupted, fail
 from sae_lens_ext.after_step import TrainingGuard, drive_from_loop
+from sae_lens_ext.errors import TrainingInterrupted, fail
 from sae_lens_ext.loss_terms import set_logging_step
 from sae_lens_ext.optim import permute_latent_state
 from sae_lens_ext.run.progress import RunLogger
