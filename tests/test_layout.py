@@ -202,3 +202,16 @@ def test_the_distributed_check_can_fail(tmp_path: Path):
     )
     uses = _distributed_uses(model, tmp_path)
     assert len(uses) == 2, uses
+
+
+def test_no_built_in_plugin_imports_another():
+    """Each built-in plugin package stands alone (shared code is public API in the core)."""
+    root = REPO / "plugins" / "sae_lens_ext_plugins"
+    offenders = []
+    for package in (p for p in root.iterdir() if (p / "__init__.py").is_file()):
+        for path in package.rglob("*.py"):
+            for name in imported_names(path, module_name(path, REPO / "plugins")):
+                other = name.split(".")[1] if name.startswith("sae_lens_ext_plugins.") else None
+                if other is not None and other != package.name:
+                    offenders.append(f"{path.relative_to(REPO)} imports {name}")
+    assert not offenders, offenders
