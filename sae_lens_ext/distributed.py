@@ -169,17 +169,17 @@ class ProcessGroupCollectives:
         return broadcast_object(to_cpu(obj))  # tensors travel by pickle: on the CPU
 
 
-def to_cpu(obj: T_OBJECT) -> T_OBJECT:
+def to_cpu(obj: Any) -> Any:
     """``obj`` with every tensor inside (dicts, lists, tuples, dataclasses) on the CPU."""
     if isinstance(obj, torch.Tensor):
-        return obj.cpu()  # type: ignore[return-value]
+        return obj.cpu()
     if isinstance(obj, dict):
-        return {k: to_cpu(v) for k, v in obj.items()}  # type: ignore[return-value]
+        return {k: to_cpu(v) for k, v in obj.items()}
     if type(obj) in (list, tuple):
-        return type(obj)(to_cpu(v) for v in obj)  # type: ignore[call-arg,arg-type]
+        return type(obj)(to_cpu(v) for v in obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         fields = {f.name: to_cpu(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
-        return dataclasses.replace(obj, **fields)  # type: ignore[type-var]
+        return dataclasses.replace(obj, **fields)
     return obj
 
 
