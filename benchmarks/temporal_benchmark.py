@@ -222,7 +222,7 @@ def oracle_rows(data: Any, train: Any) -> list[dict[str, Any]]:
 def run_regime(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Train and evaluate every SAE of one regime; returns rows and the oracle rows."""
     from sae_lens_ext_plugins.temporal_consistency.metrics import evaluate_on_sequences
-    from sae_lens_ext_plugins.temporal_consistency.train import train_together
+    from temporal_training import train_together  # benchmarks/, this script's folder
 
     regime = dict(REGIMES[name])
     for key in ("d_sae", "l1", "k"):

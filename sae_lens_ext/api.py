@@ -32,6 +32,10 @@ Groups:
 - ``sae-lens browse`` panels: :class:`BrowserData`, :class:`Panel`, :func:`svg_bar_chart`,
   :func:`svg_line_chart`;
 - ``sae-lens demo``: :class:`DemoSetup`, :class:`DemoData`, :class:`DemoDataOptions`;
+  sequences whose features persist over positions (:class:`SyntheticSequences`,
+  :class:`SyntheticSequenceConfig`, :class:`SequenceDemoData`) and their lag-1
+  autocorrelation in ``sae-lens browse`` (:func:`lag1_autocorrelation`, with the alive
+  rule :data:`ALIVE_VAR_EPS`);
 - windows of consecutive positions: :func:`batch_window`, :func:`shared_window`,
   :func:`validate_window_layout`, :func:`check_step_layout`, :func:`mark_layout_served`,
   :class:`BatchLayoutError`, :class:`WindowShuffledBatches`, :class:`WindowBuffer`,
@@ -60,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 from sae_lens_ext.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    from sae_lens_ext.after_step import AfterOptimizerStep, request_after_step
     from sae_lens_ext.architectures import Architecture
     from sae_lens_ext.browse.data import BrowserData, Panel
     from sae_lens_ext.browse.svg import bar_chart as svg_bar_chart
@@ -103,13 +108,15 @@ if TYPE_CHECKING:
         register_plugin,
     )
     from sae_lens_ext.presets import Preset, PresetError, get_preset
-    from sae_lens_ext.resampling import (
-        AfterOptimizerStep,
-        ResampleRequest,
-        ResampleResult,
-        request_after_step,
-    )
+    from sae_lens_ext.resampling import ResampleRequest, ResampleResult
     from sae_lens_ext.run.figures import pyplot, save_figure
+    from sae_lens_ext.sequences import (
+        ALIVE_VAR_EPS,
+        SequenceDemoData,
+        SyntheticSequenceConfig,
+        SyntheticSequences,
+        lag1_autocorrelation,
+    )
     from sae_lens_ext.sparse import (
         Activation,
         AffineMap,
@@ -204,10 +211,10 @@ _LAZY: dict[str, tuple[str, str]] = {
     "PresetError": ("sae_lens_ext.presets", "PresetError"),
     "get_preset": ("sae_lens_ext.presets", "get_preset"),
     "make_trainer": ("sae_lens_ext.training", "make_trainer"),
-    "AfterOptimizerStep": ("sae_lens_ext.resampling", "AfterOptimizerStep"),
+    "AfterOptimizerStep": ("sae_lens_ext.after_step", "AfterOptimizerStep"),
     "ResampleRequest": ("sae_lens_ext.resampling", "ResampleRequest"),
     "ResampleResult": ("sae_lens_ext.resampling", "ResampleResult"),
-    "request_after_step": ("sae_lens_ext.resampling", "request_after_step"),
+    "request_after_step": ("sae_lens_ext.after_step", "request_after_step"),
     "pyplot": ("sae_lens_ext.run.figures", "pyplot"),
     "save_figure": ("sae_lens_ext.run.figures", "save_figure"),
     "Activation": ("sae_lens_ext.sparse", "Activation"),
@@ -239,6 +246,11 @@ _LAZY: dict[str, tuple[str, str]] = {
     "window_pairs": ("sae_lens_ext.sparse", "window_pairs"),
     "window_variation": ("sae_lens_ext.sparse", "window_variation"),
     "DemoData": ("sae_lens_ext.synthetic", "DemoData"),
+    "SequenceDemoData": ("sae_lens_ext.sequences", "SequenceDemoData"),
+    "SyntheticSequenceConfig": ("sae_lens_ext.sequences", "SyntheticSequenceConfig"),
+    "SyntheticSequences": ("sae_lens_ext.sequences", "SyntheticSequences"),
+    "lag1_autocorrelation": ("sae_lens_ext.sequences", "lag1_autocorrelation"),
+    "ALIVE_VAR_EPS": ("sae_lens_ext.sequences", "ALIVE_VAR_EPS"),
     "DemoDataOptions": ("sae_lens_ext.synthetic", "DemoDataOptions"),
     "DemoSetup": ("sae_lens_ext.synthetic", "DemoSetup"),
     "LossTermsMixin": ("sae_lens_ext.training", "LossTermsMixin"),
@@ -262,6 +274,7 @@ _LAZY: dict[str, tuple[str, str]] = {
 }
 
 __all__ = [
+    "ALIVE_VAR_EPS",
     "Activation",
     "AffineMap",
     "AfterOptimizerStep",
@@ -297,6 +310,7 @@ __all__ = [
     "ReLU",
     "ResampleRequest",
     "ResampleResult",
+    "SequenceDemoData",
     "SparseCodes",
     "SparseEncoder",
     "SparseEncoding",
@@ -304,6 +318,8 @@ __all__ = [
     "SparseStepMixin",
     "SparseStepMode",
     "SparseStepSwitch",
+    "SyntheticSequenceConfig",
+    "SyntheticSequences",
     "TopK",
     "WindowBuffer",
     "WindowPairs",
@@ -330,6 +346,7 @@ __all__ = [
     "has_hooks",
     "hookimpl",
     "is_logging_step",
+    "lag1_autocorrelation",
     "latent_parameters",
     "load_hooked_sae_transformer",
     "load_plugins",

@@ -10,6 +10,7 @@ import click
 from typing_extensions import override
 
 from sae_lens_ext import __version__
+from sae_lens_ext.commands._options import debug_option
 
 
 class _LazyPluginGroup(click.Group):
@@ -47,6 +48,7 @@ class _LazyPluginGroup(click.Group):
             FAILURE,
             INTERRUPTED,
             USAGE,
+            CliError,
             debug,
             install_warning_format,
             one_line,
@@ -59,7 +61,7 @@ class _LazyPluginGroup(click.Group):
             where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
             _say(f"Error: {one_line(exc.format_message())}{where}")
             sys.exit(USAGE)
-        except click.ClickException as exc:
+        except (CliError, click.ClickException) as exc:  # the library's, a plugin command's
             if debug():
                 raise
             _say(f"Error: {one_line(exc.format_message())}")
@@ -93,22 +95,9 @@ def _is_plugin_error(exc: BaseException) -> bool:
     return plugins is not None and isinstance(exc, plugins.PluginError)
 
 
-def _debug_callback(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-    from sae_lens_ext.errors import set_debug
-
-    set_debug(value)
-
-
 @click.group(cls=_LazyPluginGroup)
 @click.version_option(__version__, prog_name="sae-lens-ext")
-@click.option(
-    "--debug",
-    is_flag=True,
-    expose_value=False,
-    is_eager=True,
-    callback=_debug_callback,
-    help="Show full tracebacks instead of one-line errors.",
-)
+@debug_option
 def cli() -> None:
     """Train, evaluate and share sparse autoencoders with SAE-Lens and its plugins.
 

@@ -29,6 +29,7 @@ Services (all built on ``torch.distributed`` primitives):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
@@ -165,7 +166,21 @@ class ProcessGroupCollectives:
         return all_gather_rows(value)
 
     def from_main(self, obj: T_OBJECT) -> T_OBJECT:
-        return broadcast_object(obj)
+        return broadcast_object(to_cpu(obj))  # tensors travel by pickle: on the CPU
+
+
+def to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor inside (dicts, lists, tuples, dataclasses) on the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if type(obj) in (list, tuple):
+        return type(obj)(to_cpu(v) for v in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        fields = {f.name: to_cpu(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+        return dataclasses.replace(obj, **fields)
+    return obj
 
 
 def average_gradients(module: torch.nn.Module) -> Callable[[], None]:

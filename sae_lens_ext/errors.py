@@ -1,4 +1,7 @@
-"""One-line errors for the ``sae-lens`` command and its run library (click only: cheap)."""
+"""One-line errors for the ``sae-lens`` command and its run library (no click, no torch: cheap).
+
+The library raises :class:`CliError` (built by :func:`fail`); the command line
+(``sae_lens_ext/cli.py``) prints it as one line ``Error: ...`` and exits with its code."""
 
 from __future__ import annotations
 
@@ -7,8 +10,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
-
-import click
 
 #: Exit code for bad input (unknown flag or value, missing path, ...), as click uses.
 USAGE = 2
@@ -29,13 +30,17 @@ def debug() -> bool:
     return _debug[0]
 
 
-class CliError(click.ClickException):
-    """An error the user can fix: printed as one line ``Error: ...`` with ``exit_code``."""
+class CliError(Exception):
+    """An error the user can fix: the command prints it as one line ``Error: ...`` and
+    exits with ``exit_code`` (2, bad input, unless said otherwise)."""
 
     def __init__(self, message: str, exit_code: int = USAGE) -> None:
         super().__init__(message)
-        # click declares exit_code a class variable; one CliError class serves every code
-        self.exit_code = exit_code  # type: ignore[misc]
+        self.message, self.exit_code = message, exit_code
+
+    def format_message(self) -> str:
+        """The message, as the command prints it after ``Error: ``."""
+        return self.message
 
 
 class TrainingInterrupted(Exception):
@@ -150,20 +155,3 @@ def install_warning_format() -> None:
 def one_line(text: object) -> str:
     """Collapse a message onto one line."""
     return " ".join(str(text).split())
-
-
-def debug_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Add ``--debug`` (show tracebacks) to a command."""
-
-    def callback(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
-        set_debug(value)
-        return value
-
-    return click.option(
-        "--debug",
-        is_flag=True,
-        expose_value=False,
-        is_eager=True,
-        callback=callback,
-        help="Show full tracebacks instead of one-line errors.",
-    )(f)

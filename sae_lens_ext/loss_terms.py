@@ -278,7 +278,7 @@ def evaluate_loss_terms(
     error class of the core itself, such as a window check's ``BatchLayoutError``, which
     names its setting, passes through unchanged); the check reads only shapes and dtypes
     (no host-device sync). Whether a value is finite is
-    the training guards' check (:mod:`sae_lens_ext.guards`), on logging steps.
+    the training guards' check (:mod:`sae_lens_ext.after_step`), on logging steps.
     """
     logged = is_logging_step(sae, step_input)
     if logged and not step_input.is_logging_step:

@@ -3,8 +3,8 @@
 - :class:`LossTermsMixin` adds to *any* SAE-Lens training class the plugin loss terms
   enabled in its config (``loss_terms``), dead-latent resampling through the
   ``resample_dead_latents`` hook, after-step work with the optimizer in hand
-  (:meth:`LossTermsMixin.after_optimizer_step`) and, under SAE-Lens's own runners, the
-  core's training guards (non-finite loss, an SAE that stops firing). Mixed into
+  (:meth:`LossTermsMixin.after_optimizer_step`, run by :mod:`sae_lens_ext.after_step`,
+  which also feeds the SAE's steps to the core's guard under SAE-Lens's own runners). Mixed into
   upstream's own classes it makes their training-only twins (:mod:`sae_lens_ext.twins`).
 - :class:`LossTermTrainingSAEConfig` holds the matching config fields; it mixes into an
   upstream training config the same way.
@@ -14,8 +14,9 @@
   :meth:`~LossTermTrainingSAE.base_coefficients`) in SAE-Lens's usual form.
 
 What a data-parallel run must reduce over ranks inside a step (a batch statistic a
-model or a loss term keeps) goes through :class:`BatchCollectives`, which the core's
-data-parallel layer serves: models and terms hold no distributed code.
+model or a loss term keeps, the global batch a resampler sees and the one choice every
+rank applies) goes through :class:`BatchCollectives`, which the core's data-parallel
+layer serves: models and terms hold no distributed code and no rank logic.
 """
 
 from __future__ import annotations
@@ -40,7 +41,12 @@ from sae_lens.saes.sae import (
 )
 from typing_extensions import override
 
-from sae_lens_ext.guards import TrainingGuard
+from sae_lens_ext.after_step import (
+    DEFAULT_MAX_SILENT_STEPS,
+    TrainingGuard,
+    driver_of,
+    request_after_step,
+)
 from sae_lens_ext.latents import (
     BASE_LATENT_PARAMETERS,
     ENCODER_BIAS,
@@ -60,17 +66,9 @@ from sae_lens_ext.loss_terms import (
     resolve_option,
     unknown_loss_term,
 )
-from sae_lens_ext.resampling import (
-    ResampleRequest,
-    ResampleResult,
-    cancel_after_step,
-    is_waiting,
-    request_after_step,
-)
+from sae_lens_ext.resampling import ResampleRequest, ResampleResult
 from sae_lens_ext.sparse import codes_of, decoder_weighted_l1
 
-#: Under SAE-Lens's own runners, the guards are checked every this many steps.
-GUARD_CHECK_EVERY = 100
 #: A warm-up given as a fraction of the run, when the SAE never learns the run's length
 #: (SAE-Lens's own runners: :meth:`LossTermTrainingSAE.set_training_steps`), is that fraction
 #: of this many steps.
@@ -212,7 +210,7 @@ class LossTermTrainingSAEConfig(TrainingSAEConfig, ABC):
     loss_terms: str = ""
     loss_term_options: str = ""
     resample_dead_every: int = 0
-    max_silent_steps: int = 200
+    max_silent_steps: int = DEFAULT_MAX_SILENT_STEPS
 
     @override
     def __post_init__(self) -> None:
@@ -307,16 +305,17 @@ class LossTermsMixin(TrainingSAE[T_CFG]):
         self._pending_resample: tuple[torch.Tensor, ResampleResult] | None = None
         self._step_metrics: dict[str, Any] = {}
         self.n_resampled = 0
-        #: Set by a training loop that calls :meth:`after_optimizer_step` (and runs the
-        #: core's guards) itself; SAE-Lens's own runners leave it False.
-        self.post_step_by_caller = False
         #: Served by the core's data-parallel layer (see :class:`BatchCollectives`).
         self.collectives: BatchCollectives = LOCAL_COLLECTIVES
-        self.guard = TrainingGuard(cfg.max_silent_steps)
         #: The run's number of optimizer steps, if a training loop said it.
         self.training_steps: int | None = None
         self._warned_length = False
         latent_parameters(self)  # a latent-indexed tensor left undeclared fails now
+
+    @property
+    def guard(self) -> TrainingGuard:
+        """The guard watching this SAE's training (:func:`sae_lens_ext.after_step.driver_of`)."""
+        return driver_of(self).guard
 
     # --- what the architecture computes -----------------------------------------------
     def architecture_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
@@ -419,7 +418,7 @@ class LossTermsMixin(TrainingSAE[T_CFG]):
     def begin_step(self, step_input: TrainStepInput) -> TrainStepInput:
         """Python bookkeeping before a step (never compiled; an override that changes the
         step's input returns the new one, and stays ``torch.compiler.disable``d)."""
-        if is_waiting(self):  # after-step work was asked for, but no optimizer step ran
+        if driver_of(self).is_waiting():  # after-step work asked for, but no optimizer step ran
             self.skip_after_step_work()
         self._step_metrics = {}
         return step_input
@@ -436,13 +435,10 @@ class LossTermsMixin(TrainingSAE[T_CFG]):
                 "training_forward_pass does not call calculate_aux_loss (upstream's "
                 "TrainingSAE.training_forward_pass does); call it, or take no loss terms"
             )
-        if not self.post_step_by_caller:  # SAE-Lens's own runners: the core's guards
-            step = step_input.n_training_steps
-            self.guard.observe(
-                step, output.loss, step_input.sae_in, output.feature_acts, losses=output.losses
-            )
-            if (step + 1) % GUARD_CHECK_EVERY == 0:
-                self.guard.check()
+        driver_of(self).observe_step(  # the guard, under SAE-Lens's own runners
+            step_input.n_training_steps, output.loss, step_input.sae_in,
+            output.feature_acts, output.losses,
+        )  # fmt: skip
         self._maybe_schedule_resample(step_input, output)
         output.metrics.update(self.training_counts())  # a trace in every training log
 
@@ -470,8 +466,7 @@ class LossTermsMixin(TrainingSAE[T_CFG]):
 
     @override
     def save_inference_model(self, path: str | Any) -> Any:
-        if self.guard.steps:  # trained here: refuse to save an SAE that never fired
-            self.guard.check_finished(self.guard.steps)
+        driver_of(self).check_before_save()  # trained here: never save an SAE that never fired
         return super().save_inference_model(path)
 
     # --- after the optimizer step ----------------------------------------------------------
@@ -487,7 +482,7 @@ class LossTermsMixin(TrainingSAE[T_CFG]):
         """Pending after-step work found no optimizer step to follow (the SAE was stepped
         outside an optimizer that holds it): drop it, with a warning, rather than rewrite
         rows whose optimizer moments would then be wrong."""
-        cancel_after_step(self)
+        driver_of(self).cancel()
         if self._pending_resample is not None:
             self._pending_resample = None
             warnings.warn(
@@ -518,9 +513,7 @@ class LossTermsMixin(TrainingSAE[T_CFG]):
             sae_out=self.collectives.gather_rows(output.sae_out.detach()),
             step=step_input.n_training_steps,
         )
-        result = call_first("resample_dead_latents", request=request)
-        if self.collectives.processes > 1:
-            result = self.collectives.from_main(_on_cpu(result))
+        result = self.collectives.from_main(call_first("resample_dead_latents", request=request))
         if result is None:
             return
         check_latent_values(self, dead.numel(), result.values, f"resampler {result.resampler!r}")
@@ -553,7 +546,7 @@ class LossTermTrainingSAE(LossTermsMixin[T_CFG], PluginSAE[T_CFG], Generic[T_CFG
     - declare extra latent-indexed tensors in :meth:`latent_parameters` (as the inference
       class does), so resampling, sorting, optimizer surgery and folding move them;
     - extend :meth:`after_optimizer_step` (``super()`` first) for work that needs the
-      optimizer, asking for it with :func:`~sae_lens_ext.resampling.request_after_step`.
+      optimizer, asking for it with :func:`~sae_lens_ext.after_step.request_after_step`.
 
     The config's ``get_inference_config_class()`` (by default the inference class
     registered under the same name) must repeat every field that changes what the SAE
@@ -599,18 +592,3 @@ def make_trainer(cfg: Any, sae: Any, data_provider: Any, **kwargs: Any) -> Any:
     if callable(getattr(sae, "set_training_steps", None)):
         sae.set_training_steps(cfg.total_training_steps)
     return SAETrainer(cfg=cfg, sae=sae, data_provider=data_provider, **kwargs)
-
-
-def _on_cpu(result: ResampleResult | None) -> ResampleResult | None:
-    """``result`` with its tensors on the CPU (to travel between processes)."""
-    if result is None:
-        return None
-
-    def cpu(value: Any) -> Any:
-        return value.cpu() if isinstance(value, torch.Tensor) else value
-
-    return ResampleResult(
-        values={k: v.cpu() for k, v in result.values.items()},
-        resampler=result.resampler,
-        info={k: cpu(v) for k, v in result.info.items()},
-    )

@@ -129,7 +129,7 @@ def _services(rank: int, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE="2", LOCAL_RANK=str(rank))  # fmt: skip
     from sae_lens_ext import distributed
-    from sae_lens_ext.guards import TrainingGuard
+    from sae_lens_ext.after_step import TrainingGuard
 
     with distributed.process_group("cpu") as device:
         assert device == "cpu" and distributed.world_size() == 2

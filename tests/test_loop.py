@@ -10,6 +10,7 @@ from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.registry import get_sae_training_class
 from sae_lens.training.sae_trainer import SAETrainer
 
+from sae_lens_ext.after_step import driver_of
 from sae_lens_ext.loss_terms import resolve_option
 from sae_lens_ext.run.loop import TrainingLoop
 
@@ -65,7 +66,7 @@ def test_the_loop_runs_resampling_itself_and_resets_those_optimizer_rows():
         sort_latents_every=0,
     )
     sae = loop.sae
-    assert sae.post_step_by_caller  # the fallback optimizer hook leaves this SAE alone
+    assert driver_of(sae).by_loop  # the process-wide optimizer hook leaves this SAE alone
     with torch.no_grad():
         sae.b_enc[:4] = -1e4  # latents 0-3 never fire: dead after dead_feature_window
     for _ in range(6):  # dead (no firing for > 2 steps) when step 5 resamples

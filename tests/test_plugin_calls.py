@@ -17,7 +17,7 @@ import torch
 from sae_lens.saes.sae import TrainStepInput
 
 from sae_lens_ext import hookimpl, plugins
-from sae_lens_ext.guards import TrainingGuard
+from sae_lens_ext.after_step import TrainingGuard
 from sae_lens_ext.loss_terms import LossTerm, LossTermSpec, evaluate_loss_terms, set_logging_step
 from sae_lens_ext.metrics import EvalData, Metric
 from sae_lens_ext.plugins import LossTermNotFinite, PluginError, PluginWarning

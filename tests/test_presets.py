@@ -164,6 +164,7 @@ def test_preset_errors_name_the_fix():
 
 
 def test_a_demo_sweep_variant_starts_from_its_preset(tmp_path: Path):
+    from sae_lens_ext.commands.demo import demo_parameters
     from sae_lens_ext.run.sweep import load_sweep
     from sae_lens_ext.run.sweep_demo import demo_options
 
@@ -173,7 +174,7 @@ def test_a_demo_sweep_variant_starts_from_its_preset(tmp_path: Path):
         "variants:\n"
         "  - {name: run5, preset: log-run-5, l1_coefficient: 2}\n"
     )
-    options = demo_options(load_sweep(str(file)).variants[0], 10, "none")
+    options = demo_options(load_sweep(str(file)).variants[0], 10, "none", demo_parameters())
     assert options.preset == "log-run-5" and options.overrides == ("l1_coefficient=2",)
 
 

@@ -153,7 +153,7 @@ def test_sync_recorder_sees_every_way_of_reading_a_value() -> None:
 def test_an_injected_sync_in_a_step_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     """The step test can fail: the guard's check (one ``.tolist()``) run at every step
     instead of at logging steps is reported at every step."""
-    from sae_lens_ext.guards import TrainingGuard
+    from sae_lens_ext.after_step import TrainingGuard
 
     observe = TrainingGuard.observe
 
@@ -169,7 +169,7 @@ def test_an_injected_sync_in_a_step_is_reported(monkeypatch: pytest.MonkeyPatch)
             recorder.step = step
             loop.train_step()
     assert [(s, name) for s, name, _ in recorder.calls] == [(s, "tolist") for s in range(3)]
-    assert all(where.startswith("sae_lens_ext/guards.py") for _, _, where in recorder.calls)
+    assert all(where.startswith("sae_lens_ext/after_step.py") for _, _, where in recorder.calls)
 
 
 def core_loop(trainer: SAETrainer, device: str = "cpu") -> TrainingLoop:
@@ -257,9 +257,9 @@ def test_upstream_runner_path_syncs_only_when_the_guard_is_checked(
 ) -> None:
     """Driven by SAE-Lens's own ``SAETrainer.step`` (its runners), our code reads a tensor
     value only when the core's guard is checked, every ``GUARD_CHECK_EVERY`` steps."""
-    from sae_lens_ext import training
+    from sae_lens_ext import after_step
 
-    monkeypatch.setattr(training, "GUARD_CHECK_EVERY", 8)
+    monkeypatch.setattr(after_step, "GUARD_CHECK_EVERY", 8)
     trainer = make_trainer("freq_ordered")
     data = batches()
     recorder = SyncRecorder()

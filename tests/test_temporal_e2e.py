@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.helpers import lm_runner_args, run_python
+from tests.helpers import REPO, lm_runner_args, run_python
 
 pytestmark = pytest.mark.e2e
 
@@ -101,7 +101,8 @@ for name, args in cases.items():
         print(name, "=> NO ERROR")
     except Exception as exc:
         print(name, "=>", type(exc).__name__, str(exc).splitlines()[0])
-from sae_lens_ext_plugins.temporal_consistency.ablation import run_lm_ablation
+sys.path.insert(0, REPO_ROOT)  # benchmarks/ is importable from the repository's root
+from benchmarks.temporal_training import run_lm_ablation
 rows = run_lm_ablation([2, 4], [0.1], runner_config=ablation,
                        sae_config={"d_in": 64, "d_sae": 128}, n_eval_sequences=16)
 print("ROWS", json.dumps(rows))
@@ -131,7 +132,8 @@ def lm_report(tiny_lm, tmp_path_factory):
         output_path=None,
     )
     code = RUN_BAD_AND_ABLATE.replace("sys.argv[1]", repr(json.dumps(cases)))
-    return run_python(code.replace("sys.argv[2]", repr(json.dumps(ablation))))
+    code = code.replace("sys.argv[2]", repr(json.dumps(ablation)))
+    return run_python(code.replace("REPO_ROOT", repr(str(REPO))))
 
 
 def test_lm_runner_bad_layout_fails_clearly(lm_report):
@@ -159,7 +161,9 @@ from sae_bench.evals.core.eval_config import CoreEvalConfig
 from sae_bench.sae_bench_utils.general_utils import load_and_format_sae
 from sae_lens_ext_plugins.temporal_consistency.data import SyntheticSequenceConfig
 from sae_lens_ext_plugins.temporal_consistency.sae import TemporalConsistencyTrainingSAEConfig
-from sae_lens_ext_plugins.temporal_consistency.train import train_on_sequences
+import sys
+sys.path.insert(0, REPO_ROOT)  # benchmarks/ is importable from the repository's root
+from benchmarks.temporal_training import train_on_sequences
 from sae_lens import SAE
 
 torch.manual_seed(0)
@@ -197,5 +201,6 @@ print("CORE", l0, ev, metrics["model_performance_preservation"]["ce_loss_score"]
 
 
 def test_sae_bench_core_runs(tmp_path):
-    proc = run_python(SAE_BENCH.replace("SAVE_DIR", str(tmp_path / "sae")))
+    code = SAE_BENCH.replace("SAVE_DIR", str(tmp_path / "sae"))
+    proc = run_python(code.replace("REPO_ROOT", repr(str(REPO))))
     assert "CORE" in proc.stdout

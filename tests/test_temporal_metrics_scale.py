@@ -153,7 +153,7 @@ def test_hard_regime_generator_and_split_metrics():
     assert torch.equal(held_out.is_persistent, train.is_persistent)
     assert torch.equal(held_out.persistence, train.persistence)
     assert not torch.equal(held_out.feature_acts, train.feature_acts)
-    acf = held_out.true_lag1_autocorrelation
+    acf = autocorrelation(held_out.feature_acts, 1)[:, 0]
     assert acf[train.is_persistent].min() > 0.5 > acf[~train.is_persistent].abs().max()
     active = (train.feature_acts > 0).float().sum(-1).mean()
     assert 4 < active < 9  # dense: about 6 of 64 features on per position

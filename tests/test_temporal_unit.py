@@ -31,8 +31,8 @@ from sae_lens_ext_plugins.temporal_consistency.sae import (
     TemporalConsistencyTrainingSAE,
     TemporalConsistencyTrainingSAEConfig,
 )
-from sae_lens_ext_plugins.temporal_consistency.train import train_on_sequences
 
+from benchmarks.temporal_training import train_on_sequences
 from sae_lens_ext.windows import BatchLayoutError, mark_layout_served
 
 TC = TemporalConsistencyTrainingSAEConfig
@@ -387,7 +387,7 @@ def test_synthetic_sequences_match_their_markov_chains():
     rate = (data.feature_acts > 0).float().mean(dim=(0, 1))
     assert torch.allclose(rate, torch.full((8,), 0.2), atol=0.03)
     # constant magnitudes: value autocorrelation = on/off chain autocorrelation (rho - a)^k
-    assert torch.allclose(data.true_autocorrelation(2), data.binary_autocorrelation(2), atol=0.04)
+    assert torch.allclose(autocorrelation(data.feature_acts, 2), data.binary_autocorrelation(2), atol=0.04)
     recon = data.feature_acts @ data.feature_vectors
     assert torch.allclose(recon, data.activations, atol=1e-5)
 
@@ -430,11 +430,12 @@ def test_metrics_on_known_sequences():
 
 
 def test_ablation_and_plots(tmp_path, small_data):
-    from sae_lens_ext_plugins.temporal_consistency.ablation import run_ablation
     from sae_lens_ext_plugins.temporal_consistency.plots import (
         plot_metrics_comparison,
         plot_training_curves,
     )
+
+    from benchmarks.temporal_training import run_ablation
 
     rows = run_ablation(
         [2, 4],

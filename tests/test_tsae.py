@@ -22,7 +22,6 @@ from sae_lens_ext_plugins.temporal_consistency.data import (
     SyntheticSequences,
 )
 from sae_lens_ext_plugins.temporal_consistency.metrics import encode_sequences, inference_sae
-from sae_lens_ext_plugins.temporal_consistency.train import train_together
 from sae_lens_ext_plugins.tsae.sae import (
     TSAE,
     TSAETrainingSAE,
@@ -30,6 +29,7 @@ from sae_lens_ext_plugins.tsae.sae import (
     symmetric_contrastive_loss,
 )
 
+from benchmarks.temporal_training import train_together
 from sae_lens_ext.windows import batch_window, shared_window
 
 

@@ -89,3 +89,22 @@ def data_streams_option(f: Callable[..., Any]) -> Callable[..., Any]:
         "(0: one per process). Under torchrun each process serves its share of them, so "
         "the data, and the trained SAE, are the same on any number of processes dividing it.",
     )(f)
+
+
+def debug_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--debug`` (show tracebacks) to a command or group: the one definition."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+        from sae_lens_ext.errors import set_debug
+
+        set_debug(value)
+        return value
+
+    return click.option(
+        "--debug",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=callback,
+        help="Show full tracebacks instead of one-line errors.",
+    )(f)

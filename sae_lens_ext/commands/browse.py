@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sae_lens_ext.errors import debug_option
+from sae_lens_ext.commands._options import debug_option
 
 HELP = """Write a static latent browser of an SAE: open FOLDER/index.html, offline.
 

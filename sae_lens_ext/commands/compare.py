@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sae_lens_ext.errors import debug_option
+from sae_lens_ext.commands._options import debug_option
 
 HELP = """Compare runs: the research logs' figures and one results table, from saved results.
 

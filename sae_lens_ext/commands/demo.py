@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sae_lens_ext.commands._options import IntRange, data_streams_option, run_options
-from sae_lens_ext.errors import debug_option
+from sae_lens_ext.commands._options import IntRange, data_streams_option, debug_option, run_options
 
 HELP = """Train an SAE on ground-truth synthetic data, offline, and report how well it recovers it.
 
@@ -125,3 +124,8 @@ def demo_command(**options: object) -> int:
 
     # click gives each option its declared type; DemoOptions' fields are those options
     return demo(DemoOptions(**options))  # type: ignore[arg-type]
+
+
+def demo_parameters() -> dict[str, click.Parameter]:
+    """``sae-lens demo``'s parameters by name: the defaults and types demo sweeps use."""
+    return {p.name: p for p in demo_command.params if p.name}

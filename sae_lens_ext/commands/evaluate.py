@@ -7,8 +7,7 @@ from typing import Any
 
 import click
 
-from sae_lens_ext.commands._options import IntRange
-from sae_lens_ext.errors import debug_option
+from sae_lens_ext.commands._options import IntRange, debug_option
 
 HELP = """Evaluate a trained SAE: on fresh data, or with SAE-Bench (--bench).
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sae_lens_ext.commands._options import progress_options
-from sae_lens_ext.errors import debug_option
+from sae_lens_ext.commands._options import debug_option, progress_options
 
 HELP = """Train and evaluate a ladder or grid of variants on the same data, resumably.
 
@@ -58,6 +57,7 @@ def sweep_command(
     log_every: int | None,
     progress: str,
 ) -> int:
+    from sae_lens_ext.commands.demo import demo_parameters
     from sae_lens_ext.run.sweep import run_sweep
 
     return run_sweep(
@@ -67,4 +67,5 @@ def sweep_command(
         dry_run=dry_run,
         log_every=log_every,
         progress=progress,
+        demo_parameters=demo_parameters(),
     )

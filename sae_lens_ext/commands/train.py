@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import click
 
-from sae_lens_ext.commands._options import data_streams_option, run_options
-from sae_lens_ext.errors import debug_option
+from sae_lens_ext.commands._options import data_streams_option, debug_option, run_options
 
 HELP = """Train an SAE on a language model's activations (upstream SAE-Lens runner).
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sae_lens_ext.errors import debug_option
+from sae_lens_ext.commands._options import debug_option
 
 
 @click.command(name="upload", context_settings={"max_content_width": 100})

@@ -5,11 +5,12 @@ upstream's ``MultiSAETrainer`` does (``step``, ``maybe_reset_sparsity``,
 ``full_sparsity_window_log``, ``set_final_sae_metadata``, ``save_checkpoint``,
 ``load_trainer_state``), and adds, explicitly and in this order after each step:
 
-1. the architecture's after-step work with the optimizer in hand
-   (``sae.after_optimizer_step(optimizer)``: resampling, a periodic permutation; a
-   returned permutation is applied to the trainer's per-latent firing counters too);
-2. the core's guards (:class:`~sae_lens_ext.guards.TrainingGuard`: device-side every
-   step, checked on logging steps);
+1. the architecture's after-step work with the optimizer in hand, through the SAE's
+   after-step driver (:func:`sae_lens_ext.after_step.drive_from_loop`: resampling, a
+   periodic permutation; a returned permutation is applied to the trainer's per-latent
+   firing counters too);
+2. that driver's guard (:class:`~sae_lens_ext.after_step.TrainingGuard`: device-side
+   every step, checked on logging steps);
 3. logging (JSONL, progress, wandb when asked; before the step, the SAE's loss terms are
    told whether it is a logging step: :func:`~sae_lens_ext.loss_terms.set_logging_step`),
    checkpoints at step boundaries (with
@@ -41,15 +42,14 @@ import torch
 from typing_extensions import override
 
 from sae_lens_ext import distributed
+from sae_lens_ext.after_step import TrainingGuard, drive_from_loop
 from sae_lens_ext.errors import TrainingInterrupted, fail
-from sae_lens_ext.guards import TrainingGuard
 from sae_lens_ext.loss_terms import set_logging_step
 from sae_lens_ext.optim import permute_latent_state
 from sae_lens_ext.run.progress import RunLogger
 from sae_lens_ext.run.replicas import ReplicaSync
 
 LOOP_STATE_FILENAME = "loop_state.pt"
-DEFAULT_MAX_SILENT_STEPS = 200
 #: What a resumed run does not reproduce when wandb evaluations read the training data.
 WANDB_EVAL_RESUME_NOTE = (
     "with --log_to_wandb True the periodic evaluations read the training data source and "
@@ -154,16 +154,17 @@ class TrainingLoop:
         self.replicas = ReplicaSync(trainer)
         self.stop = distributed.StopAgreement()
         self.check_every = check_every or (logger.log_every if logger is not None else 50)
-        self.guard = TrainingGuard(
-            getattr(self.sae.cfg, "max_silent_steps", DEFAULT_MAX_SILENT_STEPS)
-        )
+        self.after_step = drive_from_loop(self.sae)  # after-step work and the guard
         self.thresholds = list(trainer.checkpoint_thresholds)  # upstream's schedule
         self.last_checkpoint: Path | None = None
         self.last_record: dict[str, Any] = {}
         self.first_step_at: float | None = None  # time.perf_counter() when training began
         self._resume_rng: dict[str, Any] | None = None
-        if hasattr(self.sae, "post_step_by_caller"):
-            self.sae.post_step_by_caller = True  # this loop runs after-step work and guards
+
+    @property
+    def guard(self) -> TrainingGuard:
+        """The SAE's one guard (its after-step driver's)."""
+        return self.after_step.guard
 
     # --- resume ------------------------------------------------------------------------
     def resume_from(self, checkpoint: Path) -> None:
@@ -321,8 +322,7 @@ class TrainingLoop:
     def after_optimizer_step(self) -> None:
         """The architecture's after-step work; permute the trainer's per-latent state along
         with any latent permutation it applied."""
-        after = getattr(self.sae, "after_optimizer_step", None)
-        permutation = after(self.trainer.optimizer) if after is not None else None
+        permutation = self.after_step.after_optimizer_step(self.trainer.optimizer)
         if permutation is not None:
             self.replicas.compare_permutation(permutation)
             trainer = self.trainer

@@ -40,6 +40,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -297,8 +298,10 @@ def run_sweep(
     dry_run: bool = False,
     log_every: int | None = None,
     progress: str = "auto",
+    demo_parameters: Mapping[str, Any] | None = None,
 ) -> int:
-    """The body of ``sae-lens sweep``."""
+    """The body of ``sae-lens sweep``; ``demo_parameters``: ``sae-lens demo``'s click
+    parameters by name (demo sweeps convert their values as the command does)."""
     sweep = load_sweep(path, output, sets)
     from sae_lens_ext.run.output import check_creatable
 
@@ -307,7 +310,7 @@ def run_sweep(
     if sweep.kind == "demo":
         from sae_lens_ext.run.sweep_demo import plan_demo, train_demo_variants
 
-        plans = plan_demo(sweep, log_every, progress)
+        plans = plan_demo(sweep, log_every, progress, demo_parameters or {})
         if dry_run:
             return print_plan(sweep, [[v] for v in sweep.variants])
         write_sweep_record(sweep)

@@ -115,8 +115,7 @@ def demo_setup(architecture):
     persist over positions (measured settings: docs/temporal-consistency.md)."""
     if architecture != ARCHITECTURE:
         return None
-    from sae_lens_ext.api import DemoSetup
-    from sae_lens_ext_plugins.temporal_consistency.demo import SequenceDemoData
+    from sae_lens_ext.api import DemoSetup, SequenceDemoData
 
     return DemoSetup(
         sae_settings={"l1_coefficient": 0.8, "temporal_coefficient": 0.1, "temporal_window": 4},

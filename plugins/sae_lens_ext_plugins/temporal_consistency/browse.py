@@ -16,38 +16,19 @@ from typing import Any
 
 import torch
 
-from sae_lens_ext.api import BrowserData, Panel, svg_bar_chart, svg_line_chart
-from sae_lens_ext_plugins.temporal_consistency.metrics import ALIVE_VAR_EPS
+from sae_lens_ext.api import (
+    BrowserData,
+    Panel,
+    lag1_autocorrelation,
+    svg_bar_chart,
+    svg_line_chart,
+)
 
 #: Top contexts drawn per latent.
 POSITION_CONTEXTS = 8
 
 
 @torch.no_grad()
-def lag1_autocorrelation(data: BrowserData, latents: list[int] | None = None) -> torch.Tensor:
-    """``(n,)`` lag-1 autocorrelation of ``latents`` (default: the browsed ones) on the
-    sample, NaN for a latent that does not vary there. Streaming float64 moments: memory
-    one batch of contexts."""
-    n = len(data.latents if latents is None else latents)
-    s1, s2, sa, sb, s12 = (torch.zeros(n, dtype=torch.float64) for _ in range(5))
-    rows = pairs = 0
-    for acts in data.sample_latents(latents):
-        x = acts.double()
-        s1 += x.sum((0, 1))
-        s2 += x.pow(2).sum((0, 1))
-        sa += x[:, :-1].sum((0, 1))
-        sb += x[:, 1:].sum((0, 1))
-        s12 += (x[:, :-1] * x[:, 1:]).sum((0, 1))
-        rows += x.shape[0] * x.shape[1]
-        pairs += x.shape[0] * (x.shape[1] - 1)
-    if pairs == 0:
-        return torch.full((n,), math.nan, dtype=torch.float64)
-    mean = s1 / rows
-    var = s2 / rows - mean**2
-    cov = (s12 - mean * (sa + sb)) / pairs + mean**2
-    return torch.where(var > ALIVE_VAR_EPS, cov / var.clamp_min(ALIVE_VAR_EPS), math.nan)
-
-
 def positions_chart(data: BrowserData, latent: int) -> str:
     """The latent's activation at each offset from the maximum, one line per top context."""
     contexts = data.top_contexts(latent)[:POSITION_CONTEXTS]

@@ -25,9 +25,10 @@ from typing import Any
 
 import torch
 
+from sae_lens_ext.api import ALIVE_VAR_EPS
+
 Sequences = Any  # a (n_seq, seq_len, d_in) tensor or an object with ``.activations``
 
-ALIVE_VAR_EPS = 1e-12
 CHUNK_ELEMENTS = 1 << 24  # float64 elements per column chunk (128 MiB)
 
 

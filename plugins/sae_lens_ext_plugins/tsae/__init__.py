@@ -45,8 +45,7 @@ def demo_setup(architecture):
 
     if architecture != ARCHITECTURE:
         return None
-    from sae_lens_ext.api import DemoSetup
-    from sae_lens_ext_plugins.temporal_consistency.demo import SequenceDemoData
+    from sae_lens_ext.api import DemoSetup, SequenceDemoData
 
     return DemoSetup(
         sae_settings={"k": 15, "aux_loss_coefficient": 1.0},

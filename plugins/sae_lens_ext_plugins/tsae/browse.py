@@ -9,8 +9,7 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
-from sae_lens_ext.api import BrowserData, Panel
-from sae_lens_ext_plugins.temporal_consistency.browse import lag1_autocorrelation
+from sae_lens_ext.api import BrowserData, Panel, lag1_autocorrelation
 
 
 def group_edges(sae: Any) -> list[int]:

@@ -1,23 +1,49 @@
-"""Guards that turn a training run that does not work into an error naming the fix.
+"""What follows each optimizer step of a training SAE: the one after-step driver and guard.
 
-:class:`TrainingGuard` watches every step without a host-device sync (device-side
-counters only) and checks them when asked (on logging steps and at the end):
+:class:`AfterStepDriver` (one per training SAE, :func:`driver_of`) runs two things after
+each optimizer step, for ``sae-lens`` commands and under SAE-Lens's own runners alike:
 
-- a non-finite loss, naming the first step where it appeared and what was at fault: that
-  step's input activations, else the losses that were not finite, a plugin's loss term
-  named with its plugin (the one non-finite check of a training step);
-- an SAE that stops firing: no latent active on a whole batch for ``max_silent_steps``
-  consecutive steps (L0 = 0: it reconstructs only ``b_dec``);
-- a run that trained 0 steps, or in which no latent ever fired.
+- the architecture's after-step work, with the optimizer in hand
+  (``sae.after_optimizer_step(optimizer)``: a resample chosen during the step, a periodic
+  permutation such as a sort; the rows it rewrites need fresh optimizer moments);
+- the :class:`TrainingGuard`, which watches every step without a host-device sync
+  (device-side counters only) and checks them when asked:
+
+  - a non-finite loss, naming the first step where it appeared and what was at fault: that
+    step's input activations, else the losses that were not finite, a plugin's loss term
+    named with its plugin (the one non-finite check of a training step);
+  - an SAE that stops firing: no latent active on a whole batch for ``max_silent_steps``
+    consecutive steps (L0 = 0: it reconstructs only ``b_dec``);
+  - a run that trained 0 steps, or in which no latent ever fired.
+
+Who calls the driver:
+
+- the core's training loop (:class:`sae_lens_ext.run.loop.TrainingLoop`) takes it with
+  :func:`drive_from_loop` and calls :meth:`AfterStepDriver.after_optimizer_step` and
+  :meth:`AfterStepDriver.observe` after each step, checking the guard on logging steps;
+- under SAE-Lens's own runners (``SAETrainer.fit``, which know nothing of it) a training
+  SAE (:class:`~sae_lens_ext.training.LossTermsMixin`) feeds the guard from its own step
+  (:meth:`AfterStepDriver.observe_step`, checked every :data:`GUARD_CHECK_EVERY` steps)
+  and asks for its after-step work with :func:`request_after_step`. Those runners call
+  ``optimizer.step()`` inside ``SAETrainer`` with no callback after it, and the work must
+  come after the optimizer step and before the next forward pass: a process-wide torch
+  optimizer step post-hook (registered here, on the first request, and acting only for
+  an optimizer that holds every parameter of a waiting SAE) is the one public seam left
+  there.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+#: ``max_silent_steps``'s default: the one place it is written.
+DEFAULT_MAX_SILENT_STEPS = 200
+#: Under SAE-Lens's own runners, the guard is checked every this many steps.
+GUARD_CHECK_EVERY = 100
 #: At most this many loss names are told apart (bits of one int64 on the device).
 MAX_LOSS_NAMES = 62
 _STATE = ("first_bad_step", "bad_input", "silent", "ever_fired", "bad_losses")
@@ -31,7 +57,7 @@ SILENT_FIX = (
 class TrainingGuard:
     """Device-side watch of a training run; :meth:`check` raises what it found."""
 
-    def __init__(self, max_silent_steps: int = 200) -> None:
+    def __init__(self, max_silent_steps: int = DEFAULT_MAX_SILENT_STEPS) -> None:
         self.max_silent_steps = max_silent_steps
         self.steps = 0
         self.last_step = -1
@@ -202,3 +228,130 @@ def non_finite_loss_error(step: int, names: list[str]) -> FloatingPointError:
     return FloatingPointError(
         f"training step {step}: loss is not finite{which}; lower lr or the loss coefficients"
     )
+
+
+# ---------------------------------------------------------------------------------------
+# The after-step driver
+# ---------------------------------------------------------------------------------------
+@runtime_checkable
+class AfterOptimizerStep(Protocol):
+    """A training SAE with work that needs the optimizer right after each of its steps."""
+
+    def after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+        """Do it (resampling, a periodic permutation); return the permutation of the
+        latents if one was applied (new latent ``j`` is old latent ``perm[j]``), so that the
+        caller permutes the per-latent state it owns (the trainer's firing counters)."""
+        ...
+
+
+class AfterStepDriver:
+    """The after-step work and the guard of one training SAE (see the module docstring).
+
+    Attributes:
+        guard: the SAE's one :class:`TrainingGuard`.
+        by_loop: a training loop drives this SAE (it runs the work and feeds the guard
+            itself); ``False`` under SAE-Lens's own runners.
+    """
+
+    def __init__(self, sae: Any, max_silent_steps: int = DEFAULT_MAX_SILENT_STEPS) -> None:
+        self._sae = weakref.ref(sae)
+        self.guard = TrainingGuard(max_silent_steps)
+        self.by_loop = False
+
+    def after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+        """Run the SAE's after-step work now, if it has any (:class:`AfterOptimizerStep`);
+        return the permutation of the latents it applied, if one."""
+        sae = self._sae()
+        if sae is None:
+            return None
+        _waiting.discard(sae)
+        work = getattr(sae, "after_optimizer_step", None)
+        return work(optimizer) if work is not None else None
+
+    def request(self) -> None:
+        """The SAE has after-step work pending: under SAE-Lens's own runners, run it after
+        the next step of an optimizer that holds all its parameters (a loop runs it after
+        every step anyway)."""
+        sae = self._sae()
+        if self.by_loop or sae is None:
+            return
+        _install_optimizer_hook()
+        _waiting.add(sae)
+
+    def is_waiting(self) -> bool:
+        """Whether requested work still waits for an optimizer step (none ran since)."""
+        return self._sae() in _waiting
+
+    def cancel(self) -> None:
+        """Forget requested work (it is skipped)."""
+        sae = self._sae()
+        if sae is not None:
+            _waiting.discard(sae)
+
+    def observe_step(self, step: int, loss: torch.Tensor, sae_in: torch.Tensor,
+                     feature_acts: torch.Tensor, losses: Mapping[str, torch.Tensor]) -> None:  # fmt: skip
+        """The SAE's own view of a step it computed: under SAE-Lens's own runners the guard
+        watches it (checked every :data:`GUARD_CHECK_EVERY` steps); a loop observes the
+        step itself."""
+        if self.by_loop:
+            return
+        self.guard.observe(step, loss, sae_in, feature_acts, losses=losses)
+        if (step + 1) % GUARD_CHECK_EVERY == 0:
+            self.guard.check()
+
+    def check_before_save(self) -> None:
+        """Under SAE-Lens's own runners: refuse to save an SAE that trained here and never
+        fired (a loop checks at its end)."""
+        if not self.by_loop and self.guard.steps:
+            self.guard.check_finished(self.guard.steps)
+
+
+_drivers: weakref.WeakKeyDictionary[Any, AfterStepDriver] = weakref.WeakKeyDictionary()
+_waiting: weakref.WeakSet[Any] = weakref.WeakSet()
+_hook_handle: Any = None
+
+
+def _max_silent_steps(sae: Any) -> int:
+    return getattr(getattr(sae, "cfg", None), "max_silent_steps", DEFAULT_MAX_SILENT_STEPS)
+
+
+def driver_of(sae: Any) -> AfterStepDriver:
+    """The SAE's after-step driver (made on first use, from ``sae.cfg.max_silent_steps``)."""
+    driver = _drivers.get(sae)
+    if driver is None:
+        driver = _drivers[sae] = AfterStepDriver(sae, _max_silent_steps(sae))
+    return driver
+
+
+def drive_from_loop(sae: Any) -> AfterStepDriver:
+    """A fresh driver for a training loop that runs the SAE's after-step work and feeds
+    its guard itself (a new run: a new watch); the process-wide hook leaves it alone."""
+    _waiting.discard(sae)
+    driver = _drivers[sae] = AfterStepDriver(sae, _max_silent_steps(sae))
+    driver.by_loop = True
+    return driver
+
+
+def request_after_step(sae: Any) -> None:
+    """Ask for ``sae.after_optimizer_step(optimizer)`` after the next optimizer step of an
+    optimizer holding its parameters (no-op when a training loop drives it)."""
+    driver_of(sae).request()
+
+
+def _install_optimizer_hook() -> None:
+    global _hook_handle
+    if _hook_handle is None:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        _hook_handle = register_optimizer_step_post_hook(_after_optimizer_step)
+
+
+def _after_optimizer_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+    """The process-wide post-hook: the after-step work of every waiting SAE whose
+    parameters this optimizer holds."""
+    if not _waiting:
+        return
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for sae in list(_waiting):
+        if all(id(p) in held for p in sae.parameters()):
+            driver_of(sae).after_optimizer_step(optimizer)
