@@ -440,7 +440,10 @@ def test_frequency_figures_from_saved_sparsity(runs) -> None:
     from safetensors.torch import load_file
     from scipy.stats import spearmanr
 
-    from sae_lens_ext.run.figures import build_feature_frequencies, build_frequency_ordering
+    from sae_lens_ext_plugins.freq_ordered.plots import (
+        build_feature_frequencies,
+        build_frequency_ordering,
+    )
 
     run = runs[4]
     frequencies = run.frequencies()
