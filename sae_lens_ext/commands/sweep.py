@@ -58,7 +58,7 @@ def sweep_command(
     log_every: int | None,
     progress: str,
 ) -> int:
-    from sae_lens_ext.run.sweep import run_sweep
+    from sae_lens_ext.run.sweep_run import run_sweep
 
     return run_sweep(
         sweep_file,

@@ -8,41 +8,26 @@ from sae_lens_ext.errors import CliError, fail
 from sae_lens_ext.run.sweep import DEMO_OPTIONS, Sweep, Variant, begin_variant, interrupted, is_done
 
 
-def demo_params() -> dict[str, Any]:
-    """``sae-lens demo``'s click parameters by name (the one source of their defaults and
-    types)."""
-    from sae_lens_ext.commands.demo import demo_command
-
-    return {p.name: p for p in demo_command.params if p.name}
-
-
-def demo_defaults() -> dict[str, Any]:
-    """The defaults of ``sae-lens demo``'s options."""
-    return {name: p.default for name, p in demo_params().items()}
-
-
 def demo_option(variant: Variant, key: str, value: Any) -> Any:
     """A demo option's value from a sweep file, converted and checked as ``sae-lens demo``
-    converts the flag (numbers as Python reads them: ``samples: 1e6``, ``lr: 1e-3``)."""
-    import click
+    takes the flag (numbers as Python reads them: ``samples: 1e6``, ``lr: 1e-3``)."""
+    from sae_lens_ext.run.demo import demo_option_value
 
-    if value is None:
-        return None
-    param = demo_params()[key]
     try:
-        return param.type.convert(value, param, None)
-    except click.BadParameter as exc:
-        raise fail(f"variant {variant.name}: {key}: {exc.format_message()}") from None
+        return demo_option_value(key, value)
+    except ValueError as exc:
+        raise fail(f"variant {variant.name}: {key}: {value!r}: {exc}") from None
 
 
 def demo_options(variant: Variant, log_every: int | None, progress: str) -> Any:
     """The variant's :class:`~sae_lens_ext.run.demo.DemoOptions`: demo options by name, every
     other setting as ``--set FIELD=VALUE``."""
+    import dataclasses
     import json
 
     from sae_lens_ext.run.demo import DemoOptions
 
-    values = demo_defaults()
+    values = dataclasses.asdict(DemoOptions())
     values.update(
         output=str(variant.folder),
         overwrite=False,
