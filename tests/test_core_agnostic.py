@@ -28,13 +28,13 @@ def test_the_core_draws_no_figure_a_built_in_draws(tmp_path):
     """Every file a built-in plugin's figure hooks write (``run_figures`` on a plain SAE,
     ``compare_figures`` on a saved run) is named nowhere in the core: a figure of a
     built-in's concept is the plugin's, never re-drawn by the core."""
-    from safetensors.torch import save_file
+    import torch
     from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+    from safetensors.torch import save_file
 
     from sae_lens_ext.api import EvalData, RunResults
     from sae_lens_ext.plugins import call_each_list
 
-    torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     sae = StandardSAE(StandardSAEConfig(d_in=8, d_sae=16))
     data = EvalData(torch.randn(4, 32, 8))
@@ -50,7 +50,9 @@ def test_the_core_draws_no_figure_a_built_in_draws(tmp_path):
         path.relative_to(REPO).as_posix(): path.read_text()
         for path in (REPO / "sae_lens_ext").rglob("*.py")
     }
-    hits = sorted(f"{file}: {name}" for file, text in core.items() for name in names if name in text)
+    hits = sorted(
+        f"{file}: {name}" for file, text in core.items() for name in names if name in text
+    )
     assert hits == []
 
 
