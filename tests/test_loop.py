@@ -137,6 +137,24 @@ def test_saes_in_lockstep_train_exactly_as_each_trains_alone():
             assert torch.equal(one[key], other[key]), key
 
 
+def test_ctrl_c_stops_loops_in_lockstep_at_a_step_boundary():
+    from sae_lens_ext.errors import TrainingInterrupted
+
+    follower = make_loop("standard", 6, LockstepData())
+    lead = make_loop("standard", 6, lockstep=[follower])
+
+    def batches():
+        for i in range(6):
+            if i == 2:
+                lead.interrupt.requested = True  # as the first Ctrl-C does
+            yield torch.randn(BATCH, D_IN)
+
+    lead.data = batches()
+    with pytest.raises(TrainingInterrupted, match="after step 3: no checkpoint saved"):
+        lead.run()
+    assert lead.trainer.n_training_steps == 3 and follower.trainer.n_training_steps == 2
+
+
 def test_loops_in_lockstep_keep_no_checkpoints():
     follower = make_loop("standard", 2, LockstepData())
     follower.cfg.checkpoint_path = "checkpoints"
