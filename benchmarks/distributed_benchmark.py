@@ -122,8 +122,8 @@ def build(args: argparse.Namespace, device: str) -> tuple[Any, int]:
     class TimedLoop(TrainingLoop):
         step_times: list[float]
 
-        def train_step(self) -> None:
-            super().train_step()
+        def train_step(self, batch: torch.Tensor | None = None) -> None:
+            super().train_step(batch)
             if cuda is not None:
                 torch.cuda.synchronize(cuda)
             self.step_times.append(time.perf_counter())

@@ -25,8 +25,9 @@ Groups:
   :func:`term_option`, :func:`decoder_weighted_sparsity`, :func:`check_non_negative`;
 - resampling: :class:`ResampleRequest`, :class:`ResampleResult`, :func:`request_after_step`;
 - evaluation and figures: :class:`Metric`, :class:`EvalData`, :func:`explained_variance`,
-  :func:`seed_consistency`, :func:`encode_batches`, :func:`batch_rows_for`,
-  :func:`pyplot`, :func:`save_figure`;
+  :func:`firing_frequencies`, :func:`seed_consistency`, :func:`encode_batches`,
+  :func:`batch_rows_for`, :func:`pyplot`, :func:`save_figure`, :class:`RunResults` (a saved
+  run folder, what ``compare_figures`` reads);
 - presets and the run's length: :class:`Preset`, :class:`PresetError`, :func:`get_preset`,
   :func:`make_trainer` (upstream's ``SAETrainer``, after telling the SAE the run's length);
 - ``sae-lens browse`` panels: :class:`BrowserData`, :class:`Panel`, :func:`svg_bar_chart`,
@@ -98,6 +99,7 @@ if TYPE_CHECKING:
         batch_rows_for,
         encode_batches,
         explained_variance,
+        firing_frequencies,
         seed_consistency,
     )
     from sae_lens_ext.plugins import (
@@ -110,6 +112,7 @@ if TYPE_CHECKING:
     from sae_lens_ext.presets import Preset, PresetError, get_preset
     from sae_lens_ext.resampling import ResampleRequest, ResampleResult
     from sae_lens_ext.run.figures import pyplot, save_figure
+    from sae_lens_ext.run.results import RunResults
     from sae_lens_ext.sequences import (
         ALIVE_VAR_EPS,
         SequenceDemoData,
@@ -196,6 +199,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "batch_rows_for": ("sae_lens_ext.metrics", "batch_rows_for"),
     "encode_batches": ("sae_lens_ext.metrics", "encode_batches"),
     "explained_variance": ("sae_lens_ext.metrics", "explained_variance"),
+    "firing_frequencies": ("sae_lens_ext.metrics", "firing_frequencies"),
     "seed_consistency": ("sae_lens_ext.metrics", "seed_consistency"),
     "load_hooked_sae_transformer": ("sae_lens_ext.hooked", "load_hooked_sae_transformer"),
     "splice_sae": ("sae_lens_ext.hooked", "splice_sae"),
@@ -217,6 +221,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "request_after_step": ("sae_lens_ext.after_step", "request_after_step"),
     "pyplot": ("sae_lens_ext.run.figures", "pyplot"),
     "save_figure": ("sae_lens_ext.run.figures", "save_figure"),
+    "RunResults": ("sae_lens_ext.run.results", "RunResults"),
     "Activation": ("sae_lens_ext.sparse", "Activation"),
     "AffineMap": ("sae_lens_ext.sparse", "AffineMap"),
     "BatchTopK": ("sae_lens_ext.sparse", "BatchTopK"),
@@ -310,6 +315,7 @@ __all__ = [
     "ReLU",
     "ResampleRequest",
     "ResampleResult",
+    "RunResults",
     "SequenceDemoData",
     "SparseCodes",
     "SparseEncoder",
@@ -340,6 +346,7 @@ __all__ = [
     "encode_sparse",
     "encoder_input",
     "explained_variance",
+    "firing_frequencies",
     "fold_decoder_norms",
     "get_preset",
     "gram",

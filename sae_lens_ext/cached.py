@@ -25,8 +25,12 @@ from typing import Any
 import torch
 from typing_extensions import override
 
-from sae_lens_ext.metrics import check_finite
-from sae_lens_ext.windows import BatchLayoutError, WindowBuffer, validate_window_layout
+from sae_lens_ext.windows import (
+    BatchLayoutError,
+    WindowBuffer,
+    check_finite,
+    validate_window_layout,
+)
 
 
 class CacheLayoutError(ValueError):

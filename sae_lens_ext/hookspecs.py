@@ -23,7 +23,7 @@ others go on; a hook implementation whose name is not one of these is reported a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from sae_lens_ext.metrics import EvalData, Metric
     from sae_lens_ext.presets import Preset
     from sae_lens_ext.resampling import ResampleRequest, ResampleResult
+    from sae_lens_ext.run.results import RunResults
     from sae_lens_ext.synthetic import DemoSetup
 
 PROJECT = "sae_lens_ext"
@@ -124,6 +125,17 @@ def evaluation_metrics(sae: Any, data: EvalData) -> list[Metric] | None:
 @hookspec
 def run_figures(sae: Any, data: EvalData, folder: Path) -> list[Path] | None:
     """Write this plugin's figures of ``sae`` on ``data`` into ``folder``; return their paths."""
+
+
+@hookspec
+def compare_figures(runs: Sequence[RunResults], folder: Path) -> list[Path] | None:
+    """Write this plugin's figures of saved runs into ``folder`` for ``sae-lens compare``
+    (a figure of one run into ``folder / run.name``); return their paths.
+
+    ``runs`` are :class:`~sae_lens_ext.api.RunResults` read from the run folders (metrics,
+    training log, SAE-Bench results, ``frequencies()``): draw from them, retrain nothing,
+    and print one line for a run that lacks what a figure needs.
+    """
 
 
 @hookspec

@@ -76,14 +76,25 @@ class EvalData:
         return self.activations.reshape(-1, self.activations.shape[-1])
 
     def firing_frequencies(self, sae: Any) -> torch.Tensor:
-        """``[d_sae]`` fraction of rows on which each latent is non-zero (computed once per SAE)."""
+        """:func:`firing_frequencies` of ``sae`` on these data (computed once per SAE)."""
         key = (id(sae), "frequencies")
         if key not in self._memo:
-            counts = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
-            for _, acts in encode_batches(sae, self):
-                counts += (acts != 0).sum(0, dtype=torch.float64).cpu()
-            self._memo[key] = (counts / self.n_rows).float()
+            self._memo[key] = firing_frequencies(sae, self.activations)
         return self._memo[key]
+
+
+@torch.no_grad()
+def firing_frequencies(sae: Any, activations: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """``[d_sae]``: the fraction of positions of ``activations`` (rows ``(N, d_in)`` or
+    sequences ``(n_seq, seq_len, d_in)``) on which each latent of ``sae`` is non-zero,
+    encoded in eval mode about ``batch_size`` rows at a time (:func:`encode_batches`)."""
+    counts, n = torch.zeros(sae.cfg.d_sae, dtype=torch.float64), 0
+    for _, latents in encode_batches(sae, EvalData(activations), batch_size):
+        counts += (latents != 0).sum(0, dtype=torch.float64).cpu()
+        n += latents.shape[0]
+    if n == 0:
+        raise ValueError("firing_frequencies: activations is empty")
+    return (counts / n).float()
 
 
 def batch_rows_for(sae: Any, rows: int = 4096) -> int:
@@ -227,17 +238,6 @@ def metrics_dict(metrics: list[Metric]) -> dict[str, Any]:
             raise ValueError(f"metric {metric.key!r} is reported twice")
         out[metric.key] = metric.value
     return out
-
-
-def check_finite(tensor: torch.Tensor, what: str) -> None:
-    """Raise ``FloatingPointError`` naming ``what`` and the first bad index if ``tensor``
-    holds NaN or inf (one host-device sync: call it on data, not in a training step)."""
-    bad = ~torch.isfinite(tensor)
-    if bool(bad.any()):
-        index = tuple(int(i) for i in bad.nonzero()[0][:-1])
-        raise FloatingPointError(
-            f"{what} contain NaN/inf (first at index {index}); check the model, hook and dtype"
-        )
 
 
 #: Above this many latents (in either SAE) :func:`seed_consistency` refuses to build the

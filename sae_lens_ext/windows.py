@@ -29,7 +29,16 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from typing_extensions import override
 
-from sae_lens_ext.metrics import check_finite
+
+def check_finite(tensor: torch.Tensor, what: str) -> None:
+    """Raise ``FloatingPointError`` naming ``what`` and the first bad index if ``tensor``
+    holds NaN or inf (one host-device sync: call it on data, not in a training step)."""
+    bad = ~torch.isfinite(tensor)
+    if bool(bad.any()):
+        index = tuple(int(i) for i in bad.nonzero()[0][:-1])
+        raise FloatingPointError(
+            f"{what} contain NaN/inf (first at index {index}); check the model, hook and dtype"
+        )
 
 
 class BatchLayoutError(ValueError):

@@ -24,6 +24,38 @@ def test_the_core_names_no_plugin():
     assert hits == []
 
 
+def test_the_core_draws_no_figure_a_built_in_draws(tmp_path):
+    """Every file a built-in plugin's figure hooks write (``run_figures`` on a plain SAE,
+    ``compare_figures`` on a saved run) is named nowhere in the core: a figure of a
+    built-in's concept is the plugin's, never re-drawn by the core."""
+    import torch
+    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+    from safetensors.torch import save_file
+
+    from sae_lens_ext.api import EvalData, RunResults
+    from sae_lens_ext.plugins import call_each_list
+
+    torch.manual_seed(0)
+    sae = StandardSAE(StandardSAEConfig(d_in=8, d_sae=16))
+    data = EvalData(torch.randn(4, 32, 8))
+    written = call_each_list("run_figures", Path, sae=sae, data=data, folder=tmp_path / "run")
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    save_file({"sparsity": torch.linspace(-3.0, -1.0, 16)}, saved / "sparsity.safetensors")
+    runs = [RunResults("saved", saved)]
+    written += call_each_list("compare_figures", Path, runs=runs, folder=tmp_path / "cmp")
+    names = {path.name for path in written}
+    assert "frequency_ordering.png" in names  # the built-ins were asked and answered
+    core = {
+        path.relative_to(REPO).as_posix(): path.read_text()
+        for path in (REPO / "sae_lens_ext").rglob("*.py")
+    }
+    hits = sorted(
+        f"{file}: {name}" for file, text in core.items() for name in names if name in text
+    )
+    assert hits == []
+
+
 def run_commands(commands: list[list[str]], env: dict[str, str], cwd: Path) -> list[list]:
     """Run ``sae-lens`` commands through the real entry point in one fresh process."""
     results = run_cli_commands(commands, cwd=cwd, env={**env, "OMP_NUM_THREADS": "1"}, timeout=600)
@@ -66,7 +98,7 @@ def test_an_architecture_only_plugin_gets_every_command(plugin_site, tiny_lm: Ti
     evaluated = json.loads((tmp_path / "lm" / "evaluation.json").read_text())
     assert "ce_loss_score" in evaluated and "explained_variance" in evaluated
     written = {p.relative_to(tmp_path / "cmp").as_posix() for p in (tmp_path / "cmp").rglob("*")}
-    assert {  # generic figures for an architecture no plugin describes; no absorption/SCR run
+    assert {  # generic figures, and the built-in freq_ordered's per-run figures of any SAE
         "training_loss_comparison.png", "reconstruction_metrics.png", "metrics_comparison.png",
         "training_curves.png", "demo/feature_frequencies.png", "lm/frequency_ordering.png",
         "results.md",

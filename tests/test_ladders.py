@@ -437,10 +437,12 @@ def test_training_curves_draw_every_loss_term(runs) -> None:
 
 
 def test_frequency_figures_from_saved_sparsity(runs) -> None:
+    from sae_lens_ext_plugins.freq_ordered.plots import (
+        build_feature_frequencies,
+        build_frequency_ordering,
+    )
     from safetensors.torch import load_file
     from scipy.stats import spearmanr
-
-    from sae_lens_ext.run.figures import build_feature_frequencies, build_frequency_ordering
 
     run = runs[4]
     frequencies = run.frequencies()

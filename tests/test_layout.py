@@ -19,16 +19,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CORE = REPO / "sae_lens_ext"
-#: Circles another change of the same wave removes (issue 23, items 3 and 4): remove these
-#: exemptions once it is merged. Each is the sorted set of modules of one circle.
-KNOWN_CIRCLES: list[frozenset[str]] = [
-    # metrics <-> windows (item 3: one firing-frequency function, frequencies in the plugin)
-    frozenset({"sae_lens_ext.metrics", "sae_lens_ext.windows"}),
-    # sweep <-> sweep_demo / sweep_lm (item 4: sweeps drive the one training loop)
-    frozenset(
-        {"sae_lens_ext.run.sweep", "sae_lens_ext.run.sweep_demo", "sae_lens_ext.run.sweep_lm"}
-    ),
-]
 #: Circles older than issue 23, through function-level (lazy) imports, not yet untangled:
 #: the plugin registry and the types it validates and serves (plugins <-> loss_terms,
 #: plugins <-> presets, plugins -> twins -> training -> plugins, after_step -> plugins
@@ -153,7 +143,7 @@ def test_the_graph_reader_sees_what_it_must():
 
 def test_no_import_circle_among_core_modules():
     found = circles(core_graph())
-    known = KNOWN_CIRCLES + OLDER_CIRCLES
+    known = OLDER_CIRCLES
     unknown = [c for c in found if not any(c <= k for k in known)]
     assert not unknown, "import circles: " + "; ".join(" <-> ".join(sorted(c)) for c in unknown)
 

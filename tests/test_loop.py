@@ -12,12 +12,12 @@ from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_lens_ext.after_step import driver_of
 from sae_lens_ext.loss_terms import resolve_option
-from sae_lens_ext.run.loop import TrainingLoop
+from sae_lens_ext.run.loop import LockstepData, TrainingLoop
 
 D_IN, D_SAE, BATCH = 8, 32, 64
 
 
-def make_loop(architecture: str, steps: int, data=None, **cfg_kwargs):
+def make_loop(architecture: str, steps: int, data=None, lockstep=(), **cfg_kwargs):
     torch.manual_seed(0)
     sae_cls, cfg_cls = get_sae_training_class(architecture)
     sae = sae_cls(cfg_cls(d_in=D_IN, d_sae=D_SAE, **cfg_kwargs))
@@ -37,7 +37,7 @@ def make_loop(architecture: str, steps: int, data=None, **cfg_kwargs):
     )
     data = data if data is not None else iter(lambda: torch.randn(BATCH, D_IN), None)
     trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=data)
-    return TrainingLoop(trainer, data)
+    return TrainingLoop(trainer, data, lockstep=lockstep)
 
 
 def test_a_sort_permutes_the_trainers_firing_counters():
@@ -113,6 +113,56 @@ def test_an_sae_that_never_fires_stops_the_run_with_the_fix():
         RuntimeError, match=r"no latent has fired for 3 steps.*normalize_activations"
     ):
         loop.guard.check()
+
+
+def test_saes_in_lockstep_train_exactly_as_each_trains_alone():
+    """One stream, two architectures: each SAE ends as its own loop would train it on the
+    same batches (one normalisation estimate, shared; each its own after-step work)."""
+    batches = [torch.randn(BATCH, D_IN) * 3 + 1 for _ in range(3 + 6)]
+    variants = [("standard", {}), ("freq_ordered", {"sort_latents_every": 2})]
+    norm = {"normalize_activations": "expected_average_only_in"}
+
+    def loop(variant, data, lockstep=()):
+        made = make_loop(variant[0], 6, data, lockstep, **norm, **variant[1])
+        made.cfg.n_batches_for_norm_estimate = 3
+        return made
+
+    alone = [loop(v, iter(batches)).run().state_dict() for v in variants]
+    follower = loop(variants[1], LockstepData())
+    lead = loop(variants[0], iter(batches), [follower])
+    together = [lead.run().state_dict(), follower.finish().state_dict()]
+    assert follower.trainer.n_training_steps == 6 and follower.sae.n_sorts == 3
+    for one, other in zip(alone, together, strict=True):
+        assert one.keys() == other.keys()
+        for key in one:
+            assert torch.equal(one[key], other[key]), key
+
+
+def test_ctrl_c_stops_loops_in_lockstep_at_a_step_boundary():
+    from sae_lens_ext.errors import TrainingInterrupted
+
+    follower = make_loop("standard", 6, LockstepData())
+    lead = make_loop("standard", 6, lockstep=[follower])
+
+    def batches():
+        for i in range(6):
+            if i == 2:
+                lead.interrupt.requested = True  # as the first Ctrl-C does
+            yield torch.randn(BATCH, D_IN)
+
+    lead.data = batches()
+    with pytest.raises(TrainingInterrupted, match="after step 3: no checkpoint saved"):
+        lead.run()
+    assert lead.trainer.n_training_steps == 3 and follower.trainer.n_training_steps == 2
+
+
+def test_loops_in_lockstep_keep_no_checkpoints():
+    follower = make_loop("standard", 2, LockstepData())
+    follower.cfg.checkpoint_path = "checkpoints"
+    with pytest.raises(ValueError, match="lock-step keep no checkpoints"):
+        make_loop("standard", 2, lockstep=[follower])
+    with pytest.raises(RuntimeError, match="gets each batch from the loop that leads it"):
+        follower.train_step()
 
 
 def test_zero_steps_is_an_error():

@@ -164,7 +164,6 @@ def test_preset_errors_name_the_fix():
 
 
 def test_a_demo_sweep_variant_starts_from_its_preset(tmp_path: Path):
-    from sae_lens_ext.commands.demo import demo_parameters
     from sae_lens_ext.run.sweep import load_sweep
     from sae_lens_ext.run.sweep_demo import demo_options
 
@@ -174,7 +173,7 @@ def test_a_demo_sweep_variant_starts_from_its_preset(tmp_path: Path):
         "variants:\n"
         "  - {name: run5, preset: log-run-5, l1_coefficient: 2}\n"
     )
-    options = demo_options(load_sweep(str(file)).variants[0], 10, "none", demo_parameters())
+    options = demo_options(load_sweep(str(file)).variants[0], 10, "none")
     assert options.preset == "log-run-5" and options.overrides == ("l1_coefficient=2",)
 
 

@@ -15,7 +15,7 @@ SAE-Bench results under RUN/eval_results from `sae-lens evaluate`) and writes to
 --output: training_loss_comparison.png, reconstruction_metrics.png,
 metrics_comparison.png, absorption_metrics.png, scr_threshold_comparison.png,
 training_curves.png, all_metrics.png (every metric in the runs' tables),
-<run>/feature_frequencies.png and <run>/frequency_ordering.png, results.csv and
+every plugin's figures of the runs (some per run, in <run>/), results.csv and
 results.md. A figure no run has data for is skipped (the reason is printed);
 a run lacking a metric is marked n/a. Runs that differ only in their seed get
 seed_consistency.md (decoder rows matched by the Hungarian algorithm).

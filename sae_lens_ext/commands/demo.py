@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from sae_lens_ext.commands._options import IntRange, data_streams_option, debug_option, run_options
+from sae_lens_ext.run.demo import DEMO_MINIMUM, DemoOptions
+
+DEFAULT = DemoOptions()  # the defaults, defined with the options
 
 HELP = """Train an SAE on ground-truth synthetic data, offline, and report how well it recovers it.
 
@@ -43,30 +46,39 @@ Data-parallel on N processes (one SAE, each process a block of every batch):
 )
 @click.option(
     "--samples",
-    type=IntRange(min=1),
-    default=None,
+    type=IntRange(min=DEMO_MINIMUM["samples"]),
+    default=DEFAULT.samples,
     help="Training samples (default: the architecture's demo setting, else 1,000,000).",
 )
-@click.option("--d-in", type=IntRange(min=1), default=64, show_default=True)
+@click.option(
+    "--d-in", type=IntRange(min=DEMO_MINIMUM["d_in"]), default=DEFAULT.d_in, show_default=True
+)
 @click.option(
     "--n-features",
-    type=IntRange(min=1),
-    default=256,
+    type=IntRange(min=DEMO_MINIMUM["n_features"]),
+    default=DEFAULT.n_features,
     show_default=True,
     help="Ground-truth features.",
 )
-@click.option("--d-sae", type=IntRange(min=1), default=512, show_default=True)
-@click.option("--batch-size", type=IntRange(min=1), default=1024, show_default=True)
+@click.option(
+    "--d-sae", type=IntRange(min=DEMO_MINIMUM["d_sae"]), default=DEFAULT.d_sae, show_default=True
+)
+@click.option(
+    "--batch-size",
+    type=IntRange(min=DEMO_MINIMUM["batch_size"]),
+    default=DEFAULT.batch_size,
+    show_default=True,
+)
 @click.option(
     "--lr",
     type=click.FloatRange(min=0, min_open=True),
-    default=None,
+    default=DEFAULT.lr,
     help="Learning rate (default: the architecture's demo setting).",
 )
 @click.option(
     "--seed",
     type=int,
-    default=0,
+    default=DEFAULT.seed,
     show_default=True,
     help="Seed of the SAE's initialisation and of the batches (and of the data, unless "
     "--data-seed is given).",
@@ -74,7 +86,7 @@ Data-parallel on N processes (one SAE, each process a block of every batch):
 @click.option(
     "--data-seed",
     type=int,
-    default=None,
+    default=DEFAULT.data_seed,
     help="Seed of the synthetic ground truth (default: --seed); keep it fixed and change "
     "--seed to train the same SAE on the same data with another initialisation.",
 )
@@ -95,24 +107,24 @@ Data-parallel on N processes (one SAE, each process a block of every batch):
 )
 @click.option(
     "--eval-samples",
-    type=IntRange(min=1),
-    default=100_000,
+    type=IntRange(min=DEMO_MINIMUM["eval_samples"]),
+    default=DEFAULT.eval_samples,
     show_default=True,
     help="Fresh samples the metrics are computed on (dead latents: on the first 100,000).",
 )
 @click.option(
     "--n-checkpoints",
-    type=IntRange(min=0),
-    default=0,
+    type=IntRange(min=DEMO_MINIMUM["n_checkpoints"]),
+    default=DEFAULT.n_checkpoints,
     show_default=True,
     help="Periodic checkpoints (Ctrl-C always saves one).",
 )
 @run_options()
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default=DEFAULT.device, show_default=True)
 @click.option(
     "--threads",
-    type=IntRange(min=0),
-    default=1,
+    type=IntRange(min=DEMO_MINIMUM["threads"]),
+    default=DEFAULT.threads,
     show_default=True,
     help="torch CPU threads (0: torch's default). One thread is fastest for these "
     "small matrices on a shared machine.",
@@ -120,12 +132,7 @@ Data-parallel on N processes (one SAE, each process a block of every batch):
 @data_streams_option
 @debug_option
 def demo_command(**options: object) -> int:
-    from sae_lens_ext.run.demo import DemoOptions, demo
+    from sae_lens_ext.run.demo import demo
 
     # click gives each option its declared type; DemoOptions' fields are those options
     return demo(DemoOptions(**options))  # type: ignore[arg-type]
-
-
-def demo_parameters() -> dict[str, click.Parameter]:
-    """``sae-lens demo``'s parameters by name: the defaults and types demo sweeps use."""
-    return {p.name: p for p in demo_command.params if p.name}

@@ -57,8 +57,7 @@ def sweep_command(
     log_every: int | None,
     progress: str,
 ) -> int:
-    from sae_lens_ext.commands.demo import demo_parameters
-    from sae_lens_ext.run.sweep import run_sweep
+    from sae_lens_ext.run.sweep_run import run_sweep
 
     return run_sweep(
         sweep_file,
@@ -67,5 +66,4 @@ def sweep_command(
         dry_run=dry_run,
         log_every=log_every,
         progress=progress,
-        demo_parameters=demo_parameters(),
     )

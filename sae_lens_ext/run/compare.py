@@ -15,8 +15,6 @@ from typing import Any
 
 from sae_lens_ext.run.results import RunResults, read_runs, write_results_table
 
-FREQUENCY_SOURCE = "sparsity.safetensors (last sparsity window of training)"
-
 
 def _has(runs: Sequence[RunResults], *keys: str) -> bool:
     return any(run.value(*keys) is not None for run in runs)
@@ -80,8 +78,9 @@ def all_metric_keys(runs: Sequence[RunResults]) -> list[tuple[str, str]]:
 
 
 def write_figures(runs: Sequence[RunResults], out: Path) -> list[Path]:
-    """Every comparison figure that has data, the per-run frequency figures and
-    ``all_metrics.png`` (every labelled metric, the plugins' included)."""
+    """Every comparison figure that has data, ``all_metrics.png`` (every labelled metric,
+    the plugins' included) and every plugin's ``compare_figures``."""
+    from sae_lens_ext.plugins import call_each_list
     from sae_lens_ext.run import figures as f
 
     written: list[Path] = []
@@ -94,20 +93,7 @@ def write_figures(runs: Sequence[RunResults], out: Path) -> list[Path]:
     if keys:
         metrics = {r.name: r.values for r in runs}
         written.append(f.plot_metric_bars(metrics, keys, out / "all_metrics.png"))
-    for run in runs:
-        frequencies = run.frequencies()
-        if frequencies is None:
-            print(f"skipped frequency figures of {run.name}: no {FREQUENCY_SOURCE}")
-            continue
-        builders: list[tuple[str, Callable[..., Any]]] = [
-            ("feature_frequencies.png", f.build_feature_frequencies),
-            ("frequency_ordering.png", f.build_frequency_ordering),
-        ]
-        for name, build in builders:
-            written.append(
-                f.save_figure(build(frequencies, run.name, FREQUENCY_SOURCE), out / run.name / name)
-            )
-    return written
+    return written + call_each_list("compare_figures", Path, runs=list(runs), folder=out)
 
 
 def seed_pairs(runs: Sequence[RunResults]) -> list[tuple[RunResults, RunResults]]:

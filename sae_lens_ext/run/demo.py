@@ -49,26 +49,27 @@ TRAINER_OPTIONS = {
 
 @dataclass
 class DemoOptions:
-    """The options of ``sae-lens demo`` (see ``sae-lens demo --help``)."""
+    """The options of ``sae-lens demo`` (see ``sae-lens demo --help``) and their defaults:
+    the one place for both (the command's flags and demo sweeps read them here)."""
 
-    architecture: str | None
-    output: str | None
-    samples: int | None
-    d_in: int
-    n_features: int
-    d_sae: int
-    batch_size: int
-    lr: float | None
-    seed: int
-    overrides: tuple[str, ...]
-    eval_samples: int
-    n_checkpoints: int
-    resume: bool
-    overwrite: bool
-    log_every: int | None
-    progress: str
-    device: str
-    threads: int
+    architecture: str | None = None
+    output: str | None = None
+    samples: int | None = None
+    d_in: int = 64
+    n_features: int = 256
+    d_sae: int = 512
+    batch_size: int = 1024
+    lr: float | None = None
+    seed: int = 0
+    overrides: tuple[str, ...] = ()
+    eval_samples: int = 100_000
+    n_checkpoints: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    log_every: int | None = None
+    progress: str = "auto"
+    device: str = "cpu"
+    threads: int = 1
     data_seed: int | None = None  # the ground truth's seed (default: ``seed``)
     data_streams: int = 0
     preset: str | None = None  # a named preset of the architecture (before ``overrides``)
@@ -76,6 +77,33 @@ class DemoOptions:
     @property
     def resolved_data_seed(self) -> int:
         return self.seed if self.data_seed is None else self.data_seed
+
+
+#: The smallest value of each whole-number option of ``sae-lens demo`` (``lr``: above 0).
+DEMO_MINIMUM = {
+    "samples": 1,
+    "d_in": 1,
+    "n_features": 1,
+    "d_sae": 1,
+    "batch_size": 1,
+    "eval_samples": 1,
+    "n_checkpoints": 0,
+    "threads": 0,
+}
+
+
+def demo_option_value(key: str, value: Any) -> Any:
+    """``value`` of the demo option ``key`` as its flag takes it (numbers as Python reads
+    them: ``1e6``, ``1e-3``); ``ValueError`` saying why it is not one."""
+    kind = field_types(DemoOptions)[key]
+    if value is None or number_kind(kind) is None:
+        return value if value is None or isinstance(value, str) else str(value)
+    number = coerce(value, kind)
+    if key == "lr" and number <= 0:
+        raise ValueError(f"{number} is not above 0")
+    if key in DEMO_MINIMUM and number < DEMO_MINIMUM[key]:
+        raise ValueError(f"{number} is below the smallest value, {DEMO_MINIMUM[key]}")
+    return number
 
 
 def demo(options: DemoOptions) -> int:

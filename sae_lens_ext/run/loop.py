@@ -17,6 +17,12 @@ upstream's ``MultiSAETrainer`` does (``step``, ``maybe_reset_sparsity``,
    the RNG state, the data provider's ``state_dict`` and the guard's state, written to a
    temp folder and renamed), and Ctrl-C at a step boundary.
 
+Several SAEs train in lock-step on one activation stream (``lockstep=``, as upstream's
+``MultiSAETrainer`` steps several ``SAETrainer``s on each batch): this loop reads each
+batch and hands it to the other loops' :meth:`TrainingLoop.train_step` after its own; the
+normalisation estimate is made once and shared; each SAE keeps its own after-step work,
+guards and log.
+
 Under ``torchrun`` the same loop runs on every rank (see :mod:`sae_lens_ext.run.replicas`
 for what keeps the replicas identical): guards and replica checks run on the same steps
 everywhere (every ``check_every`` steps and the last), a Ctrl-C on any rank stops all
@@ -33,7 +39,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +105,14 @@ class _Interruptible(Iterator[torch.Tensor]):
         return next(self.data)
 
 
+class LockstepData(Iterator[torch.Tensor]):
+    """The ``data`` of a loop stepped in lock-step by another: it never reads a batch."""
+
+    @override
+    def __next__(self) -> torch.Tensor:
+        raise RuntimeError("a loop in lock-step gets each batch from the loop that leads it")
+
+
 def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -137,6 +151,10 @@ class TrainingLoop:
         check_every: under torchrun, guards and replica checks run every this many steps
             (default: the logger's ``log_every``); in one process they run whenever the
             logger makes a record.
+        lockstep: loops of other SAEs (built on :class:`LockstepData`) trained on this
+            loop's batches, one step each after this loop's; the run's length is this
+            loop's. They keep no checkpoints and do not resume; :meth:`run` finishes this
+            loop only: call each one's :meth:`finish` for its SAE.
     """
 
     def __init__(
@@ -147,6 +165,7 @@ class TrainingLoop:
         logger: RunLogger | None = None,
         interrupt: InterruptFlag | None = None,
         check_every: int | None = None,
+        lockstep: Sequence[TrainingLoop] = (),
     ) -> None:
         self.trainer, self.sae, self.cfg = trainer, trainer.sae, trainer.cfg
         self.data, self.logger = data, logger
@@ -160,6 +179,9 @@ class TrainingLoop:
         self.last_record: dict[str, Any] = {}
         self.first_step_at: float | None = None  # time.perf_counter() when training began
         self._resume_rng: dict[str, Any] | None = None
+        self.lockstep = list(lockstep)
+        if self.lockstep and any(lp.cfg.checkpoint_path for lp in [self, *self.lockstep]):
+            raise ValueError("loops in lock-step keep no checkpoints: set checkpoint_path=None")
 
     @property
     def guard(self) -> TrainingGuard:
@@ -194,6 +216,8 @@ class TrainingLoop:
     # --- the loop --------------------------------------------------------------------------
     def run(self, resume_from: Path | None = None) -> Any:
         """Train to ``total_training_samples``; return the SAE (scaling folded in)."""
+        if resume_from is not None and self.lockstep:
+            raise ValueError("loops in lock-step keep no checkpoints to resume from")
         with self.interrupt:
             if resume_from is not None:
                 if distributed.is_main():
@@ -201,10 +225,12 @@ class TrainingLoop:
                     print(f"Resuming from {resume_from}{f' ({note})' if note else ''}",
                           file=sys.stderr)  # fmt: skip
                 self.resume_from(resume_from)
-            self.sae.to(self.cfg.device)
+            for loop in [self, *self.lockstep]:
+                loop.sae.to(loop.cfg.device)
             self.replicas.start()
             try:
                 self.estimate_normalization()
+                self.share_normalization()
                 if self._resume_rng is not None:  # last: nothing may draw after this
                     set_rng_state(self._resume_rng)
                 self._train_steps()
@@ -213,17 +239,28 @@ class TrainingLoop:
                 self.replicas.stop()
 
     def _train_steps(self) -> None:
-        trainer = self.trainer
-        self.first_step_at = time.perf_counter()
-        if self.logger is not None:
-            self.logger.start(trainer.n_training_samples, trainer.n_training_steps)
+        loops, now = [self, *self.lockstep], time.perf_counter()
+        for loop in loops:
+            loop.first_step_at = now
+            if loop.logger is not None:
+                loop.logger.start(loop.trainer.n_training_samples, loop.trainer.n_training_steps)
         try:
-            while trainer.n_training_samples < self.cfg.total_training_samples:
-                self.train_step()
+            while self.trainer.n_training_samples < self.cfg.total_training_samples:
+                batch = next(self.data)
+                for loop in loops:
+                    loop.train_step(batch)
         finally:
-            if self.logger is not None:
-                self.logger.close()
-            self.stop.close()
+            for loop in loops:
+                if loop.logger is not None:
+                    loop.logger.close()
+                loop.stop.close()
+
+    def share_normalization(self) -> None:
+        """This loop's activation normalisation, given to the loops in lock-step."""
+        scaler = self.trainer.activation_scaler
+        for loop in self.lockstep:
+            loop.trainer.activation_scaler.scaling_factor = scaler.scaling_factor
+            loop.trainer.activation_scaler.whitening = scaler.whitening
 
     def estimate_normalization(self) -> None:
         """Upstream's activation normalisation estimate (as ``SAETrainer.fit`` does it),
@@ -248,10 +285,11 @@ class TrainingLoop:
                 d_in=sae_cfg.d_in, data_provider=data, n_batches_for_norm_estimate=n
             )
 
-    def train_step(self) -> None:
+    def train_step(self, batch: torch.Tensor | None = None) -> None:
+        """One step on ``batch`` (default: the next batch of ``data``)."""
         trainer, replicas = self.trainer, self.replicas
         sparsity_log = trainer.maybe_reset_sparsity()
-        batch = next(self.data)
+        batch = next(self.data) if batch is None else batch
         set_logging_step(self.sae, self.is_logging_step(batch.shape[0]))
         replicas.before_step()
         output = trainer.step(batch)

@@ -2,41 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from sae_lens_ext.errors import CliError, fail
 from sae_lens_ext.run.sweep import DEMO_OPTIONS, Sweep, Variant, begin_variant, interrupted, is_done
 
-#: ``sae-lens demo``'s click parameters by name (the one source of their defaults and
-#: types), given by the command line (``sae_lens_ext.commands.demo.demo_parameters``).
-DemoParameters = Mapping[str, Any]
 
-
-def demo_option(variant: Variant, key: str, value: Any, parameters: DemoParameters) -> Any:
+def demo_option(variant: Variant, key: str, value: Any) -> Any:
     """A demo option's value from a sweep file, converted and checked as ``sae-lens demo``
-    converts the flag (numbers as Python reads them: ``samples: 1e6``, ``lr: 1e-3``)."""
-    import click
+    takes the flag (numbers as Python reads them: ``samples: 1e6``, ``lr: 1e-3``)."""
+    from sae_lens_ext.run.demo import demo_option_value
 
-    if value is None:
-        return None
-    param = parameters[key]
     try:
-        return param.type.convert(value, param, None)
-    except click.BadParameter as exc:
-        raise fail(f"variant {variant.name}: {key}: {exc.format_message()}") from None
+        return demo_option_value(key, value)
+    except ValueError as exc:
+        raise fail(f"variant {variant.name}: {key}: {value!r}: {exc}") from None
 
 
-def demo_options(
-    variant: Variant, log_every: int | None, progress: str, parameters: DemoParameters
-) -> Any:
+def demo_options(variant: Variant, log_every: int | None, progress: str) -> Any:
     """The variant's :class:`~sae_lens_ext.run.demo.DemoOptions`: demo options by name, every
     other setting as ``--set FIELD=VALUE``."""
+    import dataclasses
     import json
 
     from sae_lens_ext.run.demo import DemoOptions
 
-    values = {name: p.default for name, p in parameters.items()}
+    values = dataclasses.asdict(DemoOptions())
     values.update(
         output=str(variant.folder),
         overwrite=False,
@@ -47,7 +38,7 @@ def demo_options(
     sets = []
     for key, value in variant.settings.items():
         if key in DEMO_OPTIONS:
-            values[key] = demo_option(variant, key, value, parameters)
+            values[key] = demo_option(variant, key, value)
         elif key in ("output", "overrides", "resume", "overwrite"):
             raise fail(f"variant {variant.name}: {key} is set by the sweep")
         else:
@@ -56,15 +47,13 @@ def demo_options(
     return DemoOptions(**{k: values[k] for k in DemoOptions.__dataclass_fields__})
 
 
-def plan_demo(
-    sweep: Sweep, log_every: int | None, progress: str, parameters: DemoParameters
-) -> dict[str, Any]:
+def plan_demo(sweep: Sweep, log_every: int | None, progress: str) -> dict[str, Any]:
     """Every variant's options, checked (architecture, config fields, sizes) before any runs."""
     from sae_lens_ext.run.demo import plan
 
     plans = {}
     for variant in sweep.variants:
-        options = demo_options(variant, log_every, progress, parameters)
+        options = demo_options(variant, log_every, progress)
         try:
             plan(options)
         except CliError as exc:

@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from typing_extensions import override
 
-from sae_lens_ext.errors import CliError, TrainingInterrupted, fail
+from sae_lens_ext.errors import CliError, fail
 from sae_lens_ext.run.sweep import Sweep, Variant, begin_variant, interrupted, is_done
 
 #: Runner settings that do not change the activations a variant trains on.
@@ -144,20 +143,6 @@ def _checkpoints(cfg: Any) -> list[Path]:
 # --- one pass for several variants ---------------------------------------------------------------
 
 
-class _Slot(Iterator[torch.Tensor]):
-    """The batch of the current step, handed to one variant's loop."""
-
-    def __init__(self) -> None:
-        self.batch: torch.Tensor | None = None
-
-    @override
-    def __next__(self) -> torch.Tensor:
-        batch, self.batch = self.batch, None
-        if batch is None:
-            raise RuntimeError("a variant asked for a second batch in one shared step")
-        return batch
-
-
 def build_runners(cfgs: list[Any]) -> list[Any]:
     """Upstream's runner of each variant on one model (loaded once), each SAE initialised
     from the random state ``sae-lens train`` would have; the state after the first
@@ -190,31 +175,9 @@ def build_runners(cfgs: list[Any]) -> list[Any]:
     return runners
 
 
-@torch.no_grad()
-def estimate_normalization(source: Iterator[torch.Tensor], trainers: list[Any]) -> None:
-    """Upstream's activation-norm estimate, once, on the first batches of the shared data
-    (what each trainer would estimate alone), given to every trainer that needs it."""
-    from sae_lens.training.activation_scaler import ActivationScaler
-
-    mode = trainers[0].sae.cfg.normalize_activations  # the same in a group (share_key)
-    scaler, cfg = ActivationScaler(), trainers[0].cfg
-    d_in = trainers[0].sae.cfg.d_in
-    n = cfg.n_batches_for_norm_estimate
-    if mode == "expected_average_only_in":
-        scaler.estimate_scaling_factor(
-            d_in=d_in, data_provider=source, n_batches_for_norm_estimate=n
-        )
-    elif mode == "covariance_whitening":
-        scaler.estimate_whitening(d_in=d_in, data_provider=source, n_batches_for_norm_estimate=n)
-    for trainer in trainers:
-        trainer.activation_scaler.scaling_factor = scaler.scaling_factor
-        trainer.activation_scaler.whitening = scaler.whitening
-
-
 def train_shared(sweep: Sweep, group: Group, log_every: int | None, progress: str) -> None:
     """Train a group of variants on one pass over the activations (see the module docstring)."""
     from sae_lens_ext.run import lm
-    from sae_lens_ext.run.loop import InterruptFlag
     from sae_lens_ext.run.output import METRICS_FILENAME, RunOutput, write_json
     from sae_lens_ext.windows import mark_layout_served
 
@@ -230,20 +193,18 @@ def train_shared(sweep: Sweep, group: Group, log_every: int | None, progress: st
     t0 = time.perf_counter()
     runners = build_runners(cfgs)
     source = lm.data_provider(runners[0])
-    slots = [_Slot() for _ in runners]
-    loops = []
-    for i, (runner, slot, output) in enumerate(zip(runners, slots, outputs, strict=True)):
+    for runner in runners:
         mark_layout_served(runner.sae)
-        loops.append(_shared_loop(runner, slot, output, log_every, progress if i == 0 else "none"))
+    loops = _lockstep_loops(runners, source, outputs, log_every, progress)
     try:
-        with contextlib.ExitStack() as stack, InterruptFlag() as interrupt:
+        with contextlib.ExitStack() as stack:
             for output in outputs:
                 stack.enter_context(output.running())
-            _train_in_lockstep(loops, slots, source, interrupt)
-            for variant, runner, loop, output in zip(
-                variants, runners, loops, outputs, strict=True
+            loops[0].run()  # finishes the first; each other one is finished below
+            for i, (variant, runner, loop, output) in enumerate(
+                zip(variants, runners, loops, outputs, strict=True)
             ):
-                sae = loop.finish()
+                sae = loop.finish() if i else loop.sae
                 metrics = lm.run_summary(runner.cfg, loop, t0)
                 sparsity = loop.trainer.log_feature_sparsity
                 with output.staging() as tmp:
@@ -258,61 +219,39 @@ def train_shared(sweep: Sweep, group: Group, log_every: int | None, progress: st
             source.close()
 
 
-def _shared_loop(
-    runner: Any, slot: _Slot, output: Any, log_every: int | None, progress: str
-) -> Any:
-    """The core loop of one variant, fed by its slot; checkpoints off (see module docstring)."""
-    from sae_lens_ext.run.loop import TrainingLoop
+def _lockstep_loops(
+    runners: list[Any],
+    source: Iterator[torch.Tensor],
+    outputs: list[Any],
+    log_every: int | None,
+    progress: str,
+) -> list[Any]:
+    """The core loop of each variant, the first reading ``source`` and stepping the others
+    in lock-step on its batches; checkpoints off (see the module docstring)."""
+    from sae_lens_ext.run.loop import LockstepData, TrainingLoop
     from sae_lens_ext.run.progress import RunLogger
     from sae_lens_ext.training import make_trainer
 
-    cfg = dataclasses.replace(
-        runner.cfg.to_sae_trainer_config(),
-        n_checkpoints=0,
-        checkpoint_path=None,
-        save_final_checkpoint=False,
-    )
-    trainer = make_trainer(cfg, runner.sae, slot, evaluator=runner.evaluator)
-    logger = RunLogger(
-        output.log_path,
-        cfg.total_training_samples,
-        cfg.train_batch_size_samples,
-        log_every,
-        progress,
-    )
-    return TrainingLoop(trainer, slot, logger=logger)
+    def loop(i: int, lockstep: list[Any]) -> Any:
+        cfg = dataclasses.replace(
+            runners[i].cfg.to_sae_trainer_config(),
+            n_checkpoints=0,
+            checkpoint_path=None,
+            save_final_checkpoint=False,
+        )
+        data = source if i == 0 else LockstepData()
+        trainer = make_trainer(cfg, runners[i].sae, data, evaluator=runners[i].evaluator)
+        logger = RunLogger(
+            outputs[i].log_path,
+            cfg.total_training_samples,
+            cfg.train_batch_size_samples,
+            log_every,
+            progress if i == 0 else "none",
+        )
+        return TrainingLoop(trainer, data, logger=logger, lockstep=lockstep)
 
-
-def _until_interrupted(source: Iterator[torch.Tensor], interrupt: Any) -> Iterator[torch.Tensor]:
-    """``source``'s batches until Ctrl-C (nothing trained yet: no checkpoint)."""
-    while not interrupt.requested:
-        try:
-            yield next(source)
-        except StopIteration:
-            return
-    raise TrainingInterrupted(0, None)
-
-
-def _train_in_lockstep(
-    loops: list[Any], slots: list[_Slot], source: Iterator[torch.Tensor], interrupt: Any
-) -> None:
-    """Each batch of ``source`` to every loop, one step each, until the first is done."""
-    estimate_normalization(_until_interrupted(source, interrupt), [lp.trainer for lp in loops])
-    for loop in loops:
-        loop.sae.to(loop.cfg.device)
-        loop.logger.start(0, 0)
-    total = loops[0].cfg.total_training_samples
-    try:
-        while loops[0].trainer.n_training_samples < total:
-            if interrupt.requested:
-                raise TrainingInterrupted(loops[0].trainer.n_training_steps, None)
-            batch = next(source)
-            for loop, slot in zip(loops, slots, strict=True):
-                slot.batch = batch
-                loop.train_step()
-    finally:
-        for loop in loops:
-            loop.logger.close()
+    others = [loop(i, []) for i in range(1, len(runners))]
+    return [loop(0, others), *others]
 
 
 # --- evaluation -----------------------------------------------------------------------------------

@@ -117,7 +117,19 @@ def run_figures(sae, data, folder):
     """The log's two frequency figures, from frequencies measured on ``data``."""
     from sae_lens_ext_plugins.freq_ordered.plots import plot_frequencies
 
-    return plot_frequencies(data.firing_frequencies(sae), folder)
+    source = f"{data.n_rows:,} rows of fresh activations" + (
+        f" ({data.description})" if data.description else ""
+    )
+    return plot_frequencies(data.firing_frequencies(sae), folder, source=source)
+
+
+@hookimpl
+def compare_figures(runs, folder):
+    """``sae-lens compare``: the two frequency figures of each run, from its saved
+    ``sparsity.safetensors`` (any architecture)."""
+    from sae_lens_ext_plugins.freq_ordered.plots import plot_saved_runs
+
+    return plot_saved_runs(runs, folder)
 
 
 @hookimpl

@@ -1,4 +1,5 @@
-"""Metrics that work on any SAE-Lens SAE: measured firing frequencies,
+"""Metrics that work on any SAE-Lens SAE: measured firing frequencies (the core's
+:func:`sae_lens_ext.api.firing_frequencies`, as ``measure_frequencies``),
 Spearman(index, frequency), prefix explained variance and seed-to-seed decoder
 consistency."""
 
@@ -10,6 +11,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from sae_lens_ext.api import firing_frequencies as measure_frequencies
+
+__all__ = [
+    "DecoderConsistency",
+    "decoder_consistency",
+    "measure_frequencies",
+    "ordering_spearman",
+    "prefix_explained_variance",
+]
 
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 
@@ -30,27 +41,6 @@ def _batches(sae: Any, activations: torch.Tensor, batch_size: int) -> Iterator[t
     batch_size = batch_rows_for(sae, batch_size)
     for start in range(0, x.shape[0], batch_size):
         yield x[start : start + batch_size]
-
-
-@torch.no_grad()
-def measure_frequencies(
-    sae: Any, activations: torch.Tensor, batch_size: int = 4096
-) -> torch.Tensor:
-    """Fraction of rows of ``activations`` on which each latent is non-zero, shape ``[d_sae]``."""
-    was_training = sae.training
-    sae.eval()
-    counts, n = None, 0
-    try:
-        for batch in _batches(sae, activations, batch_size):
-            fired = (sae.encode(batch) != 0).reshape(-1, sae.cfg.d_sae)
-            c = fired.sum(0, dtype=torch.float64).cpu()
-            counts = c if counts is None else counts + c
-            n += fired.shape[0]
-    finally:
-        sae.train(was_training)
-    if counts is None:
-        raise ValueError("measure_frequencies: activations is empty")
-    return (counts / n).float()
 
 
 def ordering_spearman(frequencies: torch.Tensor | Sequence[float]) -> float:
