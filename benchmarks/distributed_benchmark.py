@@ -81,9 +81,9 @@ def build(args: argparse.Namespace, device: str) -> tuple[Any, int]:
     from sae_lens.registry import get_sae_training_class
     from sae_lens.training.sae_trainer import SAETrainer
 
+    from sae_lens_ext.data.streams import stream_batches
+    from sae_lens_ext.data.synthetic import DemoDataOptions, SyntheticModelData
     from sae_lens_ext.run.loop import TrainingLoop, seed_everything
-    from sae_lens_ext.streams import stream_batches
-    from sae_lens_ext.synthetic import DemoDataOptions, SyntheticModelData
 
     d_in, d_sae, batch = SIZES[args.size]
     steps = args.warmup + args.steps

@@ -135,7 +135,7 @@ def build_row(name: str, spec: tuple[str, dict[str, Any], bool], size: tuple[int
     from sae_lens.registry import get_sae_training_class
     from sae_lens.training.sae_trainer import SAETrainer
 
-    from sae_lens_ext.windows import mark_layout_served
+    from sae_lens_ext.data.windows import mark_layout_served
 
     arch, settings, compiled = spec
     d_in, d_sae, batch = size

@@ -4,7 +4,7 @@
   window-shuffled batches through upstream's ``SAETrainer`` (one pass over the data for
   all of them), timing each SAE's step separately so that step-time ratios are measured
   under the same load. A block of ``lcm(windows)`` consecutive rows holds whole windows
-  of every batch window (:func:`sae_lens_ext.windows.shared_window`), so SAEs with
+  of every batch window (:func:`sae_lens_ext.data.windows.shared_window`), so SAEs with
   different ``temporal_window`` (and window-free ones such as upstream ``standard``)
   share one batch layout. :func:`train_on_sequences` trains one.
 - Ablation over window size x loss coefficient, one call, one table (list of dict rows):

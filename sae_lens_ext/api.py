@@ -70,6 +70,27 @@ if TYPE_CHECKING:
     from sae_lens_ext.browse.data import BrowserData, Panel
     from sae_lens_ext.browse.svg import bar_chart as svg_bar_chart
     from sae_lens_ext.browse.svg import line_chart as svg_line_chart
+    from sae_lens_ext.data.sequences import (
+        ALIVE_VAR_EPS,
+        SequenceDemoData,
+        SyntheticSequenceConfig,
+        SyntheticSequences,
+        lag1_autocorrelation,
+    )
+    from sae_lens_ext.data.synthetic import DemoData, DemoDataOptions, DemoSetup
+    from sae_lens_ext.data.windows import (
+        ArchitectureWindowConfig,
+        BatchLayoutError,
+        BatchWindowConfig,
+        WindowBuffer,
+        WindowShuffledBatches,
+        WindowShuffledLMBatches,
+        batch_window,
+        check_step_layout,
+        mark_layout_served,
+        shared_window,
+        validate_window_layout,
+    )
     from sae_lens_ext.hooked import (
         load_hooked_sae_transformer,
         splice_sae,
@@ -113,13 +134,6 @@ if TYPE_CHECKING:
     from sae_lens_ext.resampling import ResampleRequest, ResampleResult
     from sae_lens_ext.run.figures import pyplot, save_figure
     from sae_lens_ext.run.results import RunResults
-    from sae_lens_ext.sequences import (
-        ALIVE_VAR_EPS,
-        SequenceDemoData,
-        SyntheticSequenceConfig,
-        SyntheticSequences,
-        lag1_autocorrelation,
-    )
     from sae_lens_ext.sparse import (
         Activation,
         AffineMap,
@@ -150,7 +164,6 @@ if TYPE_CHECKING:
         window_pairs,
         window_variation,
     )
-    from sae_lens_ext.synthetic import DemoData, DemoDataOptions, DemoSetup
     from sae_lens_ext.training import (
         LossTermsMixin,
         LossTermTrainingSAE,
@@ -161,19 +174,6 @@ if TYPE_CHECKING:
         make_trainer,
     )
     from sae_lens_ext.twins import twin_name
-    from sae_lens_ext.windows import (
-        ArchitectureWindowConfig,
-        BatchLayoutError,
-        BatchWindowConfig,
-        WindowBuffer,
-        WindowShuffledBatches,
-        WindowShuffledLMBatches,
-        batch_window,
-        check_step_layout,
-        mark_layout_served,
-        shared_window,
-        validate_window_layout,
-    )
 
 #: Public name -> (private module, name there). Loaded on first access.
 _LAZY: dict[str, tuple[str, str]] = {
@@ -250,14 +250,14 @@ _LAZY: dict[str, tuple[str, str]] = {
     "save_switch_state": ("sae_lens_ext.sparse", "save_switch_state"),
     "window_pairs": ("sae_lens_ext.sparse", "window_pairs"),
     "window_variation": ("sae_lens_ext.sparse", "window_variation"),
-    "DemoData": ("sae_lens_ext.synthetic", "DemoData"),
-    "SequenceDemoData": ("sae_lens_ext.sequences", "SequenceDemoData"),
-    "SyntheticSequenceConfig": ("sae_lens_ext.sequences", "SyntheticSequenceConfig"),
-    "SyntheticSequences": ("sae_lens_ext.sequences", "SyntheticSequences"),
-    "lag1_autocorrelation": ("sae_lens_ext.sequences", "lag1_autocorrelation"),
-    "ALIVE_VAR_EPS": ("sae_lens_ext.sequences", "ALIVE_VAR_EPS"),
-    "DemoDataOptions": ("sae_lens_ext.synthetic", "DemoDataOptions"),
-    "DemoSetup": ("sae_lens_ext.synthetic", "DemoSetup"),
+    "DemoData": ("sae_lens_ext.data.synthetic", "DemoData"),
+    "SequenceDemoData": ("sae_lens_ext.data.sequences", "SequenceDemoData"),
+    "SyntheticSequenceConfig": ("sae_lens_ext.data.sequences", "SyntheticSequenceConfig"),
+    "SyntheticSequences": ("sae_lens_ext.data.sequences", "SyntheticSequences"),
+    "lag1_autocorrelation": ("sae_lens_ext.data.sequences", "lag1_autocorrelation"),
+    "ALIVE_VAR_EPS": ("sae_lens_ext.data.sequences", "ALIVE_VAR_EPS"),
+    "DemoDataOptions": ("sae_lens_ext.data.synthetic", "DemoDataOptions"),
+    "DemoSetup": ("sae_lens_ext.data.synthetic", "DemoSetup"),
     "LossTermsMixin": ("sae_lens_ext.training", "LossTermsMixin"),
     "LossTermTrainingSAE": ("sae_lens_ext.training", "LossTermTrainingSAE"),
     "LossTermTrainingSAEConfig": ("sae_lens_ext.training", "LossTermTrainingSAEConfig"),
@@ -265,17 +265,17 @@ _LAZY: dict[str, tuple[str, str]] = {
     "check_non_negative": ("sae_lens_ext.training", "check_non_negative"),
     "decoder_weighted_sparsity": ("sae_lens_ext.training", "decoder_weighted_sparsity"),
     "twin_name": ("sae_lens_ext.twins", "twin_name"),
-    "ArchitectureWindowConfig": ("sae_lens_ext.windows", "ArchitectureWindowConfig"),
-    "BatchLayoutError": ("sae_lens_ext.windows", "BatchLayoutError"),
-    "BatchWindowConfig": ("sae_lens_ext.windows", "BatchWindowConfig"),
-    "WindowBuffer": ("sae_lens_ext.windows", "WindowBuffer"),
-    "WindowShuffledBatches": ("sae_lens_ext.windows", "WindowShuffledBatches"),
-    "WindowShuffledLMBatches": ("sae_lens_ext.windows", "WindowShuffledLMBatches"),
-    "batch_window": ("sae_lens_ext.windows", "batch_window"),
-    "check_step_layout": ("sae_lens_ext.windows", "check_step_layout"),
-    "mark_layout_served": ("sae_lens_ext.windows", "mark_layout_served"),
-    "shared_window": ("sae_lens_ext.windows", "shared_window"),
-    "validate_window_layout": ("sae_lens_ext.windows", "validate_window_layout"),
+    "ArchitectureWindowConfig": ("sae_lens_ext.data.windows", "ArchitectureWindowConfig"),
+    "BatchLayoutError": ("sae_lens_ext.data.windows", "BatchLayoutError"),
+    "BatchWindowConfig": ("sae_lens_ext.data.windows", "BatchWindowConfig"),
+    "WindowBuffer": ("sae_lens_ext.data.windows", "WindowBuffer"),
+    "WindowShuffledBatches": ("sae_lens_ext.data.windows", "WindowShuffledBatches"),
+    "WindowShuffledLMBatches": ("sae_lens_ext.data.windows", "WindowShuffledLMBatches"),
+    "batch_window": ("sae_lens_ext.data.windows", "batch_window"),
+    "check_step_layout": ("sae_lens_ext.data.windows", "check_step_layout"),
+    "mark_layout_served": ("sae_lens_ext.data.windows", "mark_layout_served"),
+    "shared_window": ("sae_lens_ext.data.windows", "shared_window"),
+    "validate_window_layout": ("sae_lens_ext.data.windows", "validate_window_layout"),
 }
 
 __all__ = [

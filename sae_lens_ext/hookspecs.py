@@ -35,12 +35,12 @@ if TYPE_CHECKING:
 
     from sae_lens_ext.architectures import Architecture
     from sae_lens_ext.browse.data import BrowserData, Panel
+    from sae_lens_ext.data.synthetic import DemoSetup
     from sae_lens_ext.loss_terms import LossTerm
     from sae_lens_ext.metrics import EvalData, Metric
     from sae_lens_ext.presets import Preset
     from sae_lens_ext.resampling import ResampleRequest, ResampleResult
     from sae_lens_ext.run.results import RunResults
-    from sae_lens_ext.synthetic import DemoSetup
 
 PROJECT = "sae_lens_ext"
 

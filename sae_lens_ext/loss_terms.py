@@ -167,7 +167,7 @@ class LossTerm:
     """Settings ``fn`` reads with ``ctx.option``; other ``loss_term_options`` keys are refused."""
     batch_window: Callable[[Callable[[str, Any], Any]], int] | None = None
     """If the term needs consecutive positions together in a batch: given the option
-    lookup ``option(key, default)``, the number of positions (see :mod:`sae_lens_ext.windows`)."""
+    lookup ``option(key, default)``, the number of positions (see :mod:`sae_lens_ext.data.windows`)."""
     sparse_aware: bool = False
     """``fn`` also works on a sparse step, where ``ctx.feature_acts`` may be a sparse COO tensor
     whose codes :func:`sae_lens_ext.sparse.codes_of` gives (it reads them through those). A

@@ -99,7 +99,7 @@ def firing_frequencies(sae: Any, activations: torch.Tensor, batch_size: int = 40
 
 def batch_rows_for(sae: Any, rows: int = 4096) -> int:
     """A batch size near ``rows`` holding whole windows of the SAE's batch window."""
-    from sae_lens_ext.windows import batch_window
+    from sae_lens_ext.data.windows import batch_window
 
     window = batch_window(sae.cfg)
     return max(window, rows - rows % window)

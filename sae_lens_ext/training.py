@@ -234,7 +234,7 @@ class LossTermTrainingSAEConfig(TrainingSAEConfig, ABC):
 
     def batch_window(self) -> int:
         """Consecutive positions a training batch must keep together: the most any part
-        needs (the architecture, or an enabled loss term; see :mod:`sae_lens_ext.windows`)."""
+        needs (the architecture, or an enabled loss term; see :mod:`sae_lens_ext.data.windows`)."""
         from sae_lens_ext.plugins import loss_terms
 
         known, options = loss_terms(), parse_options(self.loss_term_options)

@@ -52,7 +52,7 @@ def test_the_import_check_sees_every_spelling(tmp_path: Path):
     source = tmp_path / "m.py"
     source.write_text(
         "import sae_lens_ext.training\nfrom sae_lens_ext import hookimpl, api\n"
-        "from sae_lens_ext.windows import batch_window\nfrom sae_lens_ext.api import LossTerm\n"
+        "from sae_lens_ext.data.windows import batch_window\nfrom sae_lens_ext.api import LossTerm\n"
         "def f():\n    from sae_lens_ext.optim import row_states\n"
     )
     modules = [m for _, m in sae_lens_ext_imports(source)]
@@ -60,7 +60,7 @@ def test_the_import_check_sees_every_spelling(tmp_path: Path):
         "sae_lens_ext.training",
         "sae_lens_ext.hookimpl",
         "sae_lens_ext.api",
-        "sae_lens_ext.windows",
+        "sae_lens_ext.data.windows",
         "sae_lens_ext.api",
         "sae_lens_ext.optim",
     ]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sae_lens_ext.streams import StreamBlocks, check_streams
-from sae_lens_ext.windows import BatchLayoutError
+from sae_lens_ext.data.streams import StreamBlocks, check_streams
+from sae_lens_ext.data.windows import BatchLayoutError
 
 
 def noisy_stream(s: int, rows: int):
@@ -62,7 +62,7 @@ def test_stream_layout_errors_name_the_setting(args, match):
 
 # --- cached activations -------------------------------------------------------------------
 def test_cached_batches_are_whole_windows_of_consecutive_cached_positions(tiny_cache: Path):
-    from sae_lens_ext.cached import CachedActivationBatches, open_cache, stream_shard
+    from sae_lens_ext.data.cached import CachedActivationBatches, open_cache, stream_shard
 
     dataset, layout = open_cache(tiny_cache, "transformer.h.0")
     assert (layout.n_rows, layout.context_size, layout.d_in) == (128, 32, 64)

@@ -1,5 +1,5 @@
 """Batches from upstream's ``ActivationsStore`` that checkpoints restore exactly
-(``sae_lens_ext.lm_batches``): the same batches as ``iter(store)``, and a fresh store
+(``sae_lens_ext.data.lm_batches``): the same batches as ``iter(store)``, and a fresh store
 loaded from a state continues exactly where the first one was."""
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def test_mixed_token_batches_are_what_the_store_serves(
     tiny_lm: TinyLM, model: Any, short_text: str, mixing: float
 ):
     """Over several epochs of the dataset (upstream's new-epoch path included)."""
-    from sae_lens_ext.lm_batches import MixedTokenBatches
+    from sae_lens_ext.data.lm_batches import MixedTokenBatches
 
     n = 120  # 120 x 96 tokens: more than twice the short dataset
     settings = {"activations_mixing_fraction": mixing, "dataset_path": short_text}
@@ -82,7 +82,7 @@ def test_mixed_token_batches_are_what_the_store_serves(
 
 
 def test_a_fresh_store_continues_exactly_from_a_state(tiny_lm: TinyLM, model: Any):
-    from sae_lens_ext.lm_batches import MixedTokenBatches
+    from sae_lens_ext.data.lm_batches import MixedTokenBatches
 
     torch.manual_seed(1)
     batches = MixedTokenBatches(make_store(tiny_lm, model)[0])
@@ -100,7 +100,7 @@ def test_a_fresh_store_continues_exactly_from_a_state(tiny_lm: TinyLM, model: An
 def test_window_batches_restore_the_store_position_exactly(tiny_lm: TinyLM, model: Any):
     """The window provider replays the store's token reads (upstream's dataset-row count
     would land on another context when a row spans several)."""
-    from sae_lens_ext.windows import WindowShuffledLMBatches
+    from sae_lens_ext.data.windows import WindowShuffledLMBatches
 
     def windows() -> WindowShuffledLMBatches:
         return WindowShuffledLMBatches(make_store(tiny_lm, model)[0], 4, 64, 8, seed=3)
@@ -115,7 +115,7 @@ def test_window_batches_restore_the_store_position_exactly(tiny_lm: TinyLM, mode
 
 
 def test_prefetched_batches_load_a_state_before_prefetching(tiny_lm: TinyLM, model: Any):
-    from sae_lens_ext.lm_batches import MixedTokenBatches, PrefetchedBatches
+    from sae_lens_ext.data.lm_batches import MixedTokenBatches, PrefetchedBatches
 
     torch.manual_seed(2)
     plain = MixedTokenBatches(make_store(tiny_lm, model)[0])

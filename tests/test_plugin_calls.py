@@ -103,7 +103,7 @@ def test_hookwrappers_wrap_every_plugin_call(register) -> None:
 
 
 def test_first_result_hooks_skip_a_failing_plugin(register) -> None:
-    from sae_lens_ext.synthetic import DemoSetup
+    from sae_lens_ext.data.synthetic import DemoSetup
 
     class Broken:
         @hookimpl(tryfirst=True)
@@ -210,7 +210,7 @@ def number(ctx):
 
 
 def layout(ctx):
-    from sae_lens_ext.windows import BatchLayoutError
+    from sae_lens_ext.data.windows import BatchLayoutError
 
     raise BatchLayoutError("set batch_size to a multiple of 4")
 
@@ -266,7 +266,7 @@ def test_a_bad_term_names_itself_and_its_plugin(register, name, message) -> None
 
 
 def test_the_cores_own_errors_pass_through_a_term(register) -> None:
-    from sae_lens_ext.windows import BatchLayoutError
+    from sae_lens_ext.data.windows import BatchLayoutError
 
     register(Terms(), "unit_terms")
     with pytest.raises(BatchLayoutError, match=r"^set batch_size to a multiple of 4$"):

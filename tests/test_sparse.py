@@ -19,7 +19,7 @@ from sae_lens.saes.sae import TrainStepInput
 from sae_lens.saes.topk_sae import TopK as UpstreamTopK
 
 from sae_lens_ext import sparse
-from sae_lens_ext.windows import mark_layout_served
+from sae_lens_ext.data.windows import mark_layout_served
 
 D_IN, D_SAE, ROWS = 16, 64, 32
 

@@ -18,11 +18,11 @@ from sae_lens.registry import get_sae_training_class
 from sae_lens.training.sae_trainer import SAETrainer
 from torch.overrides import TorchFunctionMode
 
+from sae_lens_ext.data.windows import mark_layout_served
 from sae_lens_ext.run.loop import TrainingLoop
 from sae_lens_ext.run.progress import RunLogger
 from sae_lens_ext.sparse import codes as sparse_module  # where active_entries reads
 from sae_lens_ext.training import make_trainer as upstream_trainer
-from sae_lens_ext.windows import mark_layout_served
 
 REPO = Path(__file__).resolve().parents[1]
 OURS = (str(REPO / "sae_lens_ext"), str(REPO / "plugins"))

@@ -33,7 +33,7 @@ from sae_lens_ext_plugins.temporal_consistency.sae import (
 )
 
 from benchmarks.temporal_training import train_on_sequences
-from sae_lens_ext.windows import BatchLayoutError, mark_layout_served
+from sae_lens_ext.data.windows import BatchLayoutError, mark_layout_served
 
 TC = TemporalConsistencyTrainingSAEConfig
 

@@ -30,7 +30,7 @@ from sae_lens_ext_plugins.tsae.sae import (
 )
 
 from benchmarks.temporal_training import train_together
-from sae_lens_ext.windows import batch_window, shared_window
+from sae_lens_ext.data.windows import batch_window, shared_window
 
 
 @pytest.fixture(autouse=True, scope="module")

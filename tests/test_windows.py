@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from sae_lens_ext.windows import (
+from sae_lens_ext.data.windows import (
     BatchLayoutError,
     WindowShuffledBatches,
     WindowShuffledLMBatches,

@@ -6,7 +6,7 @@ the ``demo_setup`` hook, extra metrics through ``evaluation_metrics``, figures t
 ``SyntheticModel`` with upstream defaults and gets the generic metrics and figures.
 
 Under ``torchrun`` (see :mod:`sae_lens_ext.distributed`) every rank trains on its block of
-each global batch of ``--batch-size`` rows (``--data-streams``, :mod:`sae_lens_ext.streams`:
+each global batch of ``--batch-size`` rows (``--data-streams``, :mod:`sae_lens_ext.data.streams`:
 the data are the same for any number of processes dividing it), and rank 0 alone
 evaluates and writes the output.
 """
@@ -286,8 +286,8 @@ def default_architecture() -> str:
 
 def demo_setup(architecture: str) -> Any:
     """The plugins' answer to ``demo_setup``, or the core's defaults."""
+    from sae_lens_ext.data.synthetic import DemoSetup
     from sae_lens_ext.plugins import call_first
-    from sae_lens_ext.synthetic import DemoSetup
 
     return call_first("demo_setup", architecture=architecture) or DemoSetup()
 
@@ -378,7 +378,7 @@ def _typed(key: str, value: Any, annotation: Any, default: Any) -> Any:
 
 
 def make_data(setup: Any, options: DemoOptions, samples: int) -> Any:
-    from sae_lens_ext.synthetic import DemoDataOptions, SyntheticModelData
+    from sae_lens_ext.data.synthetic import DemoDataOptions, SyntheticModelData
 
     data_options = DemoDataOptions(
         n_features=options.n_features,
@@ -396,8 +396,8 @@ def training_batches(data: Any, sae_cfg: Any, options: DemoOptions) -> Any:
     import torch
 
     from sae_lens_ext import distributed
-    from sae_lens_ext.streams import check_streams, stream_batches
-    from sae_lens_ext.windows import BatchLayoutError, batch_window, validate_window_layout
+    from sae_lens_ext.data.streams import check_streams, stream_batches
+    from sae_lens_ext.data.windows import BatchLayoutError, batch_window, validate_window_layout
 
     window = batch_window(sae_cfg)
     n_streams = options.data_streams or distributed.world_size()
@@ -436,10 +436,10 @@ def train_demo(
     from sae_lens.config import LoggingConfig, SAETrainerConfig
 
     from sae_lens_ext import distributed
+    from sae_lens_ext.data.windows import mark_layout_served
     from sae_lens_ext.run.loop import TrainingLoop
     from sae_lens_ext.run.progress import RunLogger, default_log_every
     from sae_lens_ext.training import make_trainer
-    from sae_lens_ext.windows import mark_layout_served
 
     steps = samples // options.batch_size
     settings = {

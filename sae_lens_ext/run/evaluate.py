@@ -31,7 +31,7 @@ def evaluate(
     """The body of ``sae-lens evaluate``; ``data``: runner-config values given on the command
     line (``model_name``, ``model_class_name``, ``dataset_path``, ``device``) that replace
     what the run recorded."""
-    from sae_lens_ext.synthetic import DATA_DIR, SyntheticModelData, load_demo_data
+    from sae_lens_ext.data.synthetic import DATA_DIR, SyntheticModelData, load_demo_data
 
     folder, data = Path(path), data or {}
     refuse_multi_sae_folder(folder)
@@ -122,7 +122,7 @@ def _language_model(
     from sae_lens.evals import EvalConfig, run_evals
     from sae_lens.training.activation_scaler import ActivationScaler
 
-    from sae_lens_ext.lm_batches import store_sequences
+    from sae_lens_ext.data.lm_batches import store_sequences
     from sae_lens_ext.run.lm import model_and_store
     from sae_lens_ext.run.report import plugin_metrics
 

@@ -221,7 +221,7 @@ def plugin_metrics(samples: int) -> Any:
         from sae_bench.evals.core.eval_config import CoreEvalConfig
         from sae_lens.training.activations_store import ActivationsStore
 
-        from sae_lens_ext.lm_batches import store_sequences
+        from sae_lens_ext.data.lm_batches import store_sequences
         from sae_lens_ext.metrics import EvalData, metrics_dict
         from sae_lens_ext.run.report import plugin_metrics
 

@@ -4,9 +4,9 @@ trained by the core's :class:`~sae_lens_ext.run.loop.TrainingLoop`.
 Data (:func:`training_data`): in one process with one data stream, upstream's
 ``ActivationsStore`` as upstream's runner uses it (or, for a window architecture, whole
 windows from it). With ``--data-streams S`` > 1, under ``torchrun``, or with cached
-activations, each global batch is made of ``S`` streams (:mod:`sae_lens_ext.streams`):
+activations, each global batch is made of ``S`` streams (:mod:`sae_lens_ext.data.streams`):
 stream ``s`` reads shard ``s`` of the token dataset (its own ``ActivationsStore``) or of
-the cached rows (:mod:`sae_lens_ext.cached`), and each rank serves its share of them.
+the cached rows (:mod:`sae_lens_ext.data.cached`), and each rank serves its share of them.
 Cached activations need neither the language model nor a token dataset
 (:class:`CachedActivationsRunner`).
 """
@@ -114,8 +114,8 @@ def apply_preset(args: list[str]) -> list[str]:
 def parse_config(args: list[str], config_file: str | None, data_streams: int = 0) -> Any:
     """Upstream's runner config from the flags, with every check that needs no model."""
     from sae_lens_ext import distributed
-    from sae_lens_ext.streams import check_streams
-    from sae_lens_ext.windows import BatchLayoutError, batch_window, validate_window_layout
+    from sae_lens_ext.data.streams import check_streams
+    from sae_lens_ext.data.windows import BatchLayoutError, batch_window, validate_window_layout
 
     args = apply_preset(args)
     checks.check_context_flag(args)
@@ -153,8 +153,8 @@ def parse_config(args: list[str], config_file: str | None, data_streams: int = 0
 
 def check_cache(cfg: Any, window: int, n_streams: int) -> None:
     """The cached activations fit the run (hook, width, context, window, buffer)."""
-    from sae_lens_ext.cached import CacheLayoutError, open_cache, validate_cache
-    from sae_lens_ext.windows import BatchLayoutError
+    from sae_lens_ext.data.cached import CacheLayoutError, open_cache, validate_cache
+    from sae_lens_ext.data.windows import BatchLayoutError
 
     if not cfg.cached_activations_path:
         raise fail("--use_cached_activations True needs --cached_activations_path DIR")
@@ -248,7 +248,7 @@ def cached_activations_runner(cfg: Any) -> Any:
     """Upstream's runner for a run on cached activations: its SAE construction, metadata,
     SAE compilation and final save, without the language model and token dataset its
     constructor loads (its activation store demands a ``dataset_path`` even when it reads
-    a cache; here the data come from :mod:`sae_lens_ext.cached`, and the wandb evaluator,
+    a cache; here the data come from :mod:`sae_lens_ext.data.cached`, and the wandb evaluator,
     which runs the model, is off)."""
     from sae_lens.constants import RUNNER_CFG_FILENAME
     from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
@@ -341,8 +341,8 @@ def training_data(runner: Any, n_streams: int) -> Any:
     import torch
 
     from sae_lens_ext import distributed
-    from sae_lens_ext.streams import stream_batches
-    from sae_lens_ext.windows import mark_layout_served
+    from sae_lens_ext.data.streams import stream_batches
+    from sae_lens_ext.data.windows import mark_layout_served
 
     cfg = runner.cfg
     if not cfg.use_cached_activations and n_streams == 1 and distributed.world_size() == 1:
@@ -369,8 +369,8 @@ def cached_streams(runner: Any, n_streams: int) -> Any:
     """``make_stream(s, rows)``: cached rows of shard ``s``, in shuffled whole windows."""
     from sae_lens.util import str_to_dtype
 
-    from sae_lens_ext.cached import CachedActivationBatches, open_cache, stream_shard
-    from sae_lens_ext.windows import batch_window
+    from sae_lens_ext.data.cached import CachedActivationBatches, open_cache, stream_shard
+    from sae_lens_ext.data.windows import batch_window
 
     cfg = runner.cfg
     dataset, _ = open_cache(cfg.cached_activations_path, cfg.hook_name)
@@ -400,7 +400,7 @@ def lm_streams(runner: Any, n_streams: int) -> Any:
     from sae_lens.training.activations_store import ActivationsStore
 
     from sae_lens_ext import distributed
-    from sae_lens_ext.windows import batch_window
+    from sae_lens_ext.data.windows import batch_window
 
     cfg = runner.cfg
     with distributed.main_first():  # rank 0 prepares the dataset cache, then the others
@@ -429,11 +429,11 @@ def lm_streams(runner: Any, n_streams: int) -> Any:
 
 def store_batches(store: Any, window: int, rows: int, cfg: Any, seed: int) -> Any:
     """Batches of ``rows`` rows from upstream's store, as ``iter(store)`` serves them
-    (:class:`~sae_lens_ext.lm_batches.MixedTokenBatches`) or, for a window architecture,
+    (:class:`~sae_lens_ext.data.lm_batches.MixedTokenBatches`) or, for a window architecture,
     in whole windows; prefetched when ``--prefetch_llm_batches`` asks. Their
     ``state_dict`` holds the buffer and the store's exact position."""
-    from sae_lens_ext.lm_batches import MixedTokenBatches, PrefetchedBatches
-    from sae_lens_ext.windows import WindowShuffledLMBatches
+    from sae_lens_ext.data.lm_batches import MixedTokenBatches, PrefetchedBatches
+    from sae_lens_ext.data.windows import WindowShuffledLMBatches
 
     source: Any
     if window > 1:
@@ -450,7 +450,7 @@ def store_batches(store: Any, window: int, rows: int, cfg: Any, seed: int) -> An
 def data_provider(runner: Any) -> Any:
     """What the SAE trains on (one process, one stream): upstream's store's batches, or
     whole windows of it for window architectures (:func:`store_batches`)."""
-    from sae_lens_ext.windows import batch_window, mark_layout_served
+    from sae_lens_ext.data.windows import batch_window, mark_layout_served
 
     cfg = runner.cfg
     window = batch_window(runner.sae.cfg)
@@ -572,7 +572,7 @@ def figure_data(runner: Any) -> Any:
     """Fresh activations (whole sequences, from where training stopped) for the plugins'
     figures of a run: ``EvalData``, or ``None`` when no plugin draws any or the run read
     cached activations."""
-    from sae_lens_ext.lm_batches import store_sequences
+    from sae_lens_ext.data.lm_batches import store_sequences
     from sae_lens_ext.metrics import EvalData
     from sae_lens_ext.run.report import has_plugin_figures
 

@@ -73,7 +73,7 @@ def evaluate_and_save(
     from sae_lens.constants import SPARSITY_FILENAME
     from safetensors.torch import save_file
 
-    from sae_lens_ext.synthetic import DATA_DIR
+    from sae_lens_ext.data.synthetic import DATA_DIR
 
     evaluation = data.eval_data(eval_samples, seed)
     metrics = collect_metrics(sae, evaluation)

@@ -72,8 +72,8 @@ def parse_variant(sweep: Sweep, variant: Variant) -> Any:
 
 def share_key(cfg: Any, variant: Variant) -> str | None:
     """Variants with the same key can share a pass; ``None``: this one trains alone."""
+    from sae_lens_ext.data.windows import batch_window
     from sae_lens_ext.run.output import complete_checkpoints
-    from sae_lens_ext.windows import batch_window
 
     alone = (
         cfg.compile_sae
@@ -177,9 +177,9 @@ def build_runners(cfgs: list[Any]) -> list[Any]:
 
 def train_shared(sweep: Sweep, group: Group, log_every: int | None, progress: str) -> None:
     """Train a group of variants on one pass over the activations (see the module docstring)."""
+    from sae_lens_ext.data.windows import mark_layout_served
     from sae_lens_ext.run import lm
     from sae_lens_ext.run.output import METRICS_FILENAME, RunOutput, write_json
-    from sae_lens_ext.windows import mark_layout_served
 
     variants, cfgs = [v for v, _ in group], [c for _, c in group]
     print(

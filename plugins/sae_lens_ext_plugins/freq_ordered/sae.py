@@ -105,7 +105,7 @@ class FreqOrderedArchitectureFields:
         return self.attention_window if self.attention else 1
 
     def batch_window(self) -> int:
-        """See :mod:`sae_lens_ext.windows` (the training config also counts loss terms)."""
+        """See :mod:`sae_lens_ext.data.windows` (the training config also counts loss terms)."""
         return self.architecture_window()
 
     def validate_architecture_fields(self) -> None:

@@ -5,8 +5,8 @@
   Markov chain with its own persistence), with ground truth;
 - :func:`lm_sequence_activations`: held-out sequences of a language model's activations.
 - Batches of whole windows of consecutive positions are a core service:
-  :class:`sae_lens_ext.windows.WindowShuffledBatches` (``SyntheticSequences.batches``)
-  and :class:`sae_lens_ext.windows.WindowShuffledLMBatches`.
+  :class:`sae_lens_ext.data.windows.WindowShuffledBatches` (``SyntheticSequences.batches``)
+  and :class:`sae_lens_ext.data.windows.WindowShuffledLMBatches`.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Batch layout: a training batch of ``N`` rows is ``N / w`` windows (``w = temporal_window``);
 each block of ``w`` consecutive rows holds ``w`` consecutive positions of one sequence.
 The terms declare it through ``LossTerm.batch_window`` (so an SAE that enables them asks
-the core for such batches, :mod:`sae_lens_ext.windows`), and check it at each step with
-the core's :func:`~sae_lens_ext.windows.check_step_layout`.
+the core for such batches, :mod:`sae_lens_ext.data.windows`), and check it at each step with
+the core's :func:`~sae_lens_ext.data.windows.check_step_layout`.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ then ``N / w`` windows; rows ``[k*w, (k+1)*w)`` are positions ``o..o+w-1`` of on
 - :class:`WindowShuffledBatches` serves such batches from ``(n_seq, seq_len, d_in)``
   sequences in memory; :class:`WindowBuffer` from any source of sequences read block by
   block (:class:`WindowShuffledLMBatches`: an upstream ``ActivationsStore``;
-  :class:`sae_lens_ext.cached.CachedActivationBatches`: upstream's cached activations).
+  :class:`sae_lens_ext.data.cached.CachedActivationBatches`: upstream's cached activations).
   All shuffle whole windows and are resumable through ``state_dict``/``load_state_dict``.
 - :func:`check_step_layout` is what a loss term calls at each step: the cheap shape check
   every step, and once per SAE a look at the data source when it is not one of ours.
@@ -276,7 +276,7 @@ class WindowShuffledLMBatches(WindowBuffer):
     filtering or mixing), keeps ``n_batches_in_buffer`` of them cut into windows, and
     serves batches of whole windows shuffled across the buffer (:class:`WindowBuffer`).
     ``load_state_dict`` also puts the store back at the checkpoint's position, exactly
-    (:class:`~sae_lens_ext.lm_batches.StoreReads`).
+    (:class:`~sae_lens_ext.data.lm_batches.StoreReads`).
     """
 
     def __init__(
@@ -293,7 +293,7 @@ class WindowShuffledLMBatches(WindowBuffer):
             context_size=int(store.training_context_size),
             exclude_special_tokens=getattr(store, "exclude_special_tokens", None),
         )
-        from sae_lens_ext.lm_batches import StoreReads
+        from sae_lens_ext.data.lm_batches import StoreReads
 
         self.store, self.reads = store, StoreReads(store, new_epoch_warning=False)
         super().__init__(window, batch_size, n_batches_in_buffer, seed)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from typing_extensions import override
 
-from sae_lens_ext.windows import BatchLayoutError
+from sae_lens_ext.data.windows import BatchLayoutError
 
 #: Stream ``s`` of a run with seed ``seed`` draws from a generator seeded ``seed * K + s``.
 SEED_STRIDE = 65_536

@@ -11,7 +11,7 @@ order, so windows of consecutive positions survive caching.
 :func:`validate_cache` checks it against the run's settings (one line naming the setting).
 :class:`CachedActivationBatches` serves batches: each epoch it reads the rows in a random
 order of contiguous chunks, keeps a buffer of chunks cut into windows and shuffles whole
-windows (:class:`~sae_lens_ext.windows.WindowBuffer`; a window of 1 position is a token
+windows (:class:`~sae_lens_ext.data.windows.WindowBuffer`; a window of 1 position is a token
 mixing buffer). A data stream ``s`` of ``S`` reads the contiguous shard ``s`` of the rows.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from typing_extensions import override
 
-from sae_lens_ext.windows import (
+from sae_lens_ext.data.windows import (
     BatchLayoutError,
     WindowBuffer,
     check_finite,
@@ -138,7 +138,7 @@ class CachedActivationBatches(WindowBuffer):
     Args:
         dataset: the cached rows (from :func:`open_cache`, possibly a :func:`stream_shard`).
         hook_name: the activation column.
-        window, batch_size: as :class:`~sae_lens_ext.windows.WindowBuffer`.
+        window, batch_size: as :class:`~sae_lens_ext.data.windows.WindowBuffer`.
         rows_per_read: contexts per read (a contiguous chunk of rows).
         n_reads_in_buffer: reads the buffer holds.
         seed: seed of the chunk order and of the window shuffle.

@@ -5,7 +5,7 @@ Demo data for any architecture that trains on windows of consecutive positions:
 - :class:`SyntheticSequences`: each feature a sticky on/off Markov chain with its own
   persistence, built on upstream's :class:`~sae_lens.synthetic.FeatureDictionary`, so
   ground-truth feature activations and autocorrelations are known; its batches are whole
-  windows, shuffled (:class:`sae_lens_ext.windows.WindowShuffledBatches`);
+  windows, shuffled (:class:`sae_lens_ext.data.windows.WindowShuffledBatches`);
 - :class:`SequenceDemoData`: those sequences as ``sae-lens demo`` data (a plugin's
   ``demo_setup`` names it), with held-out sequences for the metrics.
 """
@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from typing_extensions import override
 
+from sae_lens_ext.data.synthetic import DemoData, DemoDataOptions
+from sae_lens_ext.data.windows import WindowShuffledBatches
 from sae_lens_ext.metrics import EvalData
-from sae_lens_ext.synthetic import DemoData, DemoDataOptions
-from sae_lens_ext.windows import WindowShuffledBatches
 
 if TYPE_CHECKING:
     from sae_lens_ext.browse.data import BrowserData
