@@ -8,6 +8,8 @@
   upstream's own classes it makes their training-only twins (:mod:`sae_lens_ext.twins`).
 - :class:`LossTermTrainingSAEConfig` holds the matching config fields; it mixes into an
   upstream training config the same way.
+- :func:`evaluate_loss_terms` runs a step's enabled terms (one call in
+  ``calculate_aux_loss``), checks what each returns and names the term's plugin in any error.
 - :class:`LossTermTrainingSAE` is the base of a plugin architecture written from scratch:
   subclasses write the encoder (:meth:`~LossTermTrainingSAE.encode_with_hidden_pre`) and
   their own penalties (:meth:`~LossTermTrainingSAE.base_aux_loss`,
