@@ -137,7 +137,7 @@ def prefix_rows(setup: Setup) -> list[Row]:
 def preset_rows(setup: Setup) -> list[Row]:
     """Every preset of ``freq_ordered`` (the research log's runs 2 to 9, cumulative), as
     registered; resampling every quarter of this short run instead of every 1000 steps."""
-    from sae_lens_ext.presets import presets_of
+    from sae_lens_ext.plugins import presets_of
 
     rows = []
     for name, preset in presets_of("freq_ordered").items():

@@ -20,7 +20,7 @@ TARGET = "sae_lens"
 
 def _register_after_import() -> None:
     try:
-        from sae_lens_ext.plugins import register_with_sae_lens
+        from sae_lens_ext.registration import register_with_sae_lens
 
         register_with_sae_lens()
     except Exception as exc:  # never break `import sae_lens`

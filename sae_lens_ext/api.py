@@ -127,10 +127,11 @@ if TYPE_CHECKING:
         LossTermNotFinite,
         PluginError,
         PluginWarning,
+        get_preset,
         load_plugins,
         register_plugin,
     )
-    from sae_lens_ext.presets import Preset, PresetError, get_preset
+    from sae_lens_ext.presets import Preset, PresetError
     from sae_lens_ext.resampling import ResampleRequest, ResampleResult
     from sae_lens_ext.run.figures import pyplot, save_figure
     from sae_lens_ext.run.results import RunResults
@@ -213,7 +214,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "register_plugin": ("sae_lens_ext.plugins", "register_plugin"),
     "Preset": ("sae_lens_ext.presets", "Preset"),
     "PresetError": ("sae_lens_ext.presets", "PresetError"),
-    "get_preset": ("sae_lens_ext.presets", "get_preset"),
+    "get_preset": ("sae_lens_ext.plugins", "get_preset"),
     "make_trainer": ("sae_lens_ext.training", "make_trainer"),
     "AfterOptimizerStep": ("sae_lens_ext.after_step", "AfterOptimizerStep"),
     "ResampleRequest": ("sae_lens_ext.resampling", "ResampleRequest"),

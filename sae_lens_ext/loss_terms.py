@@ -1,20 +1,20 @@
 """Loss terms: named, coefficient-weighted penalties that plugins add to a training SAE.
 
-A training SAE evaluates its enabled terms with :func:`evaluate_loss_terms` (one call in
-its ``calculate_aux_loss``), which checks what each term returns and names the term and its
-plugin in any error. A term learns whether the step is logged from
+A training SAE evaluates its enabled terms with
+:func:`~sae_lens_ext.training.evaluate_loss_terms` (one call in its ``calculate_aux_loss``),
+which checks what each term returns and names the term and its plugin in any error. A term learns whether the step is logged from
 :attr:`LossContext.is_logging_step`; a training loop that logs steps of its own says so
 with :func:`set_logging_step` before each step (the ``sae-lens`` loop does).
 
 Light on purpose (no torch or sae_lens import at module level): plugin entry modules and
-configs read it at start-up.
+configs read it at start-up. It imports nothing of the plugin registry
+(:mod:`sae_lens_ext.plugins`), which validates and serves the terms defined here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -254,105 +254,3 @@ def set_logging_step(sae: Any, logging: bool) -> None:
 def is_logging_step(sae: Any, step_input: TrainStepInput) -> bool:
     """Whether this step of ``sae`` is logged: upstream's flag, or :func:`set_logging_step`."""
     return bool(step_input.is_logging_step or getattr(sae, _LOGGING_STEP_ATTRIBUTE, False))
-
-
-def evaluate_loss_terms(
-    sae: Any,
-    terms: Sequence[tuple[LossTermSpec, LossTerm]],
-    step_input: TrainStepInput,
-    feature_acts: torch.Tensor,
-    hidden_pre: torch.Tensor,
-    sae_out: torch.Tensor,
-    *,
-    options: Mapping[str, str],
-    metrics: dict[str, Any],
-    collectives: BatchCollectives | None = None,
-) -> dict[str, torch.Tensor]:
-    """The weighted losses of the enabled ``terms`` for one step, ``{name}_loss`` each
-    (coefficient from ``step_input.coefficients``, i.e. warmed up; else the spec's).
-
-    Each term gets a :class:`LossContext` (its ``metrics`` is ``metrics``, its
-    ``collectives`` is ``collectives``: the data-parallel reductions, local by default). A term that
-    raises, or returns anything but a 0-dimensional floating-point tensor, stops the step
-    with a :class:`~sae_lens_ext.plugins.PluginError` naming the term and its plugin (an
-    error class of the core itself, such as a window check's ``BatchLayoutError``, which
-    names its setting, passes through unchanged); the check reads only shapes and dtypes
-    (no host-device sync). Whether a value is finite is
-    the training guards' check (:mod:`sae_lens_ext.after_step`), on logging steps.
-    """
-    logged = is_logging_step(sae, step_input)
-    if logged and not step_input.is_logging_step:
-        step_input = dataclasses.replace(step_input, is_logging_step=True)
-    ctx = LossContext(
-        sae=sae,
-        step_input=step_input,
-        feature_acts=feature_acts,
-        hidden_pre=hidden_pre,
-        sae_out=sae_out,
-        options=options,
-        metrics=metrics,
-        is_logging_step=logged,
-        collectives=collectives or LOCAL_COLLECTIVES,
-    )
-    losses = {}
-    for spec, term in terms:
-        value = _term_value(term, ctx)
-        coefficient = step_input.coefficients.get(spec.name, spec.coefficient)
-        losses[spec.name + LOSS_SUFFIX] = coefficient * value
-    return losses
-
-
-def _term_value(term: LossTerm, ctx: LossContext) -> torch.Tensor:
-    """``term.fn(ctx)``, checked; any failure names the term and its plugin."""
-    import torch
-
-    from sae_lens_ext.plugins import PluginError
-
-    try:
-        value = term.fn(ctx)
-    except Exception as exc:
-        if isinstance(exc, PluginError) or _raised_by_the_core(exc):
-            raise
-        step = ctx.step_input.n_training_steps
-        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
-        raise _term_error(term, f"raised {detail} (training step {step})") from exc
-    if not isinstance(value, torch.Tensor):
-        raise _term_error(term, f"returned {type(value).__name__}; {_EXPECTED}")
-    if value.dim() != 0:
-        raise _term_error(term, f"returned a tensor of shape {tuple(value.shape)}; {_EXPECTED}")
-    if not value.is_floating_point():
-        raise _term_error(term, f"returned a {value.dtype} tensor; {_EXPECTED}")
-    return value
-
-
-def _raised_by_the_core(exc: Exception) -> bool:
-    """An error class of sae-lens-ext's core (e.g. ``BatchLayoutError`` from a term's window
-    check): it names the setting to change already, and passes through unchanged."""
-    return type(exc).__module__.partition(".")[0] == __name__.partition(".")[0]
-
-
-_EXPECTED = "a loss term returns a 0-dimensional floating-point tensor (e.g. x.mean())"
-
-
-def _term_error(term: LossTerm, what: str) -> Exception:
-    from sae_lens_ext.plugins import PluginError, owner_of
-
-    owner = owner_of("loss_terms", term.name)
-    by = owner.label() if owner is not None else "an unknown plugin"
-    return PluginError(
-        f"loss term {term.name!r} of {by} {what}",
-        plugin=owner.name if owner is not None else "?",
-        where=f"loss term {term.name!r}",
-    )
-
-
-def unknown_loss_term(name: str, field_name: str = "loss_terms") -> ValueError:
-    """The error for an enabled loss term ``name`` that no plugin provides: why it is
-    refused (two plugins register it), or the registered names."""
-    from sae_lens_ext.plugins import loss_terms, refusal
-
-    why = refusal("loss_terms", name)
-    if why is not None:
-        return ValueError(f"{field_name}: {why}")
-    known = ", ".join(sorted(loss_terms())) or "none"
-    return ValueError(f"{field_name}: unknown loss term {name!r}; registered: {known}")

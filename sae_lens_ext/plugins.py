@@ -16,6 +16,13 @@ Name collisions (two plugins registering the same architecture or loss term name
 depend on load order: a built-in plugin (of the ``sae-lens-ext`` distribution) keeps its
 name; between two other plugins the name is refused for both, and using it is an error
 naming both (load one with ``SAE_LENS_EXT_LOAD_PLUGINS``). Each warning prints once.
+
+Lookups: what the plugins register, by name (:func:`architectures`, :func:`loss_terms`,
+:func:`presets`, :func:`get_preset`), who provides it (:func:`owner_of`) and why a name is
+missing (:func:`refusal`, :func:`unknown_loss_term`). Layering: this registry sits above
+the types it validates (``architectures.py``, ``loss_terms.py``, ``presets.py`` import
+nothing of it) and below what uses it (``training.py``, ``after_step.py``,
+``registration.py``); ``tests/test_layout.py`` fails on an import circle.
 """
 
 from __future__ import annotations
@@ -410,6 +417,16 @@ def refusal(kind: str, name: str) -> str | None:
     )
 
 
+def unknown_loss_term(name: str, field_name: str = "loss_terms") -> ValueError:
+    """The error for an enabled loss term ``name`` that no plugin provides: why it is
+    refused (two plugins register it), or the registered names."""
+    why = refusal("loss_terms", name)
+    if why is not None:
+        return ValueError(f"{field_name}: {why}")
+    known = ", ".join(sorted(loss_terms())) or "none"
+    return ValueError(f"{field_name}: unknown loss term {name!r}; registered: {known}")
+
+
 def owner_of(kind: str, name: str) -> PluginInfo | None:
     """The plugin that provides architecture or loss term ``name`` (``kind``:
     ``"architectures"`` or ``"loss_terms"``), or ``None``."""
@@ -469,60 +486,27 @@ def presets() -> dict[str, Preset]:
     return _presets
 
 
-def register_with_sae_lens() -> None:
-    """Add every plugin architecture, and the loss-term twin of every training architecture
-    (:mod:`sae_lens_ext.twins`), to ``sae_lens.registry``; safe to call repeatedly.
-    SAE-Lens's own architectures are never replaced: a plugin architecture of the same
-    name is skipped, named once."""
-    from sae_lens.registry import (
-        SAE_CLASS_REGISTRY,
-        SAE_TRAINING_CLASS_REGISTRY,
-        register_sae_class,
-        register_sae_training_class,
-    )
-
-    for name, arch in architectures().items():
-        owner = _owners[("architectures", name)]
-        try:
-            _register_once(
-                SAE_CLASS_REGISTRY, register_sae_class, name, arch.sae_class, arch.sae_config_class
-            )
-            if arch.training_class is not None:
-                _register_once(
-                    SAE_TRAINING_CLASS_REGISTRY,
-                    register_sae_training_class,
-                    name,
-                    arch.training_class,
-                    arch.training_config_class,
-                )
-        except Exception as exc:
-            warn_once(
-                f"sae-lens-ext: {owner.label()}: architecture {name!r} skipped: "
-                f"{' '.join(str(exc).split())}"
-            )
-    # every training architecture without loss terms gets its loss-term twin (after the
-    # plugins' own, so that a plugin built on an upstream class gets one too)
-    from sae_lens_ext.twins import register_twins
-
-    register_twins()
+def presets_of(architecture: str) -> dict[str, Preset]:
+    """The presets the loaded plugins register for ``architecture``, by name."""
+    return {p.name: p for p in presets().values() if p.architecture == architecture}
 
 
-def _register_once(
-    registry: dict[str, Any],
-    register: Callable[..., None],
-    name: str,
-    cls: type[Any],
-    cfg_cls: type[Any] | None,
-) -> None:
-    existing = registry.get(name)
-    if existing is None:
-        register(name, cls, cfg_cls)
-    elif existing[0] is not cls:
-        raise ValueError(
-            f"SAE-Lens already has an architecture named {name!r} "
-            f"({existing[0].__module__}.{existing[0].__name__}), which is kept; rename "
-            "the plugin's architecture"
+def get_preset(architecture: str, name: str, flag: str = "--preset") -> Preset:
+    """The preset ``name`` of ``architecture``; a :class:`~sae_lens_ext.presets.PresetError`
+    naming the fix if there is none."""
+    from sae_lens_ext.presets import PresetError
+
+    own = presets_of(architecture)
+    if name in own:
+        return own[name]
+    elsewhere = sorted(p.architecture for p in presets().values() if p.name == name)
+    if elsewhere:
+        raise PresetError(
+            f"{flag} {name} is a preset of {', '.join(elsewhere)}, not of {architecture}; "
+            f"add --architecture {elsewhere[0]}"
         )
+    listing = ", ".join(own) if own else "none"
+    raise PresetError(f"{flag} {name}: {architecture} has no such preset; its presets: {listing}")
 
 
 def plugin_infos() -> list[PluginInfo]:

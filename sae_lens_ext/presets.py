@@ -10,7 +10,9 @@ A plugin registers them through the ``register_presets`` hook::
 the chosen ``--architecture`` (what the user sets besides wins), as does a sweep variant with
 ``preset: NAME``; ``sae-lens train --architecture ARCH --help-options`` lists them.
 SAE-Lens's own runner takes no ``--preset``: give it the preset's flags
-(:meth:`Preset.flags`, printed in that listing).
+(:meth:`Preset.flags`, printed in that listing). The registered presets are looked up
+through the plugin registry (:func:`sae_lens_ext.plugins.get_preset`,
+:func:`~sae_lens_ext.plugins.presets_of`), which imports this module, never the reverse.
 """
 
 from __future__ import annotations
@@ -65,42 +67,3 @@ class Preset:
         for key, value in self.settings.items():
             out += [f"--{key}", str(value)]
         return out
-
-
-def presets_of(architecture: str) -> dict[str, Preset]:
-    """The presets the loaded plugins register for ``architecture``, by name."""
-    from sae_lens_ext.plugins import presets
-
-    return {p.name: p for p in presets().values() if p.architecture == architecture}
-
-
-def get_preset(architecture: str, name: str, flag: str = "--preset") -> Preset:
-    """The preset ``name`` of ``architecture``; a :class:`PresetError` naming the fix if
-    there is none."""
-    from sae_lens_ext.plugins import presets
-
-    own = presets_of(architecture)
-    if name in own:
-        return own[name]
-    elsewhere = sorted(p.architecture for p in presets().values() if p.name == name)
-    if elsewhere:
-        raise PresetError(
-            f"{flag} {name} is a preset of {', '.join(elsewhere)}, not of {architecture}; "
-            f"add --architecture {elsewhere[0]}"
-        )
-    listing = ", ".join(own) if own else "none"
-    raise PresetError(f"{flag} {name}: {architecture} has no such preset; its presets: {listing}")
-
-
-def describe_presets(architecture: str) -> str:
-    """A listing of ``architecture``'s presets with their flags ("" if it has none)."""
-    own = presets_of(architecture)
-    if not own:
-        return ""
-    lines = [f"Presets of {architecture} (--preset NAME; your own flags win):"]
-    for preset in own.values():
-        lines.append(f"  {preset.name}: {preset.description}")
-        lines.append(f"      flags: {' '.join(preset.flags())}")
-        if preset.measured:
-            lines.append(f"      measured: {preset.measured}")
-    return "\n".join(lines)

@@ -8,6 +8,8 @@
   upstream's own classes it makes their training-only twins (:mod:`sae_lens_ext.twins`).
 - :class:`LossTermTrainingSAEConfig` holds the matching config fields; it mixes into an
   upstream training config the same way.
+- :func:`evaluate_loss_terms` runs a step's enabled terms (one call in
+  ``calculate_aux_loss``), checks what each returns and names the term's plugin in any error.
 - :class:`LossTermTrainingSAE` is the base of a plugin architecture written from scratch:
   subclasses write the encoder (:meth:`~LossTermTrainingSAE.encode_with_hidden_pre`) and
   their own penalties (:meth:`~LossTermTrainingSAE.base_aux_loss`,
@@ -21,10 +23,11 @@ layer serves: models and terms hold no distributed code and no rank logic.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from abc import ABC
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -58,13 +61,15 @@ from sae_lens_ext.latents import (
 )
 from sae_lens_ext.loss_terms import (
     LOCAL_COLLECTIVES,
+    LOSS_SUFFIX,
     BatchCollectives,
+    LossContext,
+    LossTerm,
     LossTermSpec,
-    evaluate_loss_terms,
+    is_logging_step,
     parse_loss_terms,
     parse_options,
     resolve_option,
-    unknown_loss_term,
 )
 from sae_lens_ext.resampling import ResampleRequest, ResampleResult
 from sae_lens_ext.sparse import codes_of, decoder_weighted_l1
@@ -265,7 +270,7 @@ class LossTermTrainingSAEConfig(TrainingSAEConfig, ABC):
 
     def enabled_loss_terms(self) -> list[LossTermSpec]:
         """The architecture's own terms (with a coefficient or a warm-up) and ``loss_terms``."""
-        from sae_lens_ext.plugins import loss_terms
+        from sae_lens_ext.plugins import loss_terms, unknown_loss_term
 
         specs = [s for s in self.builtin_loss_terms() if s.coefficient > 0 or s.warm_up_steps]
         extra = parse_loss_terms(self.loss_terms)
@@ -279,6 +284,94 @@ class LossTermTrainingSAEConfig(TrainingSAEConfig, ABC):
                 f"loss_terms: {sorted(clash)} already enabled by this architecture's own fields"
             )
         return specs + extra
+
+
+def evaluate_loss_terms(
+    sae: Any,
+    terms: Sequence[tuple[LossTermSpec, LossTerm]],
+    step_input: TrainStepInput,
+    feature_acts: torch.Tensor,
+    hidden_pre: torch.Tensor,
+    sae_out: torch.Tensor,
+    *,
+    options: Mapping[str, str],
+    metrics: dict[str, Any],
+    collectives: BatchCollectives | None = None,
+) -> dict[str, torch.Tensor]:
+    """The weighted losses of the enabled ``terms`` for one step, ``{name}_loss`` each
+    (coefficient from ``step_input.coefficients``, i.e. warmed up; else the spec's).
+
+    Each term gets a :class:`~sae_lens_ext.loss_terms.LossContext` (its ``metrics`` is ``metrics``, its
+    ``collectives`` is ``collectives``: the data-parallel reductions, local by default). A term that
+    raises, or returns anything but a 0-dimensional floating-point tensor, stops the step
+    with a :class:`~sae_lens_ext.plugins.PluginError` naming the term and its plugin (an
+    error class of the core itself, such as a window check's ``BatchLayoutError``, which
+    names its setting, passes through unchanged); the check reads only shapes and dtypes
+    (no host-device sync). Whether a value is finite is
+    the training guards' check (:mod:`sae_lens_ext.after_step`), on logging steps.
+    """
+    logged = is_logging_step(sae, step_input)
+    if logged and not step_input.is_logging_step:
+        step_input = dataclasses.replace(step_input, is_logging_step=True)
+    ctx = LossContext(
+        sae=sae,
+        step_input=step_input,
+        feature_acts=feature_acts,
+        hidden_pre=hidden_pre,
+        sae_out=sae_out,
+        options=options,
+        metrics=metrics,
+        is_logging_step=logged,
+        collectives=collectives or LOCAL_COLLECTIVES,
+    )
+    losses = {}
+    for spec, term in terms:
+        value = _term_value(term, ctx)
+        coefficient = step_input.coefficients.get(spec.name, spec.coefficient)
+        losses[spec.name + LOSS_SUFFIX] = coefficient * value
+    return losses
+
+
+def _term_value(term: LossTerm, ctx: LossContext) -> torch.Tensor:
+    """``term.fn(ctx)``, checked; any failure names the term and its plugin."""
+    from sae_lens_ext.plugins import PluginError
+
+    try:
+        value = term.fn(ctx)
+    except Exception as exc:
+        if isinstance(exc, PluginError) or _raised_by_the_core(exc):
+            raise
+        step = ctx.step_input.n_training_steps
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise _term_error(term, f"raised {detail} (training step {step})") from exc
+    if not isinstance(value, torch.Tensor):
+        raise _term_error(term, f"returned {type(value).__name__}; {_EXPECTED}")
+    if value.dim() != 0:
+        raise _term_error(term, f"returned a tensor of shape {tuple(value.shape)}; {_EXPECTED}")
+    if not value.is_floating_point():
+        raise _term_error(term, f"returned a {value.dtype} tensor; {_EXPECTED}")
+    return value
+
+
+def _raised_by_the_core(exc: Exception) -> bool:
+    """An error class of sae-lens-ext's core (e.g. ``BatchLayoutError`` from a term's window
+    check): it names the setting to change already, and passes through unchanged."""
+    return type(exc).__module__.partition(".")[0] == __name__.partition(".")[0]
+
+
+_EXPECTED = "a loss term returns a 0-dimensional floating-point tensor (e.g. x.mean())"
+
+
+def _term_error(term: LossTerm, what: str) -> Exception:
+    from sae_lens_ext.plugins import PluginError, owner_of
+
+    owner = owner_of("loss_terms", term.name)
+    by = owner.label() if owner is not None else "an unknown plugin"
+    return PluginError(
+        f"loss term {term.name!r} of {by} {what}",
+        plugin=owner.name if owner is not None else "?",
+        where=f"loss term {term.name!r}",
+    )
 
 
 T_CFG = TypeVar("T_CFG", bound=LossTermTrainingSAEConfig)

@@ -58,7 +58,8 @@ import sys
 assert 'sae_lens_ext.plugins' not in sys.modules
 import sae_lens
 from sae_lens.registry import SAE_CLASS_REGISTRY
-from sae_lens_ext.plugins import architectures, register_with_sae_lens
+from sae_lens_ext.plugins import architectures
+from sae_lens_ext.registration import register_with_sae_lens
 names = set(architectures())
 assert names and names <= set(SAE_CLASS_REGISTRY), names
 register_with_sae_lens(); register_with_sae_lens()

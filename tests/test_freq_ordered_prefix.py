@@ -37,7 +37,7 @@ from sae_lens_ext_plugins.temporal_consistency.sae import (
 )
 
 from sae_lens_ext.loss_terms import LossContext
-from sae_lens_ext.presets import get_preset
+from sae_lens_ext.plugins import get_preset
 from sae_lens_ext.training import make_trainer
 
 D_IN, D_SAE = 8, 48

@@ -19,18 +19,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CORE = REPO / "sae_lens_ext"
-#: Circles older than issue 23, through function-level (lazy) imports, not yet untangled:
-#: the plugin registry and the types it validates and serves (plugins <-> loss_terms,
-#: plugins <-> presets, plugins -> twins -> training -> plugins, after_step -> plugins
-#: for the non-finite loss term's owner) and the browser's data <-> collect. Each entry
-#: is the largest set a circle may span; a new module joining one fails the test.
-OLDER_CIRCLES: list[frozenset[str]] = [
-    frozenset(
-        f"sae_lens_ext.{m}"
-        for m in ("after_step", "loss_terms", "plugins", "presets", "training", "twins")
-    ),
-    frozenset({"sae_lens_ext.browse.collect", "sae_lens_ext.browse.data"}),
-]
 COMMAND_MODULES = ("sae_lens_ext.commands", "sae_lens_ext.cli")
 #: May import the command line: the command line itself and ``python -m sae_lens_ext``.
 COMMAND_SIDE = ("sae_lens_ext.commands", "sae_lens_ext.cli", "sae_lens_ext.__main__")
@@ -143,9 +131,7 @@ def test_the_graph_reader_sees_what_it_must():
 
 def test_no_import_circle_among_core_modules():
     found = circles(core_graph())
-    known = OLDER_CIRCLES
-    unknown = [c for c in found if not any(c <= k for k in known)]
-    assert not unknown, "import circles: " + "; ".join(" <-> ".join(sorted(c)) for c in unknown)
+    assert not found, "import circles: " + "; ".join(" <-> ".join(sorted(c)) for c in found)
 
 
 def test_the_library_imports_no_command():

@@ -18,9 +18,10 @@ from sae_lens.saes.sae import TrainStepInput
 
 from sae_lens_ext import hookimpl, plugins
 from sae_lens_ext.after_step import TrainingGuard
-from sae_lens_ext.loss_terms import LossTerm, LossTermSpec, evaluate_loss_terms, set_logging_step
+from sae_lens_ext.loss_terms import LossTerm, LossTermSpec, set_logging_step
 from sae_lens_ext.metrics import EvalData, Metric
 from sae_lens_ext.plugins import LossTermNotFinite, PluginError, PluginWarning
+from sae_lens_ext.training import evaluate_loss_terms
 
 
 @pytest.fixture
@@ -185,9 +186,7 @@ def test_collisions_do_not_depend_on_load_order(register, order) -> None:
     assert "SAE_LENS_EXT_LOAD_PLUGINS=" in why
     messages = [str(w.message) for w in caught if w.category is PluginWarning]
     assert sum("'unit_twin' is registered by" in m for m in messages) <= 1
-    from sae_lens_ext.loss_terms import unknown_loss_term
-
-    assert str(unknown_loss_term("unit_twin")) == f"loss_terms: {why}"
+    assert str(plugins.unknown_loss_term("unit_twin")) == f"loss_terms: {why}"
 
 
 # --- loss terms: checked, named ------------------------------------------------------------

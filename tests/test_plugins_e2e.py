@@ -210,7 +210,8 @@ warnings.simplefilter("always")
 import sae_lens
 from sae_lens.registry import SAE_CLASS_REGISTRY
 from sae_lens_ext import plugins
-plugins.register_with_sae_lens(); plugins.register_with_sae_lens()
+from sae_lens_ext.registration import register_with_sae_lens
+register_with_sae_lens(); register_with_sae_lens()
 terms = plugins.loss_terms()
 print(SAE_CLASS_REGISTRY["standard"][0].__name__)
 print(terms["frequency_ordering"].fn.__module__)

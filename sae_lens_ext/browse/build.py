@@ -189,7 +189,8 @@ def read(source: Any, latents: list[int], options: BrowseOptions, progress: Toke
 def finish(collector: Any, source: Any, latents: list[int], sample: Any) -> Any:
     import torch
 
-    from sae_lens_ext.browse.data import BrowserData, TopContexts
+    from sae_lens_ext.browse.collect import TopContexts
+    from sae_lens_ext.browse.data import BrowserData
     from sae_lens_ext.metrics import EvalData
 
     n_tokens = int(collector.n_tokens)

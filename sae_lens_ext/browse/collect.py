@@ -6,7 +6,8 @@
 - for every latent: how many tokens it fired on, and its highest activation;
 - for the browsed latents: a running top-k of contexts by the latent's highest activation
   in them (each kept as a window of ``window`` positions around that maximum, values and
-  token ids), and a histogram of its positive activations in log-spaced bins.
+  token ids: :class:`TopContexts`, which plugins read as ``BrowserData.contexts``), and a
+  histogram of its positive activations in log-spaced bins.
 
 Nothing grows with the number of tokens read: :meth:`LatentCollector.state_bytes` is the
 whole state, and :func:`memory_bound` adds what one batch needs on top of it (see
@@ -17,11 +18,10 @@ except through ``nonzero`` (the positive activations for the histogram).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from sae_lens_ext.browse.data import TopContexts
 
 #: Top contexts kept per browsed latent.
 DEFAULT_CONTEXTS = 20
@@ -34,6 +34,26 @@ HIST_BINS = 256
 HIST_LOG10 = (-4.0, 4.0)
 #: Elements of one batch of latent activations ``(B, T, d_sae)`` (float32: 128 MiB).
 BATCH_ELEMENTS = 1 << 25
+
+
+@dataclass
+class TopContexts:
+    """The top contexts of the browsed latents (row ``i``: ``BrowserData.latents[i]``),
+    best first. Slots no context filled have ``max_values`` ``-inf``.
+
+    Attributes:
+        max_values: ``(n, k)`` highest activation of the latent in each context.
+        acts: ``(n, k, window)`` its activation at each position of the window.
+        tokens: ``(n, k, window)`` token ids of the window.
+        context: ``(n, k)`` index of the context in the stream read.
+        start: ``(n, k)`` position of the window's first token in its context.
+    """
+
+    max_values: torch.Tensor
+    acts: torch.Tensor
+    tokens: torch.Tensor
+    context: torch.Tensor
+    start: torch.Tensor
 
 
 def batch_contexts(context_size: int, d_sae: int, limit: int = 32) -> int:

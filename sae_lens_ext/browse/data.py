@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+    from sae_lens_ext.browse.collect import TopContexts
     from sae_lens_ext.metrics import EvalData
 
 
@@ -47,26 +48,6 @@ class Context:
 
 
 @dataclass
-class TopContexts:
-    """The top contexts of the browsed latents (row ``i``: ``BrowserData.latents[i]``),
-    best first. Slots no context filled have ``max_values`` ``-inf``.
-
-    Attributes:
-        max_values: ``(n, k)`` highest activation of the latent in each context.
-        acts: ``(n, k, window)`` its activation at each position of the window.
-        tokens: ``(n, k, window)`` token ids of the window.
-        context: ``(n, k)`` index of the context in the stream read.
-        start: ``(n, k)`` position of the window's first token in its context.
-    """
-
-    max_values: torch.Tensor
-    acts: torch.Tensor
-    tokens: torch.Tensor
-    context: torch.Tensor
-    start: torch.Tensor
-
-
-@dataclass
 class BrowserData:
     """Everything the browser shows, for plugins (``browser_panels``).
 
@@ -79,7 +60,8 @@ class BrowserData:
         frequencies: ``(d_sae,)`` float64 share of tokens on which each latent is non-zero.
         ranks: ``(d_sae,)`` rank of each latent by frequency (1: the most frequent).
         max_values: ``(d_sae,)`` highest activation of each latent.
-        contexts: top contexts of the browsed latents (see :class:`TopContexts`).
+        contexts: top contexts of the browsed latents (see
+            :class:`~sae_lens_ext.browse.collect.TopContexts`).
         hist_counts, hist_edges: ``(n, bins)`` counts of positive activations of the browsed
             latents, in ``bins`` log-spaced bins of edges ``hist_edges`` (``bins + 1``).
         sample: the input activations of the first contexts read, as sequences

@@ -246,7 +246,8 @@ def plan(options: DemoOptions) -> DemoPlan:
 
 
 def _preset_settings(architecture: str, name: str | None) -> dict[str, Any]:
-    from sae_lens_ext.presets import PresetError, get_preset
+    from sae_lens_ext.plugins import get_preset
+    from sae_lens_ext.presets import PresetError
 
     if name is None:
         return {}

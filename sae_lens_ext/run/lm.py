@@ -72,12 +72,26 @@ def train(
 
 def print_help_options(args: list[str]) -> int:
     """Upstream's option list for ``--architecture``, then the architecture's presets."""
-    from sae_lens_ext.presets import describe_presets
-
     code = checks.print_upstream_help(without_preset(args)[1])
     listing = describe_presets(checks.last_flag(args, "architecture", "standard"))
     print(f"\n{listing}" if listing else "\nNo presets registered for this architecture.")
     return code
+
+
+def describe_presets(architecture: str) -> str:
+    """A listing of ``architecture``'s presets with their flags ("" if it has none)."""
+    from sae_lens_ext.plugins import presets_of
+
+    own = presets_of(architecture)
+    if not own:
+        return ""
+    lines = [f"Presets of {architecture} (--preset NAME; your own flags win):"]
+    for preset in own.values():
+        lines.append(f"  {preset.name}: {preset.description}")
+        lines.append(f"      flags: {' '.join(preset.flags())}")
+        if preset.measured:
+            lines.append(f"      measured: {preset.measured}")
+    return "\n".join(lines)
 
 
 def without_preset(args: list[str]) -> tuple[str | None, list[str]]:
@@ -99,7 +113,8 @@ def without_preset(args: list[str]) -> tuple[str | None, list[str]]:
 def apply_preset(args: list[str]) -> list[str]:
     """``args`` with a ``--preset NAME`` replaced by the preset's flags, put first so that
     every flag given wins."""
-    from sae_lens_ext.presets import PresetError, get_preset
+    from sae_lens_ext.plugins import get_preset
+    from sae_lens_ext.presets import PresetError
 
     name, rest = without_preset(args)
     if name is None:
