@@ -88,6 +88,12 @@ def timed(argv: list[str], log: Path) -> tuple[float, float]:
     return wall, cpu
 
 
+def clear_outputs(root: Path, i: int) -> None:
+    """Remove pair ``i``'s run folders (the benchmark's scratch)."""
+    for out in ("up", "ours"):
+        shutil.rmtree(root / f"{out}-{i}", ignore_errors=True)
+
+
 def world_dir(root: Path, n_docs: int) -> Path:
     """The tiny model and its dataset of ``n_docs`` documents (one folder per size)."""
     return root / f"world-{n_docs}"
@@ -134,13 +140,13 @@ def main(argv: list[str] | None = None) -> None:
     ensure_world(args.root, args.docs)
     times: dict[str, list[tuple[float, float]]] = {"upstream runner": [], "sae-lens train": []}
     for i in range(args.pairs):
+        clear_outputs(args.root, i)  # an interrupted earlier run may have left them
         order = list(commands(args.root, args, i).items())
         for name, argv_i in order[::-1] if i % 2 else order:
             times[name].append(timed(argv_i, args.root / f"{name.split()[0]}-{i}.log"))
             print(f"pair {i}: {name}: wall {times[name][-1][0]:.1f} s, CPU {times[name][-1][1]:.1f} s",
                   flush=True)  # fmt: skip
-        for out in ("up", "ours"):
-            shutil.rmtree(args.root / f"{out}-{i}", ignore_errors=True)
+        clear_outputs(args.root, i)
     print(summary(times))
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args) | {"root": str(args.root)},
