@@ -21,7 +21,8 @@ Groups:
   :func:`latent_parameters`, :func:`permute_latents`, :func:`fold_decoder_norms`), the
   protocols the core asks of an SAE (:class:`DeclaresLatentParameters`,
   :class:`AfterOptimizerStep`, :class:`BatchWindowConfig`, :class:`ArchitectureWindowConfig`);
-- loss terms: :class:`LossContext`, :class:`LossTermSpec`, :class:`BatchCollectives`,
+- loss terms: :func:`evaluate_loss_terms` (a training class of your own runs its terms),
+  :class:`LossContext`, :class:`LossTermSpec`, :class:`BatchCollectives`,
   :func:`term_option`, :func:`decoder_weighted_sparsity`, :func:`check_non_negative`;
 - resampling: :class:`ResampleRequest`, :class:`ResampleResult`, :func:`request_after_step`;
 - evaluation and figures: :class:`Metric`, :class:`EvalData`, :func:`explained_variance`,
@@ -172,6 +173,7 @@ if TYPE_CHECKING:
         PluginSAE,
         check_non_negative,
         decoder_weighted_sparsity,
+        evaluate_loss_terms,
         make_trainer,
     )
     from sae_lens_ext.twins import twin_name
@@ -216,6 +218,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "PresetError": ("sae_lens_ext.presets", "PresetError"),
     "get_preset": ("sae_lens_ext.plugins", "get_preset"),
     "make_trainer": ("sae_lens_ext.training", "make_trainer"),
+    "evaluate_loss_terms": ("sae_lens_ext.training", "evaluate_loss_terms"),
     "AfterOptimizerStep": ("sae_lens_ext.after_step", "AfterOptimizerStep"),
     "ResampleRequest": ("sae_lens_ext.resampling", "ResampleRequest"),
     "ResampleResult": ("sae_lens_ext.resampling", "ResampleResult"),
@@ -346,6 +349,7 @@ __all__ = [
     "encode_batches",
     "encode_sparse",
     "encoder_input",
+    "evaluate_loss_terms",
     "explained_variance",
     "firing_frequencies",
     "fold_decoder_norms",
