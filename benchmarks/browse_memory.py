@@ -18,7 +18,7 @@ import time
 import torch
 from smoke import smoke_argv
 
-from sae_lens_ext.host_memory import keep_freed_host_memory
+from sae_lens_ext.training.host_memory import keep_freed_host_memory
 
 
 def peak_gib() -> float:

@@ -50,7 +50,7 @@ SIZES = {  # name: (d_in, d_sae, global batch)
 def worker(args: argparse.Namespace) -> None:
     import torch
 
-    from sae_lens_ext import distributed
+    from sae_lens_ext.training import distributed
 
     torch.set_num_threads(args.threads)
     with distributed.process_group(args.device) as device:

@@ -70,7 +70,7 @@ from sae_lens_ext_plugins.freq_ordered.metrics import (
 from sae_lens_ext_plugins.freq_ordered.reorder import reorder_by_frequency
 from smoke import is_smoke, smoke_argv
 
-from sae_lens_ext.training import FALLBACK_TRAINING_STEPS, make_trainer
+from sae_lens_ext.training.sae import FALLBACK_TRAINING_STEPS, make_trainer
 
 FRACTIONS = (0.1, 0.25, 0.5)
 

@@ -21,7 +21,7 @@ import torch
 from smoke import smoke_argv
 from step_benchmark import clock
 
-from sae_lens_ext.host_memory import keep_freed_host_memory
+from sae_lens_ext.training.host_memory import keep_freed_host_memory
 
 
 def tail(h_bf16: torch.Tensor, b_enc: torch.Tensor) -> tuple[torch.Tensor, ...]:

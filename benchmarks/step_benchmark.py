@@ -23,7 +23,7 @@ alive at each row's peak.
 first step's extra wall time; inductor's on-disk cache starts empty unless
 ``--warm-compile-cache``, so it is the cold figure a first run pays). Sizes are ``d_in x d_sae x batch``.
 
-The sparse step (``sae_lens_ext.sparse``). A fresh SAE fires about half its latents;
+The sparse step (``sae_lens_ext.training.sparse``). A fresh SAE fires about half its latents;
 ``--l0 N`` holds the codes at about ``N`` active latents per row, as a trained SAE's are: ReLU
 rows through ``b_enc`` (set before every step, untimed: :func:`set_l0`), TopK rows through
 ``k``. The last row of each table, ``one dense product``, is the encoder's product alone

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     from sae_lens.saes.standard_sae import StandardTrainingSAEConfig
     from sae_lens_ext_plugins.freq_ordered.sae import FreqOrderedTrainingSAEConfig
 
-    from sae_lens_ext.training import FALLBACK_TRAINING_STEPS
+    from sae_lens_ext.training.sae import FALLBACK_TRAINING_STEPS
 
     logger.setLevel("WARNING")
     size = {"d_in": args.d_in, "d_sae": args.d_sae}

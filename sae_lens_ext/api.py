@@ -66,7 +66,6 @@ from typing import TYPE_CHECKING, Any
 from sae_lens_ext.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from sae_lens_ext.after_step import AfterOptimizerStep, request_after_step
     from sae_lens_ext.architectures import Architecture
     from sae_lens_ext.browse.data import BrowserData, Panel
     from sae_lens_ext.browse.svg import bar_chart as svg_bar_chart
@@ -97,24 +96,6 @@ if TYPE_CHECKING:
         splice_sae,
         transformer_lens_hook_name,
     )
-    from sae_lens_ext.latents import (
-        DeclaresLatentParameters,
-        LatentAxis,
-        LatentTableError,
-        fold_decoder_norms,
-        latent_parameters,
-        permute_latents,
-    )
-    from sae_lens_ext.loss_terms import (
-        BatchCollectives,
-        LossContext,
-        LossTerm,
-        LossTermSpec,
-        is_logging_step,
-        parse_options,
-        set_logging_step,
-    )
-    from sae_lens_ext.loss_terms import resolve_option as term_option
     from sae_lens_ext.metrics import (
         EvalData,
         Metric,
@@ -133,10 +114,39 @@ if TYPE_CHECKING:
         register_plugin,
     )
     from sae_lens_ext.presets import Preset, PresetError
-    from sae_lens_ext.resampling import ResampleRequest, ResampleResult
     from sae_lens_ext.run.figures import pyplot, save_figure
     from sae_lens_ext.run.results import RunResults
-    from sae_lens_ext.sparse import (
+    from sae_lens_ext.training.after_step import AfterOptimizerStep, request_after_step
+    from sae_lens_ext.training.latents import (
+        DeclaresLatentParameters,
+        LatentAxis,
+        LatentTableError,
+        fold_decoder_norms,
+        latent_parameters,
+        permute_latents,
+    )
+    from sae_lens_ext.training.loss_terms import (
+        BatchCollectives,
+        LossContext,
+        LossTerm,
+        LossTermSpec,
+        is_logging_step,
+        parse_options,
+        set_logging_step,
+    )
+    from sae_lens_ext.training.loss_terms import resolve_option as term_option
+    from sae_lens_ext.training.resampling import ResampleRequest, ResampleResult
+    from sae_lens_ext.training.sae import (
+        LossTermsMixin,
+        LossTermTrainingSAE,
+        LossTermTrainingSAEConfig,
+        PluginSAE,
+        check_non_negative,
+        decoder_weighted_sparsity,
+        evaluate_loss_terms,
+        make_trainer,
+    )
+    from sae_lens_ext.training.sparse import (
         Activation,
         AffineMap,
         BatchTopK,
@@ -166,17 +176,7 @@ if TYPE_CHECKING:
         window_pairs,
         window_variation,
     )
-    from sae_lens_ext.training import (
-        LossTermsMixin,
-        LossTermTrainingSAE,
-        LossTermTrainingSAEConfig,
-        PluginSAE,
-        check_non_negative,
-        decoder_weighted_sparsity,
-        evaluate_loss_terms,
-        make_trainer,
-    )
-    from sae_lens_ext.twins import twin_name
+    from sae_lens_ext.training.twins import twin_name
 
 #: Public name -> (private module, name there). Loaded on first access.
 _LAZY: dict[str, tuple[str, str]] = {
@@ -185,18 +185,18 @@ _LAZY: dict[str, tuple[str, str]] = {
     "Panel": ("sae_lens_ext.browse.data", "Panel"),
     "svg_bar_chart": ("sae_lens_ext.browse.svg", "bar_chart"),
     "svg_line_chart": ("sae_lens_ext.browse.svg", "line_chart"),
-    "DeclaresLatentParameters": ("sae_lens_ext.latents", "DeclaresLatentParameters"),
-    "LatentAxis": ("sae_lens_ext.latents", "LatentAxis"),
-    "LatentTableError": ("sae_lens_ext.latents", "LatentTableError"),
-    "fold_decoder_norms": ("sae_lens_ext.latents", "fold_decoder_norms"),
-    "latent_parameters": ("sae_lens_ext.latents", "latent_parameters"),
-    "permute_latents": ("sae_lens_ext.latents", "permute_latents"),
-    "BatchCollectives": ("sae_lens_ext.loss_terms", "BatchCollectives"),
-    "LossContext": ("sae_lens_ext.loss_terms", "LossContext"),
-    "LossTerm": ("sae_lens_ext.loss_terms", "LossTerm"),
-    "LossTermSpec": ("sae_lens_ext.loss_terms", "LossTermSpec"),
-    "parse_options": ("sae_lens_ext.loss_terms", "parse_options"),
-    "term_option": ("sae_lens_ext.loss_terms", "resolve_option"),
+    "DeclaresLatentParameters": ("sae_lens_ext.training.latents", "DeclaresLatentParameters"),
+    "LatentAxis": ("sae_lens_ext.training.latents", "LatentAxis"),
+    "LatentTableError": ("sae_lens_ext.training.latents", "LatentTableError"),
+    "fold_decoder_norms": ("sae_lens_ext.training.latents", "fold_decoder_norms"),
+    "latent_parameters": ("sae_lens_ext.training.latents", "latent_parameters"),
+    "permute_latents": ("sae_lens_ext.training.latents", "permute_latents"),
+    "BatchCollectives": ("sae_lens_ext.training.loss_terms", "BatchCollectives"),
+    "LossContext": ("sae_lens_ext.training.loss_terms", "LossContext"),
+    "LossTerm": ("sae_lens_ext.training.loss_terms", "LossTerm"),
+    "LossTermSpec": ("sae_lens_ext.training.loss_terms", "LossTermSpec"),
+    "parse_options": ("sae_lens_ext.training.loss_terms", "parse_options"),
+    "term_option": ("sae_lens_ext.training.loss_terms", "resolve_option"),
     "EvalData": ("sae_lens_ext.metrics", "EvalData"),
     "Metric": ("sae_lens_ext.metrics", "Metric"),
     "batch_rows_for": ("sae_lens_ext.metrics", "batch_rows_for"),
@@ -207,8 +207,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "load_hooked_sae_transformer": ("sae_lens_ext.hooked", "load_hooked_sae_transformer"),
     "splice_sae": ("sae_lens_ext.hooked", "splice_sae"),
     "transformer_lens_hook_name": ("sae_lens_ext.hooked", "transformer_lens_hook_name"),
-    "is_logging_step": ("sae_lens_ext.loss_terms", "is_logging_step"),
-    "set_logging_step": ("sae_lens_ext.loss_terms", "set_logging_step"),
+    "is_logging_step": ("sae_lens_ext.training.loss_terms", "is_logging_step"),
+    "set_logging_step": ("sae_lens_ext.training.loss_terms", "set_logging_step"),
     "LossTermNotFinite": ("sae_lens_ext.plugins", "LossTermNotFinite"),
     "PluginError": ("sae_lens_ext.plugins", "PluginError"),
     "PluginWarning": ("sae_lens_ext.plugins", "PluginWarning"),
@@ -217,43 +217,43 @@ _LAZY: dict[str, tuple[str, str]] = {
     "Preset": ("sae_lens_ext.presets", "Preset"),
     "PresetError": ("sae_lens_ext.presets", "PresetError"),
     "get_preset": ("sae_lens_ext.plugins", "get_preset"),
-    "make_trainer": ("sae_lens_ext.training", "make_trainer"),
-    "evaluate_loss_terms": ("sae_lens_ext.training", "evaluate_loss_terms"),
-    "AfterOptimizerStep": ("sae_lens_ext.after_step", "AfterOptimizerStep"),
-    "ResampleRequest": ("sae_lens_ext.resampling", "ResampleRequest"),
-    "ResampleResult": ("sae_lens_ext.resampling", "ResampleResult"),
-    "request_after_step": ("sae_lens_ext.after_step", "request_after_step"),
+    "make_trainer": ("sae_lens_ext.training.sae", "make_trainer"),
+    "evaluate_loss_terms": ("sae_lens_ext.training.sae", "evaluate_loss_terms"),
+    "AfterOptimizerStep": ("sae_lens_ext.training.after_step", "AfterOptimizerStep"),
+    "ResampleRequest": ("sae_lens_ext.training.resampling", "ResampleRequest"),
+    "ResampleResult": ("sae_lens_ext.training.resampling", "ResampleResult"),
+    "request_after_step": ("sae_lens_ext.training.after_step", "request_after_step"),
     "pyplot": ("sae_lens_ext.run.figures", "pyplot"),
     "save_figure": ("sae_lens_ext.run.figures", "save_figure"),
     "RunResults": ("sae_lens_ext.run.results", "RunResults"),
-    "Activation": ("sae_lens_ext.sparse", "Activation"),
-    "AffineMap": ("sae_lens_ext.sparse", "AffineMap"),
-    "BatchTopK": ("sae_lens_ext.sparse", "BatchTopK"),
-    "JumpReLU": ("sae_lens_ext.sparse", "JumpReLU"),
-    "ReLU": ("sae_lens_ext.sparse", "ReLU"),
-    "SparseCodes": ("sae_lens_ext.sparse", "SparseCodes"),
-    "SparseEncoder": ("sae_lens_ext.sparse", "SparseEncoder"),
-    "SparseEncoding": ("sae_lens_ext.sparse", "SparseEncoding"),
-    "SparseStepFields": ("sae_lens_ext.sparse", "SparseStepFields"),
-    "SparseStepMixin": ("sae_lens_ext.sparse", "SparseStepMixin"),
-    "SparseStepMode": ("sae_lens_ext.sparse", "SparseStepMode"),
-    "SparseStepSwitch": ("sae_lens_ext.sparse", "SparseStepSwitch"),
-    "TopK": ("sae_lens_ext.sparse", "TopK"),
-    "WindowPairs": ("sae_lens_ext.sparse", "WindowPairs"),
-    "accumulate": ("sae_lens_ext.sparse", "accumulate"),
-    "active_entries": ("sae_lens_ext.sparse", "active_entries"),
-    "attach_codes": ("sae_lens_ext.sparse", "attach_codes"),
-    "codes_of": ("sae_lens_ext.sparse", "codes_of"),
-    "decode_sparse": ("sae_lens_ext.sparse", "decode_sparse"),
-    "decoder_weighted_l1": ("sae_lens_ext.sparse", "decoder_weighted_l1"),
-    "encode_sparse": ("sae_lens_ext.sparse", "encode_sparse"),
-    "encoder_input": ("sae_lens_ext.sparse", "encoder_input"),
-    "gram": ("sae_lens_ext.sparse", "gram"),
-    "has_hooks": ("sae_lens_ext.sparse", "has_hooks"),
-    "load_switch_state": ("sae_lens_ext.sparse", "load_switch_state"),
-    "save_switch_state": ("sae_lens_ext.sparse", "save_switch_state"),
-    "window_pairs": ("sae_lens_ext.sparse", "window_pairs"),
-    "window_variation": ("sae_lens_ext.sparse", "window_variation"),
+    "Activation": ("sae_lens_ext.training.sparse", "Activation"),
+    "AffineMap": ("sae_lens_ext.training.sparse", "AffineMap"),
+    "BatchTopK": ("sae_lens_ext.training.sparse", "BatchTopK"),
+    "JumpReLU": ("sae_lens_ext.training.sparse", "JumpReLU"),
+    "ReLU": ("sae_lens_ext.training.sparse", "ReLU"),
+    "SparseCodes": ("sae_lens_ext.training.sparse", "SparseCodes"),
+    "SparseEncoder": ("sae_lens_ext.training.sparse", "SparseEncoder"),
+    "SparseEncoding": ("sae_lens_ext.training.sparse", "SparseEncoding"),
+    "SparseStepFields": ("sae_lens_ext.training.sparse", "SparseStepFields"),
+    "SparseStepMixin": ("sae_lens_ext.training.sparse", "SparseStepMixin"),
+    "SparseStepMode": ("sae_lens_ext.training.sparse", "SparseStepMode"),
+    "SparseStepSwitch": ("sae_lens_ext.training.sparse", "SparseStepSwitch"),
+    "TopK": ("sae_lens_ext.training.sparse", "TopK"),
+    "WindowPairs": ("sae_lens_ext.training.sparse", "WindowPairs"),
+    "accumulate": ("sae_lens_ext.training.sparse", "accumulate"),
+    "active_entries": ("sae_lens_ext.training.sparse", "active_entries"),
+    "attach_codes": ("sae_lens_ext.training.sparse", "attach_codes"),
+    "codes_of": ("sae_lens_ext.training.sparse", "codes_of"),
+    "decode_sparse": ("sae_lens_ext.training.sparse", "decode_sparse"),
+    "decoder_weighted_l1": ("sae_lens_ext.training.sparse", "decoder_weighted_l1"),
+    "encode_sparse": ("sae_lens_ext.training.sparse", "encode_sparse"),
+    "encoder_input": ("sae_lens_ext.training.sparse", "encoder_input"),
+    "gram": ("sae_lens_ext.training.sparse", "gram"),
+    "has_hooks": ("sae_lens_ext.training.sparse", "has_hooks"),
+    "load_switch_state": ("sae_lens_ext.training.sparse", "load_switch_state"),
+    "save_switch_state": ("sae_lens_ext.training.sparse", "save_switch_state"),
+    "window_pairs": ("sae_lens_ext.training.sparse", "window_pairs"),
+    "window_variation": ("sae_lens_ext.training.sparse", "window_variation"),
     "DemoData": ("sae_lens_ext.data.synthetic", "DemoData"),
     "SequenceDemoData": ("sae_lens_ext.data.sequences", "SequenceDemoData"),
     "SyntheticSequenceConfig": ("sae_lens_ext.data.sequences", "SyntheticSequenceConfig"),
@@ -262,13 +262,13 @@ _LAZY: dict[str, tuple[str, str]] = {
     "ALIVE_VAR_EPS": ("sae_lens_ext.data.sequences", "ALIVE_VAR_EPS"),
     "DemoDataOptions": ("sae_lens_ext.data.synthetic", "DemoDataOptions"),
     "DemoSetup": ("sae_lens_ext.data.synthetic", "DemoSetup"),
-    "LossTermsMixin": ("sae_lens_ext.training", "LossTermsMixin"),
-    "LossTermTrainingSAE": ("sae_lens_ext.training", "LossTermTrainingSAE"),
-    "LossTermTrainingSAEConfig": ("sae_lens_ext.training", "LossTermTrainingSAEConfig"),
-    "PluginSAE": ("sae_lens_ext.training", "PluginSAE"),
-    "check_non_negative": ("sae_lens_ext.training", "check_non_negative"),
-    "decoder_weighted_sparsity": ("sae_lens_ext.training", "decoder_weighted_sparsity"),
-    "twin_name": ("sae_lens_ext.twins", "twin_name"),
+    "LossTermsMixin": ("sae_lens_ext.training.sae", "LossTermsMixin"),
+    "LossTermTrainingSAE": ("sae_lens_ext.training.sae", "LossTermTrainingSAE"),
+    "LossTermTrainingSAEConfig": ("sae_lens_ext.training.sae", "LossTermTrainingSAEConfig"),
+    "PluginSAE": ("sae_lens_ext.training.sae", "PluginSAE"),
+    "check_non_negative": ("sae_lens_ext.training.sae", "check_non_negative"),
+    "decoder_weighted_sparsity": ("sae_lens_ext.training.sae", "decoder_weighted_sparsity"),
+    "twin_name": ("sae_lens_ext.training.twins", "twin_name"),
     "ArchitectureWindowConfig": ("sae_lens_ext.data.windows", "ArchitectureWindowConfig"),
     "BatchLayoutError": ("sae_lens_ext.data.windows", "BatchLayoutError"),
     "BatchWindowConfig": ("sae_lens_ext.data.windows", "BatchWindowConfig"),
@@ -390,10 +390,10 @@ __all__ = [
 #: Modules that import neither torch nor sae_lens at import time.
 _LIGHT = {
     "sae_lens_ext.architectures",
-    "sae_lens_ext.loss_terms",
+    "sae_lens_ext.training.loss_terms",
     "sae_lens_ext.plugins",
     "sae_lens_ext.presets",
-    "sae_lens_ext.resampling",
+    "sae_lens_ext.training.resampling",
 }
 
 

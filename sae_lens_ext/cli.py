@@ -104,7 +104,7 @@ def cli() -> None:
     Start with `sae-lens demo` (trains on ground-truth synthetic data, offline, in
     about a minute), or `sae-lens train --help` for real models.
     """
-    from sae_lens_ext.host_memory import keep_freed_host_memory
+    from sae_lens_ext.training.host_memory import keep_freed_host_memory
 
     keep_freed_host_memory()
 

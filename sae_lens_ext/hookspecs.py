@@ -36,11 +36,11 @@ if TYPE_CHECKING:
     from sae_lens_ext.architectures import Architecture
     from sae_lens_ext.browse.data import BrowserData, Panel
     from sae_lens_ext.data.synthetic import DemoSetup
-    from sae_lens_ext.loss_terms import LossTerm
     from sae_lens_ext.metrics import EvalData, Metric
     from sae_lens_ext.presets import Preset
-    from sae_lens_ext.resampling import ResampleRequest, ResampleResult
     from sae_lens_ext.run.results import RunResults
+    from sae_lens_ext.training.loss_terms import LossTerm
+    from sae_lens_ext.training.resampling import ResampleRequest, ResampleResult
 
 PROJECT = "sae_lens_ext"
 

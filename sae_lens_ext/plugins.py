@@ -20,8 +20,8 @@ naming both (load one with ``SAE_LENS_EXT_LOAD_PLUGINS``). Each warning prints o
 Lookups: what the plugins register, by name (:func:`architectures`, :func:`loss_terms`,
 :func:`presets`, :func:`get_preset`), who provides it (:func:`owner_of`) and why a name is
 missing (:func:`refusal`, :func:`unknown_loss_term`). Layering: this registry sits above
-the types it validates (``architectures.py``, ``loss_terms.py``, ``presets.py`` import
-nothing of it) and below what uses it (``training.py``, ``after_step.py``,
+the types it validates (``architectures.py``, ``training/loss_terms.py``, ``presets.py`` import
+nothing of it) and below what uses it (``training/sae.py``, ``training/after_step.py``,
 ``registration.py``); ``tests/test_layout.py`` fails on an import circle.
 """
 
@@ -40,8 +40,8 @@ from sae_lens_ext import hookspecs
 
 if TYPE_CHECKING:
     from sae_lens_ext.architectures import Architecture
-    from sae_lens_ext.loss_terms import LossTerm
     from sae_lens_ext.presets import Preset
+    from sae_lens_ext.training.loss_terms import LossTerm
 
 ENTRY_POINT_GROUP = "sae_lens_ext"
 LOAD_PLUGINS_ENV = "SAE_LENS_EXT_LOAD_PLUGINS"
@@ -470,7 +470,7 @@ def loss_terms() -> dict[str, LossTerm]:
     """Every loss term the loaded plugins register, by name."""
     global _loss_terms
     if _loss_terms is None:
-        from sae_lens_ext.loss_terms import LossTerm
+        from sae_lens_ext.training.loss_terms import LossTerm
 
         _loss_terms = _collect("register_loss_terms", "loss_terms", LossTerm, lambda t: t.name)
     return _loss_terms

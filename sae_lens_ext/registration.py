@@ -1,7 +1,7 @@
 """Registration with SAE-Lens: plugin architectures and loss-term twins in ``sae_lens.registry``.
 
 Above the plugin registry (:mod:`sae_lens_ext.plugins`, which says what the plugins register)
-and the twins (:mod:`sae_lens_ext.twins`, which build them): the start-up hook
+and the twins (:mod:`sae_lens_ext.training.twins`, which build them): the start-up hook
 (``_autoload.py``) calls :func:`register_with_sae_lens` right after ``sae_lens`` is imported.
 """
 
@@ -11,12 +11,12 @@ from collections.abc import Callable
 from typing import Any
 
 from sae_lens_ext.plugins import architectures, owner_of, warn_once
-from sae_lens_ext.twins import register_twins
+from sae_lens_ext.training.twins import register_twins
 
 
 def register_with_sae_lens() -> None:
     """Add every plugin architecture, and the loss-term twin of every training architecture
-    (:mod:`sae_lens_ext.twins`), to ``sae_lens.registry``; safe to call repeatedly.
+    (:mod:`sae_lens_ext.training.twins`), to ``sae_lens.registry``; safe to call repeatedly.
     SAE-Lens's own architectures are never replaced: a plugin architecture of the same
     name is skipped, named once."""
     from sae_lens.registry import (

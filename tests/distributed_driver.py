@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from sae_lens_ext import distributed
 from sae_lens_ext.cli import cli
+from sae_lens_ext.training import distributed
 
 
 def main() -> None:

@@ -51,18 +51,18 @@ def test_plugins_import_only_the_public_api_of_sae_lens_ext():
 def test_the_import_check_sees_every_spelling(tmp_path: Path):
     source = tmp_path / "m.py"
     source.write_text(
-        "import sae_lens_ext.training\nfrom sae_lens_ext import hookimpl, api\n"
+        "import sae_lens_ext.training.sae\nfrom sae_lens_ext import hookimpl, api\n"
         "from sae_lens_ext.data.windows import batch_window\nfrom sae_lens_ext.api import LossTerm\n"
-        "def f():\n    from sae_lens_ext.optim import row_states\n"
+        "def f():\n    from sae_lens_ext.training.optim import row_states\n"
     )
     modules = [m for _, m in sae_lens_ext_imports(source)]
     assert modules == [
-        "sae_lens_ext.training",
+        "sae_lens_ext.training.sae",
         "sae_lens_ext.hookimpl",
         "sae_lens_ext.api",
         "sae_lens_ext.data.windows",
         "sae_lens_ext.api",
-        "sae_lens_ext.optim",
+        "sae_lens_ext.training.optim",
     ]
 
 
@@ -217,7 +217,7 @@ def test_folding_refuses_a_tensor_declared_unfoldable():
 
 # --- training: resampling through the table, collectives ----------------------------------
 def test_a_resample_writes_given_rows_and_resets_every_latent_parameters_moments():
-    from sae_lens_ext.latents import write_latents
+    from sae_lens_ext.training.latents import write_latents
 
     sae = gain_sae()
     optimizer = torch.optim.Adam(sae.parameters())
@@ -247,7 +247,7 @@ def test_batch_mean_goes_through_the_collectives_the_core_serves():
         FreqOrderedTrainingSAEConfig,
     )
 
-    from sae_lens_ext.loss_terms import LocalCollectives
+    from sae_lens_ext.training.loss_terms import LocalCollectives
 
     calls: list[tuple[int, ...]] = []
 

@@ -64,7 +64,7 @@ def test_memory_stays_bounded_whatever_the_number_of_tokens():
     A fresh process with the command's malloc settings, its peak resident set measured."""
     code = """
 import resource, torch
-from sae_lens_ext.host_memory import keep_freed_host_memory
+from sae_lens_ext.training.host_memory import keep_freed_host_memory
 keep_freed_host_memory()  # as every sae-lens command
 from sae_lens_ext.browse.collect import LatentCollector, memory_bound
 torch.manual_seed(0)

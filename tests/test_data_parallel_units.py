@@ -128,8 +128,8 @@ def _free_port() -> int:
 def _services(rank: int, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE="2", LOCAL_RANK=str(rank))  # fmt: skip
-    from sae_lens_ext import distributed
-    from sae_lens_ext.after_step import TrainingGuard
+    from sae_lens_ext.training import distributed
+    from sae_lens_ext.training.after_step import TrainingGuard
 
     with distributed.process_group("cpu") as device:
         assert device == "cpu" and distributed.world_size() == 2

@@ -36,9 +36,9 @@ from sae_lens_ext_plugins.temporal_consistency.sae import (
     TemporalConsistencyTrainingSAEConfig,
 )
 
-from sae_lens_ext.loss_terms import LossContext
 from sae_lens_ext.plugins import get_preset
-from sae_lens_ext.training import make_trainer
+from sae_lens_ext.training.loss_terms import LossContext
+from sae_lens_ext.training.sae import make_trainer
 
 D_IN, D_SAE = 8, 48
 

@@ -13,7 +13,7 @@ from tests.helpers import run_python
 STEPS = 100
 CODE = f"""
 import json, resource, sys, torch
-from sae_lens_ext.host_memory import keep_freed_host_memory
+from sae_lens_ext.training.host_memory import keep_freed_host_memory
 kept = keep_freed_host_memory()
 torch.set_num_threads(1)
 x, w = torch.randn(2048, 64), torch.randn(64, 1024)
@@ -49,7 +49,7 @@ def test_every_command_keeps_it():
     code = (
         "import sys, click\n"
         "from sae_lens_ext.cli import cli\n"
-        "from sae_lens_ext import host_memory\n"
+        "from sae_lens_ext.training import host_memory\n"
         "calls = []\n"
         "original = host_memory.keep_freed_host_memory\n"
         "host_memory.keep_freed_host_memory = lambda: calls.append(1) or original()\n"

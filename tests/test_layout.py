@@ -4,7 +4,7 @@
   imports both count; ``if TYPE_CHECKING:`` blocks do not);
 - the library never imports a command: only ``sae_lens_ext/commands/`` and
   ``sae_lens_ext/cli.py`` (and ``python -m sae_lens_ext``'s ``__main__``) import them;
-- models and loss terms hold no distributed code: plugins, ``training.py``,
+- models and loss terms hold no distributed code: plugins, ``training/sae.py``,
   ``loss_terms.py``, ``twins.py`` and ``sparse/`` never reach ``torch.distributed`` (nor
   the core's data-parallel layer, which serves them through ``BatchCollectives``).
 """
@@ -24,12 +24,12 @@ COMMAND_MODULES = ("sae_lens_ext.commands", "sae_lens_ext.cli")
 COMMAND_SIDE = ("sae_lens_ext.commands", "sae_lens_ext.cli", "sae_lens_ext.__main__")
 MODEL_CODE = [
     *sorted((REPO / "plugins").rglob("*.py")),
-    CORE / "training.py",
-    CORE / "loss_terms.py",
-    CORE / "twins.py",
-    *sorted((CORE / "sparse").rglob("*.py")),
+    CORE / "training" / "sae.py",
+    CORE / "training" / "loss_terms.py",
+    CORE / "training" / "twins.py",
+    *sorted((CORE / "training" / "sparse").rglob("*.py")),
 ]
-DISTRIBUTED = ("torch.distributed", "sae_lens_ext.distributed")
+DISTRIBUTED = ("torch.distributed", "sae_lens_ext.training.distributed")
 
 
 def module_name(path: Path, root: Path = REPO) -> str:
@@ -123,9 +123,9 @@ def circles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
 def test_the_graph_reader_sees_what_it_must():
     """The reader itself: function-level and relative imports count, TYPE_CHECKING does not."""
     graph = core_graph()
-    assert "sae_lens_ext.distributed" in graph["sae_lens_ext.run.replicas"]  # module level
-    assert "sae_lens_ext.plugins" in graph["sae_lens_ext.training"]  # inside functions
-    assert "sae_lens_ext.training" not in graph["sae_lens_ext.loss_terms"]  # TYPE_CHECKING
+    assert "sae_lens_ext.training.distributed" in graph["sae_lens_ext.run.replicas"]  # module level
+    assert "sae_lens_ext.plugins" in graph["sae_lens_ext.training.sae"]  # inside functions
+    assert "sae_lens_ext.training.sae" not in graph["sae_lens_ext.training.loss_terms"]  # TYPE_CHECKING
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [frozenset({"a", "b", "c"})]
 
 
@@ -174,7 +174,7 @@ def test_the_distributed_check_can_fail(tmp_path: Path):
     model = tmp_path / "model.py"
     model.write_text(
         "import torch\n\ndef step(x):\n    torch.distributed.all_reduce(x)\n"
-        "    from sae_lens_ext import distributed\n"
+        "    from sae_lens_ext.training import distributed\n"
     )
     uses = _distributed_uses(model, tmp_path)
     assert len(uses) == 2, uses

@@ -10,9 +10,9 @@ from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.registry import get_sae_training_class
 from sae_lens.training.sae_trainer import SAETrainer
 
-from sae_lens_ext.after_step import driver_of
-from sae_lens_ext.loss_terms import resolve_option
 from sae_lens_ext.run.loop import LockstepData, TrainingLoop
+from sae_lens_ext.training.after_step import driver_of
+from sae_lens_ext.training.loss_terms import resolve_option
 
 D_IN, D_SAE, BATCH = 8, 32, 64
 

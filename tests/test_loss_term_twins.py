@@ -321,8 +321,8 @@ def test_the_twin_fields_are_the_loss_term_configs_own() -> None:
 
     from sae_lens.saes.sae import TrainingSAEConfig
 
-    from sae_lens_ext.training import LossTermTrainingSAEConfig
-    from sae_lens_ext.twins import TWIN_FIELDS
+    from sae_lens_ext.training.sae import LossTermTrainingSAEConfig
+    from sae_lens_ext.training.twins import TWIN_FIELDS
 
     base = {f.name for f in fields(TrainingSAEConfig)}
     own = [f.name for f in fields(LossTermTrainingSAEConfig) if f.name not in base]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sae_lens_ext.loss_terms import LossTerm, LossTermSpec, parse_loss_terms, parse_options
+from sae_lens_ext.training.loss_terms import LossTerm, LossTermSpec, parse_loss_terms, parse_options
 
 
 def test_parse_full_spec():

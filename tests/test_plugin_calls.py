@@ -17,11 +17,11 @@ import torch
 from sae_lens.saes.sae import TrainStepInput
 
 from sae_lens_ext import hookimpl, plugins
-from sae_lens_ext.after_step import TrainingGuard
-from sae_lens_ext.loss_terms import LossTerm, LossTermSpec, set_logging_step
 from sae_lens_ext.metrics import EvalData, Metric
 from sae_lens_ext.plugins import LossTermNotFinite, PluginError, PluginWarning
-from sae_lens_ext.training import evaluate_loss_terms
+from sae_lens_ext.training.after_step import TrainingGuard
+from sae_lens_ext.training.loss_terms import LossTerm, LossTermSpec, set_logging_step
+from sae_lens_ext.training.sae import evaluate_loss_terms
 
 
 @pytest.fixture

@@ -22,11 +22,11 @@ from sae_lens_ext_plugins.temporal_consistency.sae import (
     TemporalConsistencyTrainingSAEConfig,
 )
 
-from sae_lens_ext.loss_terms import LossTermSpec, parse_loss_terms
 from sae_lens_ext.plugins import get_preset, presets_of
 from sae_lens_ext.presets import Preset, PresetError
 from sae_lens_ext.run.lm import describe_presets
-from sae_lens_ext.training import FALLBACK_TRAINING_STEPS, make_trainer
+from sae_lens_ext.training.loss_terms import LossTermSpec, parse_loss_terms
+from sae_lens_ext.training.sae import FALLBACK_TRAINING_STEPS, make_trainer
 from tests.helpers import REPO, TinyLM, run_cli_commands
 
 

@@ -1,4 +1,4 @@
-"""The sparse training step (sae_lens_ext/sparse/): its pieces compute what the dense
+"""The sparse training step (sae_lens_ext/training/sparse/): its pieces compute what the dense
 formulas compute, every architecture's sparse step gives the dense step's gradients (fp32 and
 bf16 autocast, every loss term), training on either path gives the same SAE (resampling and
 the periodic sort included), and the switch takes the path the measured density calls for."""
@@ -18,8 +18,8 @@ from sae_lens.saes.jumprelu_sae import JumpReLU as UpstreamJumpReLU
 from sae_lens.saes.sae import TrainStepInput
 from sae_lens.saes.topk_sae import TopK as UpstreamTopK
 
-from sae_lens_ext import sparse
 from sae_lens_ext.data.windows import mark_layout_served
+from sae_lens_ext.training import sparse
 
 D_IN, D_SAE, ROWS = 16, 64, 32
 
@@ -326,8 +326,8 @@ def test_a_term_that_reads_dense_codes_gets_them_on_sparse_steps() -> None:
     """A third-party term without ``sparse_aware`` reads a dense, differentiable
     ``feature_acts``; its gradient is the dense step's."""
     from sae_lens_ext import hookimpl
-    from sae_lens_ext.loss_terms import LossTerm
     from sae_lens_ext.plugins import register_plugin
+    from sae_lens_ext.training.loss_terms import LossTerm
 
     class Plugin:
         @hookimpl

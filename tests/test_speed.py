@@ -21,8 +21,8 @@ from torch.overrides import TorchFunctionMode
 from sae_lens_ext.data.windows import mark_layout_served
 from sae_lens_ext.run.loop import TrainingLoop
 from sae_lens_ext.run.progress import RunLogger
-from sae_lens_ext.sparse import codes as sparse_module  # where active_entries reads
-from sae_lens_ext.training import make_trainer as upstream_trainer
+from sae_lens_ext.training.sae import make_trainer as upstream_trainer
+from sae_lens_ext.training.sparse import codes as sparse_module  # where active_entries reads
 
 REPO = Path(__file__).resolve().parents[1]
 OURS = (str(REPO / "sae_lens_ext"), str(REPO / "plugins"))
@@ -58,7 +58,7 @@ CONFIGS: dict[str, tuple[str, dict[str, Any], int]] = {
         0,
     ),
     "tsae": ("tsae", {"k": 4}, 0),
-    # the sparse step (sae_lens_ext/sparse/), forced
+    # the sparse step (sae_lens_ext/training/sparse/), forced
     "freq_ordered, sparse step": (
         "freq_ordered",
         {"sort_latents_every": 5, "prefix_coefficient": 1.0, "sparse_step": "sparse"},
@@ -72,7 +72,7 @@ CONFIGS: dict[str, tuple[str, dict[str, Any], int]] = {
     "tsae, sparse step": ("tsae", {"k": 4, "sparse_step": "sparse"}, 0),
 }
 # a sparse step of ReLU codes reads its number of active codes to size its buffers (one
-# integer; documented in sae_lens_ext/sparse/): allowed there, and only there
+# integer; documented in sae_lens_ext/training/sparse/): allowed there, and only there
 SPARSE_SIZE_READ = "active_entries"
 SPARSE_RELU = {"freq_ordered, sparse step", "temporal_consistency, sparse step"}
 # functions of ours that read a tensor which is on the CPU on every machine (no sync):
@@ -153,7 +153,7 @@ def test_sync_recorder_sees_every_way_of_reading_a_value() -> None:
 def test_an_injected_sync_in_a_step_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     """The step test can fail: the guard's check (one ``.tolist()``) run at every step
     instead of at logging steps is reported at every step."""
-    from sae_lens_ext.after_step import TrainingGuard
+    from sae_lens_ext.training.after_step import TrainingGuard
 
     observe = TrainingGuard.observe
 
@@ -169,7 +169,7 @@ def test_an_injected_sync_in_a_step_is_reported(monkeypatch: pytest.MonkeyPatch)
             recorder.step = step
             loop.train_step()
     assert [(s, name) for s, name, _ in recorder.calls] == [(s, "tolist") for s in range(3)]
-    assert all(where.startswith("sae_lens_ext/after_step.py") for _, _, where in recorder.calls)
+    assert all(where.startswith("sae_lens_ext/training/after_step.py") for _, _, where in recorder.calls)
 
 
 def core_loop(trainer: SAETrainer, device: str = "cpu") -> TrainingLoop:
@@ -257,7 +257,7 @@ def test_upstream_runner_path_syncs_only_when_the_guard_is_checked(
 ) -> None:
     """Driven by SAE-Lens's own ``SAETrainer.step`` (its runners), our code reads a tensor
     value only when the core's guard is checked, every ``GUARD_CHECK_EVERY`` steps."""
-    from sae_lens_ext import after_step
+    from sae_lens_ext.training import after_step
 
     monkeypatch.setattr(after_step, "GUARD_CHECK_EVERY", 8)
     trainer = make_trainer("freq_ordered")
@@ -353,7 +353,7 @@ def test_nonnegative_l1_equals_upstreams_penalty_and_gradient() -> None:
     pre-activations and the decoder (fp64); its gradient in the codes is a broadcast view."""
     from types import SimpleNamespace
 
-    from sae_lens_ext.training import decoder_weighted_sparsity
+    from sae_lens_ext.training.sae import decoder_weighted_sparsity
 
     torch.manual_seed(0)
     pre = torch.randn(12, 9, dtype=torch.float64, requires_grad=True)

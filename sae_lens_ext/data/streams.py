@@ -188,9 +188,9 @@ def stream_batches(
     private_rng: bool = True,
 ) -> Iterator[torch.Tensor]:
     """This process's data: :class:`StreamBlocks` over ``n_streams`` streams on the
-    data-parallel ranks of :mod:`sae_lens_ext.distributed`; with one stream in one
+    data-parallel ranks of :mod:`sae_lens_ext.training.distributed`; with one stream in one
     process, that stream itself (``make_stream(0, batch_size)``)."""
-    from sae_lens_ext import distributed
+    from sae_lens_ext.training import distributed
 
     world = distributed.world_size()
     if n_streams == 1 and world == 1:

@@ -5,7 +5,7 @@ the ``demo_setup`` hook, extra metrics through ``evaluation_metrics``, figures t
 ``run_figures``. An architecture whose plugin implements none of them trains on SAE-Lens's
 ``SyntheticModel`` with upstream defaults and gets the generic metrics and figures.
 
-Under ``torchrun`` (see :mod:`sae_lens_ext.distributed`) every rank trains on its block of
+Under ``torchrun`` (see :mod:`sae_lens_ext.training.distributed`) every rank trains on its block of
 each global batch of ``--batch-size`` rows (``--data-streams``, :mod:`sae_lens_ext.data.streams`:
 the data are the same for any number of processes dividing it), and rank 0 alone
 evaluates and writes the output.
@@ -121,7 +121,7 @@ def demo(options: DemoOptions) -> int:
         },
     )  # fmt: skip
     output.check()
-    from sae_lens_ext import distributed
+    from sae_lens_ext.training import distributed
 
     with distributed.process_group(options.device) as device:
         options.device = device
@@ -148,9 +148,9 @@ def check_output(options: DemoOptions) -> Path:
 def _train_and_report(
     options: DemoOptions, demo_plan: DemoPlan, output: RunOutput, t0: float
 ) -> int:
-    from sae_lens_ext import distributed
     from sae_lens_ext.run.loop import seed_everything
     from sae_lens_ext.run.report import evaluate_and_save, print_results
+    from sae_lens_ext.training import distributed
 
     out = output.folder
     seed_everything(options.seed)
@@ -272,7 +272,7 @@ def route_loss_terms(architecture: str, overrides: tuple[str, ...]) -> str:
     """The loss-term twin of an SAE-Lens architecture when ``--set`` gives a loss-term
     setting it lacks (``--architecture standard --set loss_terms=t=0.1``), else itself."""
     training_classes(architecture)  # an unknown architecture is named first
-    from sae_lens_ext.twins import route_to_twin
+    from sae_lens_ext.training.twins import route_to_twin
 
     return route_to_twin(architecture, {item.partition("=")[0].strip() for item in overrides})
 
@@ -396,9 +396,9 @@ def training_batches(data: Any, sae_cfg: Any, options: DemoOptions) -> Any:
     stream ``s`` of ``--data-streams`` is ``data.training_batches(rows, window, seed + s)``."""
     import torch
 
-    from sae_lens_ext import distributed
     from sae_lens_ext.data.streams import check_streams, stream_batches
     from sae_lens_ext.data.windows import BatchLayoutError, batch_window, validate_window_layout
+    from sae_lens_ext.training import distributed
 
     window = batch_window(sae_cfg)
     n_streams = options.data_streams or distributed.world_size()
@@ -436,11 +436,11 @@ def train_demo(
     """Upstream's trainer, driven by the core loop; returns the SAE and the trainer."""
     from sae_lens.config import LoggingConfig, SAETrainerConfig
 
-    from sae_lens_ext import distributed
     from sae_lens_ext.data.windows import mark_layout_served
     from sae_lens_ext.run.loop import TrainingLoop
     from sae_lens_ext.run.progress import RunLogger, default_log_every
-    from sae_lens_ext.training import make_trainer
+    from sae_lens_ext.training import distributed
+    from sae_lens_ext.training.sae import make_trainer
 
     steps = samples // options.batch_size
     settings = {
@@ -481,7 +481,7 @@ def train_demo(
 
 def parallel_note(options: DemoOptions) -> str:
     """`` (data-parallel: N processes, S data streams)`` under torchrun, else ``""``."""
-    from sae_lens_ext import distributed
+    from sae_lens_ext.training import distributed
 
     world = distributed.world_size()
     if world == 1:

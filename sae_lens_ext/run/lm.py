@@ -128,9 +128,9 @@ def apply_preset(args: list[str]) -> list[str]:
 
 def parse_config(args: list[str], config_file: str | None, data_streams: int = 0) -> Any:
     """Upstream's runner config from the flags, with every check that needs no model."""
-    from sae_lens_ext import distributed
     from sae_lens_ext.data.streams import check_streams
     from sae_lens_ext.data.windows import BatchLayoutError, batch_window, validate_window_layout
+    from sae_lens_ext.training import distributed
 
     args = apply_preset(args)
     checks.check_context_flag(args)
@@ -355,9 +355,9 @@ def training_data(runner: Any, n_streams: int) -> Any:
     restores their position exactly on ``--resume``."""
     import torch
 
-    from sae_lens_ext import distributed
     from sae_lens_ext.data.streams import stream_batches
     from sae_lens_ext.data.windows import mark_layout_served
+    from sae_lens_ext.training import distributed
 
     cfg = runner.cfg
     if not cfg.use_cached_activations and n_streams == 1 and distributed.world_size() == 1:
@@ -414,8 +414,8 @@ def lm_streams(runner: Any, n_streams: int) -> Any:
     from datasets.distributed import split_dataset_by_node
     from sae_lens.training.activations_store import ActivationsStore
 
-    from sae_lens_ext import distributed
     from sae_lens_ext.data.windows import batch_window
+    from sae_lens_ext.training import distributed
 
     cfg = runner.cfg
     with distributed.main_first():  # rank 0 prepares the dataset cache, then the others
@@ -481,7 +481,7 @@ def run_lm(
 ) -> int:
     """Build the runner, train with the core loop, save atomically, print a summary (under
     torchrun: on every rank, data-parallel; rank 0 writes)."""
-    from sae_lens_ext import distributed
+    from sae_lens_ext.training import distributed
 
     with distributed.process_group(cfg.device) as device:
         for name in ("device", "llm_device", "act_store_device"):
@@ -495,8 +495,8 @@ def run_lm(
 
 def _main_logger(trainer_cfg: Any, output: RunOutput, log_every: int, progress: str) -> Any:
     """The run's logger on rank 0 (or the only process); ``None`` on the other ranks."""
-    from sae_lens_ext import distributed
     from sae_lens_ext.run.progress import RunLogger
+    from sae_lens_ext.training import distributed
 
     if not distributed.is_main():
         return None
@@ -512,7 +512,6 @@ def _main_logger(trainer_cfg: Any, output: RunOutput, log_every: int, progress: 
 def _train_lm(
     cfg: Any, output: RunOutput, *, log_every: int | None, progress: str, n_streams: int
 ) -> int:
-    from sae_lens_ext import distributed
     from sae_lens_ext.run.loop import (
         InterruptFlag,
         TrainingLoop,
@@ -520,7 +519,8 @@ def _train_lm(
         seed_everything,
     )
     from sae_lens_ext.run.progress import default_log_every
-    from sae_lens_ext.training import make_trainer
+    from sae_lens_ext.training import distributed
+    from sae_lens_ext.training.sae import make_trainer
 
     t0 = time.perf_counter()
     seed_everything(cfg.seed)  # upstream's runner never uses cfg.seed
@@ -602,7 +602,7 @@ def figure_data(runner: Any) -> Any:
 @contextlib.contextmanager
 def _wandb_run(cfg: Any) -> Iterator[None]:
     """A wandb run around training when ``--log_to_wandb True`` (as upstream's runner)."""
-    from sae_lens_ext import distributed
+    from sae_lens_ext.training import distributed
 
     if not cfg.logger.log_to_wandb or not distributed.is_main():
         yield
@@ -624,7 +624,7 @@ def _wandb_run(cfg: Any) -> Iterator[None]:
 
 def run_summary(cfg: Any, loop: Any, t0: float, n_streams: int = 1) -> dict[str, Any]:
     """``metrics.json`` of a run that began at ``time.perf_counter()`` = ``t0``."""
-    from sae_lens_ext import distributed
+    from sae_lens_ext.training import distributed
 
     trainer, last, now = loop.trainer, loop.last_record, time.perf_counter()
     first_step = loop.first_step_at

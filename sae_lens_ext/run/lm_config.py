@@ -182,8 +182,8 @@ def route_loss_terms(args: list[str]) -> list[str]:
     architecture itself when they give a loss-term setting (``--loss_terms``...) that the
     architecture lacks: ``--architecture standard --loss_terms t=0.1`` trains
     ``standard_with_loss_terms``, which saves a ``standard`` SAE (see
-    :mod:`sae_lens_ext.twins`)."""
-    from sae_lens_ext.twins import TWIN_FIELDS, route_to_twin
+    :mod:`sae_lens_ext.training.twins`)."""
+    from sae_lens_ext.training.twins import TWIN_FIELDS, route_to_twin
 
     given = {name for name in TWIN_FIELDS if flag_values(args, name)}
     if not given:

@@ -6,13 +6,13 @@ upstream's ``MultiSAETrainer`` does (``step``, ``maybe_reset_sparsity``,
 ``load_trainer_state``), and adds, explicitly and in this order after each step:
 
 1. the architecture's after-step work with the optimizer in hand, through the SAE's
-   after-step driver (:func:`sae_lens_ext.after_step.drive_from_loop`: resampling, a
+   after-step driver (:func:`sae_lens_ext.training.after_step.drive_from_loop`: resampling, a
    periodic permutation; a returned permutation is applied to the trainer's per-latent
    firing counters too);
-2. that driver's guard (:class:`~sae_lens_ext.after_step.TrainingGuard`: device-side
+2. that driver's guard (:class:`~sae_lens_ext.training.after_step.TrainingGuard`: device-side
    every step, checked on logging steps);
 3. logging (JSONL, progress, wandb when asked; before the step, the SAE's loss terms are
-   told whether it is a logging step: :func:`~sae_lens_ext.loss_terms.set_logging_step`),
+   told whether it is a logging step: :func:`~sae_lens_ext.training.loss_terms.set_logging_step`),
    checkpoints at step boundaries (with
    the RNG state, the data provider's ``state_dict`` and the guard's state, written to a
    temp folder and renamed), and Ctrl-C at a step boundary.
@@ -47,13 +47,13 @@ import numpy as np
 import torch
 from typing_extensions import override
 
-from sae_lens_ext import distributed
-from sae_lens_ext.after_step import TrainingGuard, drive_from_loop
 from sae_lens_ext.errors import TrainingInterrupted, fail
-from sae_lens_ext.loss_terms import set_logging_step
-from sae_lens_ext.optim import permute_latent_state
 from sae_lens_ext.run.progress import RunLogger
 from sae_lens_ext.run.replicas import ReplicaSync
+from sae_lens_ext.training import distributed
+from sae_lens_ext.training.after_step import TrainingGuard, drive_from_loop
+from sae_lens_ext.training.loss_terms import set_logging_step
+from sae_lens_ext.training.optim import permute_latent_state
 
 LOOP_STATE_FILENAME = "loop_state.pt"
 #: What a resumed run does not reproduce when wandb evaluations read the training data.

@@ -165,7 +165,7 @@ class RunOutput:
         (an interruption becomes the one-line error with exit code 130). On a
         data-parallel rank other than 0 nothing is written, and an interruption exits
         quietly with code 130 (rank 0 says where the checkpoint is)."""
-        from sae_lens_ext import distributed
+        from sae_lens_ext.training import distributed
 
         if not distributed.is_main():
             try:

@@ -4,7 +4,7 @@ Everything that reads a tensor's value (a host-device sync) happens here, on log
 steps only: every ``log_every`` steps, at the last step, and for plain progress lines
 (every ``print_every`` steps or ``PRINT_SECONDS`` seconds, whichever comes first). The
 training loop asks :meth:`RunLogger.plan` before each step, so that the step's loss terms
-know it is logged (:attr:`~sae_lens_ext.loss_terms.LossContext.is_logging_step`).
+know it is logged (:attr:`~sae_lens_ext.training.loss_terms.LossContext.is_logging_step`).
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ class RunLogger:
                 record[name] = float(value)
         self._metric_names = [n for n in output.metrics if n in record]
         acts = output.feature_acts
-        if acts.is_sparse:  # a sparse step's codes (sae_lens_ext.sparse): count the entries
+        if acts.is_sparse:  # a sparse step's codes (sae_lens_ext.training.sparse): count the entries
             record["l0"] = float((acts.coalesce().values() != 0).sum()) / max(acts.shape[0], 1)
         else:
             record["l0"] = float((acts != 0).float().sum(-1).mean())

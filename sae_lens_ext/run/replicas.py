@@ -15,7 +15,7 @@ training on the global batch), and its own block of each global batch.
   ``n_forward_passes_since_fired``: 0 where any rank saw the latent fire), so the
   dead-latent mask the next step gets is the global one;
 - gives an SAE that takes them (``collectives``, see
-  :class:`sae_lens_ext.loss_terms.BatchCollectives`) the reductions it asks for inside a
+  :class:`sae_lens_ext.training.loss_terms.BatchCollectives`) the reductions it asks for inside a
   step: a model's or loss term's batch statistic becomes the global batch's
   (``batch_mean``), a resampler sees the global batch and rank 0's choice is applied;
 - after the architecture's after-step work: gives every rank rank 0's buffers (as DDP's
@@ -34,8 +34,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from typing_extensions import override
 
-from sae_lens_ext import distributed
-from sae_lens_ext.loss_terms import LOCAL_COLLECTIVES, BatchCollectives
+from sae_lens_ext.training import distributed
+from sae_lens_ext.training.loss_terms import LOCAL_COLLECTIVES, BatchCollectives
 
 
 @runtime_checkable

@@ -230,7 +230,7 @@ def _lockstep_loops(
     in lock-step on its batches; checkpoints off (see the module docstring)."""
     from sae_lens_ext.run.loop import LockstepData, TrainingLoop
     from sae_lens_ext.run.progress import RunLogger
-    from sae_lens_ext.training import make_trainer
+    from sae_lens_ext.training.sae import make_trainer
 
     def loop(i: int, lockstep: list[Any]) -> Any:
         cfg = dataclasses.replace(

@@ -175,7 +175,7 @@ def running_reconstructions(
     """``acts[:, :k] @ W_dec[:k] + b_dec`` for each ``k`` in ``lengths`` (increasing), then
     (``full``) the whole reconstruction, as running sums of block products: one decoder
     pass in all, forward and backward (``lengths[-1] / d_sae`` of one without ``full``). On a
-    sparse step, from the active entries (:func:`sae_lens_ext.sparse.decode_sparse`)."""
+    sparse step, from the active entries (:func:`sae_lens_ext.training.sparse.decode_sparse`)."""
     d_sae = feature_acts.shape[-1]
     edges = [0, *lengths, d_sae] if full else [0, *lengths]
     codes = codes_of(feature_acts)

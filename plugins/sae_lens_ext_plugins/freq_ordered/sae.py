@@ -333,7 +333,7 @@ class FreqOrderedTrainingSAEConfig(
 
     Warm-ups are a fraction of the run (``*_warm_up_fraction``) unless given in steps
     (``*_warm_up_steps``, which then wins). The run's length is what ``sae-lens train``,
-    ``demo`` and ``sweep`` tell the SAE (:meth:`~sae_lens_ext.training.LossTermTrainingSAE.
+    ``demo`` and ``sweep`` tell the SAE (:meth:`~sae_lens_ext.training.sae.LossTermTrainingSAE.
     set_training_steps`); SAE-Lens's own runners cannot, and there a fraction is taken of
     ``FALLBACK_TRAINING_STEPS`` (1,000) steps, with a warning.
 
@@ -375,7 +375,7 @@ class FreqOrderedTrainingSAEConfig(
             ``[prefix_min_fraction * d_sae, d_sae)`` (1: log-uniform, 0: uniform).
         sparse_step: ``"auto"`` (default), ``"dense"`` or ``"sparse"``: whether a step
             computes the decoder and the backward from the active latents only (same
-            gradients; see ``sae_lens_ext.sparse``). ``layer_norm`` needs the dense step.
+            gradients; see ``sae_lens_ext.training.sparse``). ``layer_norm`` needs the dense step.
         resample_dead_every: inherited; resample dead latents every this many
             steps through the ``resample_dead_latents`` hook (log run 4). With
             sorting on, a latent counts as dead only if SAE-Lens's trainer says so
@@ -475,7 +475,7 @@ class FreqOrderedTrainingSAE(
     LossTermTrainingSAE[FreqOrderedTrainingSAEConfig],
 ):
     """Training class of ``freq_ordered``: plain L1 (unless adaptive) + plugin loss terms.
-    Its step is sparse once the codes are (``sparse_step``, :mod:`sae_lens_ext.sparse`)."""
+    Its step is sparse once the codes are (``sparse_step``, :mod:`sae_lens_ext.training.sparse`)."""
 
     def __init__(self, cfg: FreqOrderedTrainingSAEConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)

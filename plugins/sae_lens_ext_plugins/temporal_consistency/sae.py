@@ -124,7 +124,7 @@ class TemporalConsistencyTrainingSAEConfig(LossTermTrainingSAEConfig, SparseStep
         temporal_contrastive_temperature: its softmax temperature.
         sparse_step: ``"auto"`` (default), ``"dense"`` or ``"sparse"``: whether a step
             computes the decoder and the backward from the active latents only (same
-            gradients; see ``sae_lens_ext.sparse``). GELU codes need the dense step.
+            gradients; see ``sae_lens_ext.training.sparse``). GELU codes need the dense step.
     """
 
     activation_fn: Literal["relu", "gelu"] = "relu"
@@ -199,7 +199,7 @@ class TemporalConsistencyTrainingSAE(
 ):
     """Training class: L1 penalty + enabled temporal loss terms (the core guards every
     architecture against runs that never fire). Its step is sparse once the codes are
-    (``sparse_step``, :mod:`sae_lens_ext.sparse`)."""
+    (``sparse_step``, :mod:`sae_lens_ext.training.sparse`)."""
 
     b_enc: nn.Parameter
 

@@ -103,7 +103,7 @@ class TSAETrainingSAEConfig(MatryoshkaBatchTopKTrainingSAEConfig, SparseStepFiel
             ``auxk_alpha = 1/32``).
         sparse_step: ``"auto"`` (default), ``"dense"`` or ``"sparse"``: whether a step
             computes the decoders and the backward from the active latents only (same
-            gradients; see ``sae_lens_ext.sparse``).
+            gradients; see ``sae_lens_ext.training.sparse``).
     """
 
     # BatchTopK's k is a mean over the batch, a float, as upstream's BatchTopK config has it
@@ -192,7 +192,7 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
         self.sparse_switch = SparseStepSwitch(
             cfg.sparse_step, owner=type(self).__name__, d_in=cfg.d_in
         )
-        #: The next step's path (:mod:`sae_lens_ext.sparse`), chosen after each step.
+        #: The next step's path (:mod:`sae_lens_ext.training.sparse`), chosen after each step.
         self.next_step_sparse = self.sparse_switch.choose()
 
     def split_pairs(self, sae_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

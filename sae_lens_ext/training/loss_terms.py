@@ -1,7 +1,7 @@
 """Loss terms: named, coefficient-weighted penalties that plugins add to a training SAE.
 
 A training SAE evaluates its enabled terms with
-:func:`~sae_lens_ext.training.evaluate_loss_terms` (one call in its ``calculate_aux_loss``),
+:func:`~sae_lens_ext.training.sae.evaluate_loss_terms` (one call in its ``calculate_aux_loss``),
 which checks what each term returns and names the term and its plugin in any error. A term learns whether the step is logged from
 :attr:`LossContext.is_logging_step`; a training loop that logs steps of its own says so
 with :func:`set_logging_step` before each step (the ``sae-lens`` loop does).
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import torch
     from sae_lens.saes.sae import TrainStepInput
 
-    from sae_lens_ext.training import LossTermsMixin
+    from sae_lens_ext.training.sae import LossTermsMixin
 
 #: A term ``name`` enters the step's losses (and the logs) as ``name + LOSS_SUFFIX``.
 LOSS_SUFFIX = "_loss"
@@ -79,7 +79,7 @@ class LossContext:
     """Everything a loss term may look at during one training step.
 
     Attributes:
-        sae: the training SAE (any class with :class:`~sae_lens_ext.training.LossTermsMixin`:
+        sae: the training SAE (any class with :class:`~sae_lens_ext.training.sae.LossTermsMixin`:
             a plugin architecture or a twin of an upstream one).
         step_input: SAE-Lens's ``TrainStepInput`` (``sae_in``, ``coefficients``,
             ``dead_neuron_mask``, ``n_training_steps``; its ``is_logging_step`` is this
@@ -170,9 +170,9 @@ class LossTerm:
     lookup ``option(key, default)``, the number of positions (see :mod:`sae_lens_ext.data.windows`)."""
     sparse_aware: bool = False
     """``fn`` also works on a sparse step, where ``ctx.feature_acts`` may be a sparse COO tensor
-    whose codes :func:`sae_lens_ext.sparse.codes_of` gives (it reads them through those). A
+    whose codes :func:`sae_lens_ext.training.sparse.codes_of` gives (it reads them through those). A
     term that leaves it False gets a dense, differentiable ``feature_acts`` on sparse steps
-    too, at the cost of writing it (see :mod:`sae_lens_ext.sparse`)."""
+    too, at the cost of writing it (see :mod:`sae_lens_ext.training.sparse`)."""
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
@@ -188,7 +188,7 @@ class LossTermSpec:
     warm_up_steps: int = 0
     warm_up_fraction: float | None = None
     """If set, the warm-up is this fraction of the run's steps
-    (:meth:`~sae_lens_ext.training.LossTermTrainingSAE.warm_up_steps`) and ``warm_up_steps``
+    (:meth:`~sae_lens_ext.training.sae.LossTermTrainingSAE.warm_up_steps`) and ``warm_up_steps``
     is not used."""
 
     def __post_init__(self) -> None:

@@ -3,9 +3,9 @@
 - :class:`LossTermsMixin` adds to *any* SAE-Lens training class the plugin loss terms
   enabled in its config (``loss_terms``), dead-latent resampling through the
   ``resample_dead_latents`` hook, after-step work with the optimizer in hand
-  (:meth:`LossTermsMixin.after_optimizer_step`, run by :mod:`sae_lens_ext.after_step`,
+  (:meth:`LossTermsMixin.after_optimizer_step`, run by :mod:`sae_lens_ext.training.after_step`,
   which also feeds the SAE's steps to the core's guard under SAE-Lens's own runners). Mixed into
-  upstream's own classes it makes their training-only twins (:mod:`sae_lens_ext.twins`).
+  upstream's own classes it makes their training-only twins (:mod:`sae_lens_ext.training.twins`).
 - :class:`LossTermTrainingSAEConfig` holds the matching config fields; it mixes into an
   upstream training config the same way.
 - :func:`evaluate_loss_terms` runs a step's enabled terms (one call in
@@ -44,13 +44,13 @@ from sae_lens.saes.sae import (
 )
 from typing_extensions import override
 
-from sae_lens_ext.after_step import (
+from sae_lens_ext.training.after_step import (
     DEFAULT_MAX_SILENT_STEPS,
     TrainingGuard,
     driver_of,
     request_after_step,
 )
-from sae_lens_ext.latents import (
+from sae_lens_ext.training.latents import (
     BASE_LATENT_PARAMETERS,
     ENCODER_BIAS,
     LatentAxis,
@@ -59,7 +59,7 @@ from sae_lens_ext.latents import (
     latent_parameters,
     write_latents,
 )
-from sae_lens_ext.loss_terms import (
+from sae_lens_ext.training.loss_terms import (
     LOCAL_COLLECTIVES,
     LOSS_SUFFIX,
     BatchCollectives,
@@ -71,8 +71,8 @@ from sae_lens_ext.loss_terms import (
     parse_options,
     resolve_option,
 )
-from sae_lens_ext.resampling import ResampleRequest, ResampleResult
-from sae_lens_ext.sparse import codes_of, decoder_weighted_l1
+from sae_lens_ext.training.resampling import ResampleRequest, ResampleResult
+from sae_lens_ext.training.sparse import codes_of, decoder_weighted_l1
 
 #: A warm-up given as a fraction of the run, when the SAE never learns the run's length
 #: (SAE-Lens's own runners: :meth:`LossTermTrainingSAE.set_training_steps`), is that fraction
@@ -122,7 +122,7 @@ def decoder_weighted_sparsity(
     temporary or saved tensor (:class:`_NonNegativeL1`; same value up to summation order).
     Its gradient at a zero activation is the slope ``||W_dec[i]|| / N`` where upstream's is
     the subgradient 0; the ReLU's backward zeroes both, so every parameter gets upstream's
-    gradient. On a sparse step (:func:`sae_lens_ext.sparse.codes_of`) it is read from the
+    gradient. On a sparse step (:func:`sae_lens_ext.training.sparse.codes_of`) it is read from the
     active entries."""
     norms = sae.W_dec.norm(dim=1)
     codes = codes_of(feature_acts)
@@ -170,7 +170,7 @@ class PluginSAE(SAE[T_CONFIG], ABC):
 
     def latent_parameters(self) -> Mapping[str, LatentAxis | None]:
         """Every parameter and buffer with an axis of size ``d_sae``: its latent axis and
-        how it folds (:class:`~sae_lens_ext.latents.LatentAxis`), or ``None`` when it is
+        how it folds (:class:`~sae_lens_ext.training.latents.LatentAxis`), or ``None`` when it is
         not indexed by latent. The default covers ``W_enc``, ``W_dec``, ``b_dec`` and, if
         the architecture created one, ``b_enc``; extend it with ``super()``."""
         return latent_parameters_of_base(self)
@@ -179,7 +179,7 @@ class PluginSAE(SAE[T_CONFIG], ABC):
     @torch.no_grad()
     def fold_and_get_W_dec_norm(self) -> torch.Tensor:
         """Unit decoder rows, their norms moved into the latent-indexed tensors as
-        :meth:`latent_parameters` declares (:func:`~sae_lens_ext.latents.fold_decoder_norms`)."""
+        :meth:`latent_parameters` declares (:func:`~sae_lens_ext.training.latents.fold_decoder_norms`)."""
         return fold_decoder_norms(self)
 
 
@@ -301,14 +301,14 @@ def evaluate_loss_terms(
     """The weighted losses of the enabled ``terms`` for one step, ``{name}_loss`` each
     (coefficient from ``step_input.coefficients``, i.e. warmed up; else the spec's).
 
-    Each term gets a :class:`~sae_lens_ext.loss_terms.LossContext` (its ``metrics`` is ``metrics``, its
+    Each term gets a :class:`~sae_lens_ext.training.loss_terms.LossContext` (its ``metrics`` is ``metrics``, its
     ``collectives`` is ``collectives``: the data-parallel reductions, local by default). A term that
     raises, or returns anything but a 0-dimensional floating-point tensor, stops the step
     with a :class:`~sae_lens_ext.plugins.PluginError` naming the term and its plugin (an
     error class of the core itself, such as a window check's ``BatchLayoutError``, which
     names its setting, passes through unchanged); the check reads only shapes and dtypes
     (no host-device sync). Whether a value is finite is
-    the training guards' check (:mod:`sae_lens_ext.after_step`), on logging steps.
+    the training guards' check (:mod:`sae_lens_ext.training.after_step`), on logging steps.
     """
     logged = is_logging_step(sae, step_input)
     if logged and not step_input.is_logging_step:
@@ -407,7 +407,7 @@ class LossTermsMixin(TrainingSAE[T_CFG]):
 
     @property
     def guard(self) -> TrainingGuard:
-        """The guard watching this SAE's training (:func:`sae_lens_ext.after_step.driver_of`)."""
+        """The guard watching this SAE's training (:func:`sae_lens_ext.training.after_step.driver_of`)."""
         return driver_of(self).guard
 
     # --- what the architecture computes -----------------------------------------------
@@ -639,7 +639,7 @@ class LossTermTrainingSAE(LossTermsMixin[T_CFG], PluginSAE[T_CFG], Generic[T_CFG
     - declare extra latent-indexed tensors in :meth:`latent_parameters` (as the inference
       class does), so resampling, sorting, optimizer surgery and folding move them;
     - extend :meth:`after_optimizer_step` (``super()`` first) for work that needs the
-      optimizer, asking for it with :func:`~sae_lens_ext.after_step.request_after_step`.
+      optimizer, asking for it with :func:`~sae_lens_ext.training.after_step.request_after_step`.
 
     The config's ``get_inference_config_class()`` (by default the inference class
     registered under the same name) must repeat every field that changes what the SAE

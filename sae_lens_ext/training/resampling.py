@@ -1,7 +1,7 @@
 """Dead-latent resampling: what a resampler sees and returns (the ``resample_dead_latents``
 hook). The core schedules a resample during a step
-(:meth:`sae_lens_ext.training.LossTermsMixin.apply_pending_resample` writes it) and
-:mod:`sae_lens_ext.after_step` runs it after the optimizer step."""
+(:meth:`sae_lens_ext.training.sae.LossTermsMixin.apply_pending_resample` writes it) and
+:mod:`sae_lens_ext.training.after_step` runs it after the optimizer step."""
 
 from __future__ import annotations
 

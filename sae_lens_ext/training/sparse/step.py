@@ -1,6 +1,6 @@
 """Which path a training step takes (:class:`SparseStepSwitch`, the ``sparse_step`` config
 field) and the wiring of the sparse step into a
-:class:`~sae_lens_ext.training.LossTermTrainingSAE` (:class:`SparseStepMixin`)."""
+:class:`~sae_lens_ext.training.sae.LossTermTrainingSAE` (:class:`SparseStepMixin`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import torch
 
-from sae_lens_ext.sparse.codes import (
+from sae_lens_ext.training.sparse.codes import (
     Activation,
     AffineMap,
     SparseCodes,
@@ -227,11 +227,11 @@ def load_switch_state(switch: SparseStepSwitch, path: str | Path) -> dict[str, A
 
 @dataclass(kw_only=True)
 class SparseStepFields:
-    """Config field of an architecture with a sparse training step (:mod:`sae_lens_ext.sparse`).
+    """Config field of an architecture with a sparse training step (:mod:`sae_lens_ext.training.sparse`).
 
     Args:
         sparse_step: ``"auto"`` (default): the sparse step while the codes are sparse (measured
-            density below ``sae_lens_ext.sparse.DENSITY_THRESHOLDS`` of the device; a device
+            density below ``sae_lens_ext.training.sparse.DENSITY_THRESHOLDS`` of the device; a device
             without a measured threshold, as CUDA for now, stays dense), the dense step before;
             ``"dense"``: always the dense step; ``"sparse"``: always the sparse step. Both
             compute the same gradients; options the sparse step cannot take make every step
@@ -275,7 +275,7 @@ class SparseEncoder:
 
 
 class SparseStepMixin:
-    """The sparse step for a :class:`~sae_lens_ext.training.LossTermTrainingSAE` subclass whose
+    """The sparse step for a :class:`~sae_lens_ext.training.sae.LossTermTrainingSAE` subclass whose
     config has :class:`SparseStepFields`. Put it before ``LossTermTrainingSAE`` (and after any
     mixin that overrides ``decode`` first) in the bases. The architecture:
 

@@ -1,4 +1,4 @@
-"""The autograd functions of the sparse step (:mod:`sae_lens_ext.sparse`): each one's
+"""The autograd functions of the sparse step (:mod:`sae_lens_ext.training.sparse`): each one's
 backward touches only the entries it is given."""
 
 from __future__ import annotations

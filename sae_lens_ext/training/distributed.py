@@ -154,7 +154,7 @@ def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
 
 class ProcessGroupCollectives:
     """The ``BatchCollectives`` of an SAE trained by several processes (see
-    :class:`sae_lens_ext.loss_terms.BatchCollectives`)."""
+    :class:`sae_lens_ext.training.loss_terms.BatchCollectives`)."""
 
     def __init__(self) -> None:
         self.processes = world_size()

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from sae_lens_ext.optim import permute_optimizer_rows, reset_optimizer_rows
+from sae_lens_ext.training.optim import permute_optimizer_rows, reset_optimizer_rows
 
 if TYPE_CHECKING:
     from sae_lens.saes.sae import SAE

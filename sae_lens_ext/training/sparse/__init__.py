@@ -18,7 +18,7 @@ the active entries, on any device, with plain torch operations:
   :func:`window_variation`, :func:`gram`;
 - :class:`SparseStepSwitch` chooses each step's path from the measured code density
   (``sparse_step``: ``"auto"``, ``"dense"`` or ``"sparse"``), and :class:`SparseStepMixin`
-  wires it into a :class:`~sae_lens_ext.training.LossTermTrainingSAE`.
+  wires it into a :class:`~sae_lens_ext.training.sae.LossTermTrainingSAE`.
 
 Exact: the entries and their values are read from the same pre-activations the dense path
 computes, so both paths select the same codes; every gradient is the dense path's restricted
@@ -39,7 +39,7 @@ step (:func:`active_entries`). The switch measures density on dense steps every
 :data:`CHECK_EVERY` steps, without waiting for the device (:class:`_DeviceCount`).
 """
 
-from sae_lens_ext.sparse.codes import (
+from sae_lens_ext.training.sparse.codes import (
     Activation,
     AffineMap,
     BatchTopK,
@@ -63,7 +63,7 @@ from sae_lens_ext.sparse.codes import (
     window_pairs,
     window_variation,
 )
-from sae_lens_ext.sparse.step import (
+from sae_lens_ext.training.sparse.step import (
     CHECK_EVERY,
     DENSITY_THRESHOLDS,
     HYSTERESIS,

@@ -4,8 +4,8 @@ For each training architecture SAE-Lens itself registers (``standard``, ``topk``
 ``batchtopk``, ``jumprelu``, ``gated``, ``matryoshka_batchtopk``, ... whatever the
 installed SAE-Lens has), a twin named
 ``<name>_with_loss_terms`` is registered in ``sae_lens.registry``'s *training* registry
-only. It is the upstream class with :class:`~sae_lens_ext.training.LossTermsMixin` in
-front and the upstream config with :class:`~sae_lens_ext.training.LossTermTrainingSAEConfig`
+only. It is the upstream class with :class:`~sae_lens_ext.training.sae.LossTermsMixin` in
+front and the upstream config with :class:`~sae_lens_ext.training.sae.LossTermTrainingSAEConfig`
 in front: every upstream field keeps its name and meaning, and ``loss_terms``,
 ``loss_term_options``, ``resample_dead_every`` and ``max_silent_steps`` are added.
 
@@ -50,12 +50,12 @@ def make_twin(
 ) -> tuple[type[Any], type[Any]]:
     """The twin of an SAE-Lens training architecture: ``(training class, config class)``.
 
-    The classes live in this module's namespace (``sae_lens_ext.twins.<Name>``), so they
+    The classes live in this module's namespace (``sae_lens_ext.training.twins.<Name>``), so they
     pickle by name like any other class."""
     from sae_lens.registry import get_sae_class
     from sae_lens.saes.sae import SAEConfig, TrainingSAEConfig
 
-    from sae_lens_ext.training import LossTermsMixin, LossTermTrainingSAEConfig
+    from sae_lens_ext.training.sae import LossTermsMixin, LossTermTrainingSAEConfig
 
     name = twin_name(architecture)
     own_inference_config = (
@@ -104,7 +104,7 @@ def register_twins() -> list[str]:
     ``LossTermTrainingSAE`` or mixing in ``LossTermsMixin``, never through a twin."""
     from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY, register_sae_training_class
 
-    from sae_lens_ext.training import LossTermsMixin
+    from sae_lens_ext.training.sae import LossTermsMixin
 
     names = []
     for architecture, (sae_class, config_class) in list(SAE_TRAINING_CLASS_REGISTRY.items()):

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from sae_lens_ext.sparse.kernels import (
+from sae_lens_ext.training.sparse.kernels import (
     _AffineAt,
     _BagDecode,
     _DenseHidden,

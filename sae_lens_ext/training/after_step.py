@@ -22,7 +22,7 @@ Who calls the driver:
   :func:`drive_from_loop` and calls :meth:`AfterStepDriver.after_optimizer_step` and
   :meth:`AfterStepDriver.observe` after each step, checking the guard on logging steps;
 - under SAE-Lens's own runners (``SAETrainer.fit``, which know nothing of it) a training
-  SAE (:class:`~sae_lens_ext.training.LossTermsMixin`) feeds the guard from its own step
+  SAE (:class:`~sae_lens_ext.training.sae.LossTermsMixin`) feeds the guard from its own step
   (:meth:`AfterStepDriver.observe_step`, checked every :data:`GUARD_CHECK_EVERY` steps)
   and asks for its after-step work with :func:`request_after_step`. Those runners call
   ``optimizer.step()`` inside ``SAETrainer`` with no callback after it, and the work must
@@ -133,7 +133,7 @@ class TrainingGuard:
         """Under torchrun: make every rank's watch that of the global batch (the first
         non-finite step of any rank, silent only while every rank's block was silent, fired
         if any rank's did), so that :meth:`check` raises on all ranks or on none."""
-        from sae_lens_ext import distributed
+        from sae_lens_ext.training import distributed
 
         if self._state is None or not distributed.is_distributed():
             return
@@ -205,8 +205,8 @@ class TrainingGuard:
 def non_finite_loss_error(step: int, names: list[str]) -> FloatingPointError:
     """The error for a loss that stopped being finite at ``step``, ``names`` the losses that
     were not: a plugin's loss term among them is named with its plugin."""
-    from sae_lens_ext.loss_terms import LOSS_SUFFIX
     from sae_lens_ext.plugins import LossTermNotFinite, owner_of
+    from sae_lens_ext.training.loss_terms import LOSS_SUFFIX
 
     for name in names:
         owner = owner_of("loss_terms", name.removesuffix(LOSS_SUFFIX))
