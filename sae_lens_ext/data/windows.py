@@ -329,6 +329,7 @@ def check_step_layout(sae: Any, rows: int, window: int, step: int) -> None:
     data source is not a provider of this package (upstream's own runners), the settings
     the SAE's metadata records (context size, special-token filtering) are checked and a
     warning says what cannot be seen from here: whether the source keeps positions in order.
+    Compiled code (``compile_sae``) checks the row count only.
     """
     if rows % window:
         raise BatchLayoutError(
@@ -336,6 +337,10 @@ def check_step_layout(sae: Any, rows: int, window: int, step: int) -> None:
             f"consecutive positions; set train_batch_size_tokens (or batch_size) to a "
             f"multiple of {window}"
         )
+    if torch.compiler.is_compiling():
+        # compiled code must not guard on a weak set's contents (garbage collection can
+        # change them while Dynamo builds the guard); eager steps make the check
+        return
     if sae in _served or sae in _looked_at:
         return
     _looked_at.add(sae)
