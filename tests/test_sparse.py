@@ -135,18 +135,26 @@ def test_jumprelu_entries_give_upstreams_values_and_gradients(ste_to_input: bool
     close(got[1], want[1])
 
 
-def test_gram_and_its_gradients() -> None:
-    a, b = random_codes(ROWS, D_SAE, 7, seed=1), random_codes(ROWS, D_SAE, 5, seed=2)
+@pytest.mark.parametrize("n_latents", [4096, D_SAE], ids=["pairs", "sampled products"])
+def test_gram_and_its_gradients(n_latents: int) -> None:
+    """Both ways of the Gram matrix: from the pairs of entries on a latent (sparse codes) and
+    by sampled products (denser codes: too many pairs)."""
+    a = random_codes(ROWS, n_latents, 7, seed=1)
+    b = random_codes(ROWS, n_latents, 5, seed=2)
     width = 20
+    assert (sparse.codes._pairs_within(a, b, width) is not None) == (n_latents == 4096)
     da, db = a.dense(), b.dense()
     want_logits = da[:, :width] @ db[:, :width].T
     weights = torch.randn(ROWS, ROWS)
     want = torch.autograd.grad((want_logits * weights).sum(), (a.values, b.values))
-    logits = sparse.gram(a.first_latents(width), b.first_latents(width))
-    close(logits, want_logits)
-    got = torch.autograd.grad((logits * weights).sum(), (a.values, b.values))
-    close(got[0], want[0])
-    close(got[1], want[1])
+    for logits in (
+        sparse.gram(a, b, first=width),
+        sparse.gram(a.first_latents(width), b.first_latents(width)),
+    ):
+        close(logits, want_logits)
+        got = torch.autograd.grad((logits * weights).sum(), (a.values, b.values))
+        close(got[0], want[0])
+        close(got[1], want[1])
 
 
 @pytest.mark.parametrize(("window", "stride"), [(4, 1), (4, 3), (8, 2)])
@@ -444,28 +452,54 @@ def test_auto_says_once_when_sparse_codes_meet_an_option_that_needs_the_dense_st
     ]
 
 
-def test_batchtopk_on_the_cpu_picks_topks_entries_or_lets_topk_decide() -> None:
-    """The CPU shortcut (entries above a sampled threshold) gives ``torch.topk``'s set, and
-    steps aside where that set is not unique: ties at its boundary (bf16 products), or
-    fewer positive entries than ``k``."""
+def test_batchtopk_on_the_cpu_picks_topks_entries_and_breaks_ties_by_position() -> None:
+    """The CPU shortcut (entries above a sampled threshold) gives ``torch.topk``'s set where
+    it is unique; at a tie on its boundary (bf16 products) it keeps every entry above the
+    tied value and the first tied entries in row-major order; with fewer positive entries
+    than ``k`` it lets ``torch.topk`` decide."""
     g = torch.Generator().manual_seed(0)
-    for hidden in (
-        torch.randn(256, 1024, generator=g),
-        torch.randn(256, 1024, generator=g).bfloat16().float(),  # many ties
-        torch.randn(256, 1024, generator=g) - 4.0,  # few positive
-    ):
-        count = 4 * 256
-        index = sparse._host_batch_topk(hidden, count)
-        want = set(torch.topk(hidden.relu().flatten(), count).indices.tolist())
-        if index is not None:
-            assert set(index.tolist()) == want
+    count = 4 * 256
+    unique = torch.randn(256, 1024, generator=g)
+    tied = torch.randn(256, 1024, generator=g).bfloat16().float()
+    few_positive = torch.randn(256, 1024, generator=g) - 4.0
+    index = sparse._host_batch_topk(unique, count)
+    assert index is not None
+    assert set(index.tolist()) == set(torch.topk(unique.flatten(), count).indices.tolist())
+    index = sparse._host_batch_topk(tied, count)
+    assert index is not None and index.numel() == count
+    flat = tied.flatten()
+    boundary = flat[index].min()
+    tied_at = (flat == boundary).nonzero().flatten()
+    assert tied_at.numel() > (flat[index] == boundary).sum() > 0  # the case is a real tie
+    want = torch.cat(
+        [(flat > boundary).nonzero().flatten(), tied_at[: count - (flat > boundary).sum()]]
+    )
+    assert torch.equal(index.sort().values, want.sort().values)
+    assert sparse._host_batch_topk(few_positive, count) is None
+    for hidden in (unique, tied, few_positive):
         rows, cols = sparse.BatchTopK(4).select(hidden)
         picked = hidden.relu()[rows, cols]
         assert picked.numel() == count
         assert torch.equal(
             picked.sort().values, torch.topk(hidden.relu().flatten(), count).values.sort().values
         )
-    assert sparse._host_batch_topk(torch.randn(256, 1024, generator=g), 4 * 256) is not None
+
+
+def test_batchtopk_called_densely_picks_what_select_picks_with_upstreams_gradient() -> None:
+    """``BatchTopK(k)(hidden)`` (an SAE's ``get_activation_fn``): the entries ``select``
+    picks, ties included, and upstream's module's output and gradient where none tie."""
+    g = torch.Generator().manual_seed(1)
+    for hidden in (torch.randn(64, 512, generator=g), torch.randn(64, 512, generator=g).bfloat16()):
+        hidden.requires_grad_()
+        acts = sparse.BatchTopK(3.5)(hidden)
+        rows, cols = sparse.BatchTopK(3.5).select(hidden.detach())
+        want = torch.zeros_like(hidden).index_put_((rows, cols), hidden.detach().relu()[rows, cols])
+        assert torch.equal(acts.detach(), want)
+    hidden = torch.randn(64, 512, generator=g, requires_grad=True)
+    weights = torch.randn(64, 512, generator=g)
+    ours = torch.autograd.grad((sparse.BatchTopK(3.5)(hidden) * weights).sum(), hidden)[0]
+    theirs = torch.autograd.grad((UpstreamBatchTopK(3.5)(hidden) * weights).sum(), hidden)[0]
+    assert torch.equal(ours, theirs)
 
 
 def test_the_run_log_records_the_path_the_density_and_l0(tmp_path: Any) -> None:

@@ -78,14 +78,18 @@ SPARSE_RELU = {"freq_ordered, sparse step", "temporal_consistency, sparse step"}
 # functions of ours that read a tensor which is on the CPU on every machine (no sync):
 # prefix lengths are drawn from torch's global CPU generator, which checkpoints save; the
 # sparse step's density count is read from a host copy once it has arrived (pinned on CUDA)
-# (and two reads made only when the tensor is a CPU one: tsae's "nothing is dead", BatchTopK's
-# threshold); the contrastive term's sparse path runs on CPU tensors only
+# (and reads made only when the tensor is a CPU one: tsae's "nothing is dead", BatchTopK's
+# threshold and entries above it, gram's pairs); the contrastive term's sparse path runs on
+# CPU tensors only
 # (sparse_path_applies is False on an accelerator before it reads anything: test_temporal_unit)
 HOST_ONLY = {
     "TorchUniform.random",
     "_DeviceCount.density",
     "_none_dead_on_cpu",
     "_host_batch_topk",
+    "_entries_above",
+    "_pairs_within",
+    "_shared_latent_pairs",
     "sparse_path_applies",
     "_Codes.__init__",
     "_Codes.input_gradient",

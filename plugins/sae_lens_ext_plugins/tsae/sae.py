@@ -195,6 +195,12 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
         #: The next step's path (:mod:`sae_lens_ext.training.sparse`), chosen after each step.
         self.next_step_sparse = self.sparse_switch.choose()
 
+    @override
+    def get_activation_fn(self) -> BatchTopK:
+        """Upstream's BatchTopK, choosing ties at its boundary as the sparse step does (so
+        the dense and the sparse step pick the same entries)."""
+        return BatchTopK(self.cfg.k)
+
     def split_pairs(self, sae_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(current, previous)``: rows ``2i + 1`` (position ``t + 1``) and ``2i`` (``t``)."""
         if sae_in.dim() != 2 or sae_in.shape[0] % PAIR:
@@ -241,7 +247,7 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
         self.update_topk_threshold(codes.values.detach())
         mse_loss, sae_out = self.matryoshka_mse_loss(current, self.sparse_levels(codes, norms))
         width = self.cfg.matryoshka_widths[0]
-        logits = gram(codes.first_latents(width), codes_previous.first_latents(width))
+        logits = gram(codes, codes_previous, first=width)
         temporal = symmetric_cross_entropy(logits)
         aux = self.reference_aux_loss(
             current, sae_out, encoded.hidden_pre, step_input.dead_neuron_mask, (encoded, norms)
@@ -286,23 +292,22 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
         """Upstream's ``encode_with_hidden_pre`` of each half (BatchTopK of its pre-activations,
         times ``scale``: the decoder norms with ``rescale_acts_by_decoder_norm``) as entries:
         the current half's encoding and the previous half's codes, whose values share one
-        encoder backward."""
-        halves = []
-        for x in (current, previous):
-            sae_in = self.process_sae_in(x)
-            enc_in, shift = encoder_input(self, x, sae_in)
-            with torch.no_grad():  # upstream's pre-activations, without a copy
-                unscaled = self.hook_sae_acts_pre(accumulate(enc_in @ self.W_enc, self.b_enc))
-                hidden = unscaled if scale is None else unscaled * scale
-            rows, cols = BatchTopK(self.cfg.k).select(hidden)
-            halves.append((enc_in, hidden, unscaled, rows, cols))
-        (in_c, hidden, unscaled, rows_c, cols_c), (in_p, _, unscaled_p, rows_p, cols_p) = halves
+        encoder backward. The previous half goes first, and the current half's dense
+        pre-activations are written over its (once its entries are read)."""
+        select = self.get_activation_fn().select
+        in_p, shift = encoder_input(self, previous, self.process_sae_in(previous))
+        unscaled, hidden = self.pre_activations(in_p, scale)
+        rows_p, cols_p = select(hidden)
+        values_p = unscaled[rows_p, cols_p]
+        in_c, shift = encoder_input(self, current, self.process_sae_in(current))
+        unscaled, hidden = self.pre_activations(in_c, scale, reuse=(unscaled, hidden))
+        rows_c, cols_c = select(hidden)
         n = in_c.shape[0]
         both = AffineMap(
             (torch.cat([in_c, in_p]),), (self.W_enc,), self.b_enc, shift=shift, scale=scale
         )
         pre = both.at_values(
-            torch.cat([unscaled[rows_c, cols_c], unscaled_p[rows_p, cols_p]]),
+            torch.cat([unscaled[rows_c, cols_c], values_p]),
             torch.cat([rows_c, rows_p + n]),
             torch.cat([cols_c, cols_p]),
         ).relu()  # BatchTopK's values: ReLU'd pre-activations
@@ -312,6 +317,27 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
         affine = AffineMap((in_c,), (self.W_enc,), self.b_enc, shift=shift, scale=scale)
         encoded = SparseEncoding(codes, affine.dense(hidden, unscaled), affine, unscaled)
         return encoded, codes_p
+
+    @torch.no_grad()
+    def pre_activations(
+        self,
+        sae_in: torch.Tensor,
+        scale: torch.Tensor | None,
+        reuse: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(unscaled, hidden)``: upstream's pre-activations of ``sae_in`` (encoder input)
+        before and after ``scale``, the same values; written into ``reuse``'s tensors where
+        they fit (a fresh batch x ``d_sae`` tensor costs a pass of page faults on the CPU)."""
+        product = sae_in @ self.W_enc
+        converted = torch.result_type(product, self.b_enc)
+        if reuse is not None and reuse[0].dtype == converted != product.dtype:
+            product = reuse[0].copy_(product)  # a bf16 product: converted into reuse
+        unscaled = self.hook_sae_acts_pre(accumulate(product, self.b_enc))
+        if scale is None:
+            return unscaled, unscaled
+        if reuse is not None and reuse[1] is not reuse[0] and reuse[1].dtype == unscaled.dtype:
+            return unscaled, torch.mul(unscaled, scale, out=reuse[1])
+        return unscaled, unscaled * scale
 
     def sparse_levels(
         self, codes: SparseCodes, norms: torch.Tensor | None

@@ -16,7 +16,9 @@ from sae_lens_ext.training.sparse.kernels import (
     _DenseHidden,
     _Densify,
     _Gram,
+    _GramPairs,
     _JumpReLUAt,
+    _shared_latent_pairs,
 )
 
 _CODES_ATTRIBUTE = "_sae_lens_ext_sparse_codes"
@@ -185,30 +187,46 @@ class TopK:
 @dataclass(frozen=True)
 class BatchTopK:
     """SAE-Lens's ``BatchTopK``: the ``int(k * rows)`` largest ReLU'd pre-activations of the
-    whole batch (the same ``torch.topk`` call, so the same entries, ties included)."""
+    whole batch. Where several entries tie at the boundary of that set, the first in
+    row-major order are kept on the CPU (``torch.topk``'s choice elsewhere, and under
+    ``torch.compile``). Called on a tensor it is the activation's dense output, so an SAE
+    whose ``get_activation_fn`` returns it picks the same entries on its dense and sparse
+    steps."""
 
     k: float
 
     def select(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n_rows, n_latents = hidden.shape
-        count = int(self.k * n_rows)
-        index = _host_batch_topk(hidden, count) if hidden.device.type == "cpu" else None
-        if index is None:
-            flat = hidden.relu().flatten()
-            index = torch.topk(flat, count, dim=-1).indices
-        index = index.sort().values
+        n_latents = hidden.shape[-1]
+        index = self.flat_indices(hidden).sort().values
         return index // n_latents, index % n_latents
+
+    def flat_indices(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The chosen entries' indices into ``hidden.flatten()`` (in no particular order)."""
+        count = int(self.k * hidden.shape[:-1].numel())
+        index = None
+        if hidden.device.type == "cpu" and not torch.compiler.is_compiling():
+            index = _host_batch_topk(hidden.detach(), count)
+        if index is None:
+            index = torch.topk(hidden.detach().relu().flatten(), count, dim=-1).indices
+        return index
 
     def apply(self, pre: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         return pre.relu()
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The dense codes: ``hidden``'s ReLU at the chosen entries, 0 elsewhere (upstream's
+        ``BatchTopK`` module's output, its gradient included)."""
+        flat = hidden.relu().flatten()
+        index = self.flat_indices(hidden)
+        return torch.zeros_like(flat).scatter(-1, index, flat[index]).reshape(hidden.shape)
 
 
 def _host_batch_topk(hidden: torch.Tensor, count: int) -> torch.Tensor | None:
     """On the CPU (where reading a value costs nothing): the flat indices of the ``count``
     largest positive entries of ``hidden``, found among the entries above a threshold taken
-    from a sample, instead of a ``topk`` over every entry. None where that set is not unique
-    (a tie at its boundary, or fewer positive entries than ``count``): then ``torch.topk``
-    decides, as the dense step's does."""
+    from a sample, instead of a ``topk`` over every entry; entries tied at the boundary are
+    taken in row-major order. None where fewer than ``count`` entries are positive (or the
+    sample misses): then ``torch.topk`` decides, as the dense step's does."""
     flat = hidden.reshape(-1)
     stride = max(1, flat.numel() // (8 * max(count, 1))) | 1  # odd: every latent sampled
     sample = flat[::stride]
@@ -218,13 +236,29 @@ def _host_batch_topk(hidden: torch.Tensor, count: int) -> torch.Tensor | None:
     bound = torch.topk(sample, expect, sorted=False).values.min()
     if not bound > 0:
         return None
-    candidates = (flat > bound).nonzero().flatten()
+    candidates, values = _entries_above(flat, bound)
     if candidates.numel() <= count:
         return None
-    top = torch.topk(flat[candidates], count + 1)  # sorted: the boundary is the last two
-    if not top.values[count - 1] > top.values[count]:
-        return None
-    return candidates[top.indices[:count]]
+    top = torch.topk(values, count + 1)  # sorted: the boundary is the last two
+    boundary = top.values[count - 1]
+    if top.values[count] < boundary:
+        return candidates[top.indices[:count]]
+    above = candidates[values > boundary]  # a tie: the first tied entries by position
+    tied = candidates[values == boundary]
+    return torch.cat([above, tied[: count - above.numel()]])
+
+
+def _entries_above(flat: torch.Tensor, bound: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The indices and values of ``flat``'s entries above ``bound``, a cache-sized chunk at
+    a time (no mask of ``flat``'s size: a fresh tensor that large costs page faults)."""
+    chunk = 1 << 18
+    indices, values = [], []
+    for start in range(0, flat.numel(), chunk):
+        part = flat[start : start + chunk]
+        index = (part > bound).nonzero().flatten()
+        indices.append(index + start)
+        values.append(part[index])
+    return torch.cat(indices), torch.cat(values)
 
 
 Activation = ReLU | JumpReLU | TopK | BatchTopK
@@ -424,13 +458,38 @@ def decoder_weighted_l1(codes: SparseCodes, norms: torch.Tensor, p: float = 1.0)
     return per_row.pow(1.0 / p).mean()
 
 
-def gram(a: SparseCodes, b: SparseCodes) -> torch.Tensor:
-    """``dense(a) @ dense(b).T`` (``(a.n_rows, b.n_rows)``), differentiable in both sides'
-    values; ``a`` and ``b`` on the same latents."""
+def gram(a: SparseCodes, b: SparseCodes, first: int | None = None) -> torch.Tensor:
+    """``dense(a) @ dense(b).T`` (``(a.n_rows, b.n_rows)``) over latents ``[0, first)`` (all
+    by default), differentiable in both sides' values; ``a`` and ``b`` on the same latents.
+
+    On the CPU, where counting costs no sync, it is summed over the pairs of entries on a
+    latent when there are few enough; otherwise by sampled products."""
     if a.n_latents != b.n_latents:
         raise ValueError(f"gram: {a.n_latents} against {b.n_latents} latents")
-    shape = (a.n_rows, b.n_rows, a.n_latents)
-    return _Gram.apply(a.values, b.values, a.cols, a.offsets, b.rows, b.cols, b.offsets, shape)
+    width = a.n_latents if first is None else first
+    if a.values.device.type == "cpu":
+        pairs = _pairs_within(a, b, width)
+        if pairs is not None:
+            shape = (a.n_rows, b.n_rows)
+            return _GramPairs.apply(a.values, b.values, a.rows, b.rows, *pairs, shape)
+    if width < a.n_latents:
+        a, b = a.first_latents(width), b.first_latents(width)
+    shape3 = (a.n_rows, b.n_rows, a.n_latents)
+    return _Gram.apply(a.values, b.values, a.cols, a.offsets, b.rows, b.cols, b.offsets, shape3)
+
+
+def _pairs_within(
+    a: SparseCodes, b: SparseCodes, width: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The pairs of ``a``'s and ``b``'s entries on a latent below ``width`` (indices into
+    each side's entries), or None where they cost more than the sampled products (a pair
+    costs about 16 of their multiply-adds)."""
+    in_a = (a.cols < width).nonzero().flatten()
+    in_b = (b.cols < width).nonzero().flatten()
+    found = _shared_latent_pairs(a.cols[in_a], b.cols[in_b], most=in_a.numel() * b.n_rows // 16)
+    if found is None:
+        return None
+    return in_a[found[0]], in_b[found[1]]
 
 
 @dataclass

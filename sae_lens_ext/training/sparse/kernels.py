@@ -212,6 +212,52 @@ class _Gram(torch.autograd.Function):
         return grad_a, grad_b, None, None, None, None, None, None
 
 
+def _shared_latent_pairs(
+    a_cols: torch.Tensor, b_cols: torch.Tensor, most: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(pair_a, pair_b)``: every pair of an entry of ``a`` and an entry of ``b`` on the same
+    latent (indices into each side's entries); None where there are more than ``most``."""
+    order = torch.argsort(b_cols, stable=True)
+    sorted_cols = b_cols[order]
+    start = torch.searchsorted(sorted_cols, a_cols)
+    counts = torch.searchsorted(sorted_cols, a_cols, right=True) - start
+    total = int(counts.sum())  # a host read: callers use this on the CPU
+    if total > most:
+        return None
+    pair_a = torch.repeat_interleave(counts, output_size=total)
+    first = torch.cumsum(counts, 0) - counts
+    within = torch.arange(total, device=a_cols.device) - first[pair_a]
+    return pair_a, order[start[pair_a] + within]
+
+
+class _GramPairs(torch.autograd.Function):
+    """:class:`_Gram` from the pairs of entries on the same latent: each pair adds one
+    product to one cell, and each side's gradient gathers the cells of its pairs."""
+
+    @override
+    @staticmethod
+    def forward(ctx: Any, va, vb, a_rows, b_rows, pair_a, pair_b, shape):
+        n_a, n_b = shape
+        dtype = _compute_dtype(va, vb)
+        va, vb = va.to(dtype), vb.to(dtype)
+        cells = a_rows[pair_a] * n_b + b_rows[pair_b]
+        ctx.save_for_backward(va, vb, pair_a, pair_b, cells)
+        out = va.new_zeros(n_a * n_b).index_add_(0, cells, va[pair_a] * vb[pair_b])
+        return out.view(n_a, n_b)
+
+    @override
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        va, vb, pair_a, pair_b, cells = ctx.saved_tensors
+        g = grad.reshape(-1)[cells].to(va.dtype)
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_a = torch.zeros_like(va).index_add_(0, pair_a, g * vb[pair_b])
+        if ctx.needs_input_grad[1]:
+            grad_b = torch.zeros_like(vb).index_add_(0, pair_b, g * va[pair_a])
+        return grad_a, grad_b, None, None, None, None, None
+
+
 class _JumpReLUAt(torch.autograd.Function):
     """Upstream's ``JumpReLU`` on entries: threshold of latent ``cols[j]``; its gradient sums
     the straight-through estimate over the entries of each latent."""
