@@ -326,16 +326,14 @@ class TSAETrainingSAE(MatryoshkaBatchTopKTrainingSAE):
         reuse: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(unscaled, hidden)``: upstream's pre-activations of ``sae_in`` (encoder input)
-        before and after ``scale``, the same values; written into ``reuse``'s tensors where
-        they fit (a fresh batch x ``d_sae`` tensor costs a pass of page faults on the CPU)."""
-        product = sae_in @ self.W_enc
-        converted = torch.result_type(product, self.b_enc)
-        if reuse is not None and reuse[0].dtype == converted != product.dtype:
-            product = reuse[0].copy_(product)  # a bf16 product: converted into reuse
-        unscaled = self.hook_sae_acts_pre(accumulate(product, self.b_enc))
+        before and after ``scale``, the same values; written into ``reuse``'s tensors (the
+        other half's, same shape and ``scale``) where they fit (a fresh batch x ``d_sae``
+        tensor costs a pass of page faults on the CPU)."""
+        out = reuse[0] if reuse is not None else None
+        unscaled = self.hook_sae_acts_pre(accumulate(sae_in @ self.W_enc, self.b_enc, out=out))
         if scale is None:
             return unscaled, unscaled
-        if reuse is not None and reuse[1] is not reuse[0] and reuse[1].dtype == unscaled.dtype:
+        if reuse is not None:
             return unscaled, torch.mul(unscaled, scale, out=reuse[1])
         return unscaled, unscaled * scale
 

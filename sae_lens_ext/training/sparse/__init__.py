@@ -34,9 +34,9 @@ step dense, said once.
 
 Host reads. Where codes have a fixed count (TopK, BatchTopK) nothing in a step reads a value
 on an accelerator (on the CPU, where a read is free, BatchTopK's selection and :func:`gram`
-read counts to take a cheaper way). For ReLU and JumpReLU codes the number of active entries sizes the step's
-buffers: on the CPU that is free, on an accelerator it is one integer read back per sparse
-step (:func:`active_entries`). The switch measures density on dense steps every
+read counts to take a cheaper way). For ReLU and JumpReLU codes the number of active entries
+sizes the step's buffers: on the CPU that is free, on an accelerator it is one integer read
+back per sparse step (:func:`active_entries`). The switch measures density on dense steps every
 :data:`CHECK_EVERY` steps, without waiting for the device (:class:`_DeviceCount`).
 """
 

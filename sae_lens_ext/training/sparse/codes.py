@@ -344,15 +344,24 @@ class AffineMap:
         )  # fmt: skip
 
 
-def accumulate(total: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
+def accumulate(
+    total: torch.Tensor, term: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """``total + term`` (type promotion included). Where no gradient is recorded it is written
     into ``total`` (a temporary of the caller's: a product's output), or into one converted
-    copy of it: the same values, one batch x ``d_sae`` tensor fewer to allocate and write."""
+    copy of it: the same values, one batch x ``d_sae`` tensor fewer to allocate and write.
+    That copy goes into ``out`` (a tensor of the caller's it no longer needs) where it fits:
+    on the CPU a fresh tensor of that size costs a pass of page faults."""
     if torch.is_grad_enabled() and (total.requires_grad or term.requires_grad):
         return total + term
     dtype = torch.result_type(total, term)
-    out = total if total.dtype == dtype else total.to(dtype)
-    return out.add_(term)
+    if total.dtype == dtype:
+        converted = total
+    elif out is not None and out.dtype == dtype and out.shape == total.shape:
+        converted = out.copy_(total)
+    else:
+        converted = total.to(dtype)
+    return converted.add_(term)
 
 
 def encoder_input(sae: Any, x: torch.Tensor, sae_in: torch.Tensor) -> tuple[torch.Tensor, Any]:
